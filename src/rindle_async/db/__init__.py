@@ -1,0 +1,21 @@
+"""PostgreSQL plumbing: schema names, transactions, migrations."""
+
+from __future__ import annotations
+
+import re
+
+from ..errors import ConfigurationError
+
+_SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
+
+
+def check_schema_name(name: str) -> str:
+    """Return ``name`` if it is a safe, unquoted PostgreSQL schema name.
+
+    name: the schema that holds rindle_async's tables.
+    """
+    if not isinstance(name, str) or not _SCHEMA_NAME.match(name):
+        raise ConfigurationError(
+            f"schema={name!r} is not a valid schema name: use lowercase letters, digits "
+            "and underscores, starting with a letter or underscore, at most 63 characters")
+    return name

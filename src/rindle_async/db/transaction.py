@@ -1,0 +1,102 @@
+"""Units of work: a transaction that stages jobs and events for after commit.
+
+Every write rindle_async makes goes through :meth:`Database.transaction`.  Jobs
+are ledger rows, so they commit or vanish with the transaction; events wait in
+memory and are delivered only after the outermost transaction commits.  A nested
+unit (a Rindle call made with ``conn=`` inside ``rindle.transaction()``) runs in
+a savepoint, and its events are dropped if that savepoint rolls back.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator, Mapping
+from contextlib import asynccontextmanager
+from datetime import datetime
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from ..errors import TransactionError
+from ..events import BaseEvent, EventBus
+
+if TYPE_CHECKING:
+    from ..ledger import Ledger, Relay
+
+
+class UnitOfWork:
+    """One open transaction: its connection, staged events and staged jobs."""
+
+    def __init__(self, conn: asyncpg.Connection, ledger: Ledger) -> None:
+        self.conn = conn
+        self.ledger = ledger
+        self.events: list[BaseEvent] = []
+        self.staged_jobs = 0
+
+    def emit(self, event: BaseEvent) -> None:
+        """Queue ``event`` for delivery after commit."""
+        self.events.append(event)
+
+    async def stage(self, kind: str, args: Mapping[str, Any], *, dedupe_key: str | None = None,
+                    run_after: datetime | None = None) -> int | None:
+        """Stage a background job in this transaction; see :meth:`Ledger.stage`."""
+        job_id = await self.ledger.stage(self.conn, kind, args, dedupe_key=dedupe_key,
+                                         run_after=run_after)
+        if job_id is not None:
+            self.staged_jobs += 1
+        return job_id
+
+
+class Database:
+    """The pool, and the units of work open on its connections."""
+
+    def __init__(self, pool: asyncpg.Pool, ledger: Ledger, bus: EventBus) -> None:
+        self.pool = pool
+        self.ledger = ledger
+        self.bus = bus
+        self.relay: Relay | None = None
+        self._open: dict[int, UnitOfWork] = {}
+
+    @asynccontextmanager
+    async def transaction(self, conn: asyncpg.Connection | None = None) -> AsyncIterator[UnitOfWork]:
+        """Open a unit of work, on ``conn`` when given, else on a pooled connection.
+
+        conn: a connection of the host's; inside ``rindle.transaction(conn)`` the
+            work joins that transaction (as a savepoint).
+        """
+        if conn is None:
+            async with self.pool.acquire() as pooled:
+                async with self._outermost(pooled) as uow:
+                    yield uow
+            return
+        uow = self._open.get(id(conn))
+        if uow is None:
+            if conn.is_in_transaction():
+                raise TransactionError(
+                    "this connection is in a transaction that rindle_async did not open, so the "
+                    "jobs and events it stages could not be flushed after commit; open it with "
+                    "`async with rindle.transaction(conn) as conn:` instead")
+            async with self._outermost(conn) as uow:
+                yield uow
+            return
+        mark = len(uow.events)
+        try:
+            async with conn.transaction():
+                yield uow
+        except BaseException:
+            del uow.events[mark:]
+            raise
+
+    @asynccontextmanager
+    async def _outermost(self, conn: asyncpg.Connection) -> AsyncIterator[UnitOfWork]:
+        uow = UnitOfWork(conn, self.ledger)
+        self._open[id(conn)] = uow
+        try:
+            async with conn.transaction():
+                yield uow
+        finally:
+            del self._open[id(conn)]
+        # Reached only when the transaction committed.
+        if uow.staged_jobs and self.relay is not None:
+            self.relay.wake()
+        if uow.events:
+            await self.bus.deliver(uow.events)

@@ -1,0 +1,65 @@
+"""The exceptions rindle_async raises, all rooted at :class:`RindleError`.
+
+Each message says what failed and what to do about it.  ``retryable`` tells the
+job wrapper whether a failure inside a background job is worth another try.
+"""
+
+from __future__ import annotations
+
+
+class RindleError(Exception):
+    """Base class of every error rindle_async raises on purpose."""
+
+    retryable = False
+
+
+class ConfigurationError(RindleError, ValueError):
+    """A profile, variant, storage or ``Rindle(...)`` option is invalid."""
+
+
+class ValidationError(RindleError, ValueError):
+    """Input was refused: a forbidden type, an oversize file, a bad argument."""
+
+
+class NotFound(RindleError, LookupError):
+    """The asset, session, attachment or job does not exist."""
+
+
+class InvalidTransition(RindleError):
+    """A state machine refused an edge, or the row had already moved on."""
+
+    def __init__(self, machine: str, row_id: object, from_state: str, to_state: str,
+                 actual: str | None = None) -> None:
+        self.machine = machine
+        self.row_id = row_id
+        self.from_state = from_state
+        self.to_state = to_state
+        self.actual = actual
+        if actual is None or actual == from_state:
+            detail = f"{machine} {row_id}: {from_state} -> {to_state} is not an allowed transition"
+        else:
+            detail = (f"{machine} {row_id}: cannot go {from_state} -> {to_state}, "
+                      f"the row is in state {actual!r} now (it moved on or was changed concurrently)")
+        super().__init__(detail)
+
+
+class VerificationFailed(RindleError):
+    """An uploaded object did not match what its upload session declared."""
+
+
+class StorageError(RindleError):
+    """The object store failed; usually worth a retry."""
+
+    retryable = True
+
+
+class DeliveryForbidden(RindleError):
+    """A URL was refused: the asset is quarantined or deleted, or a signature is bad."""
+
+
+class NotReady(RindleError):
+    """The asked-for variant is not rendered yet; retry later or pass ``fallback="original"``."""
+
+
+class TransactionError(RindleError):
+    """A connection was used in a way that could lose staged jobs or events."""

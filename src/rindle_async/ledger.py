@@ -1,0 +1,261 @@
+"""The job ledger: background effects as rows, relayed to arq after commit.
+
+A job is staged as a row of ``jobs`` inside the transaction that causes it; the
+insert fires ``NOTIFY``, which PostgreSQL delivers only on commit.  The relay
+claims pending rows with ``FOR UPDATE SKIP LOCKED``, sends each to arq with a
+job id derived from the row id (so a second send is a no-op) and marks it
+enqueued.  The reconciler re-sends enqueued rows that Redis no longer knows, so
+a Redis that loses everything loses no work.  Rows leave the ledger when their
+job succeeds (deleted in the job's own transaction) or give up (``discarded``).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Mapping
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+import msgspec
+from arq.connections import ArqRedis
+from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+
+from .errors import ConfigurationError, ValidationError
+
+if TYPE_CHECKING:
+    from .jobs import JobKind
+
+log = logging.getLogger("rindle_async.ledger")
+
+
+@dataclass(frozen=True)
+class LedgerSummary:
+    """Counts of ledger rows by status, and the age in seconds of the oldest of each."""
+
+    pending: int
+    enqueued: int
+    discarded: int
+    oldest_pending_age: float | None
+    oldest_enqueued_age: float | None
+
+
+class Ledger:
+    """Stages, relays and reconciles the jobs of one schema."""
+
+    def __init__(self, *, schema: str, kinds: Mapping[str, JobKind], queue: str,
+                 routes: Mapping[str, str] | None = None) -> None:
+        unknown = set(routes or ()) - set(kinds)
+        if unknown:
+            raise ConfigurationError(f"queues= names unknown job kinds {sorted(unknown)}; "
+                                     f"known kinds are {sorted(kinds)}")
+        self.schema = schema
+        self.kinds = kinds
+        self.queue = queue
+        self.routes = dict(routes or {})
+        self.job_prefix = f"{queue}:{schema}:"
+
+    def queue_for(self, kind: str) -> str:
+        """The arq queue that serves ``kind``."""
+        return self.routes.get(kind, self.queue)
+
+    def job_id(self, row_id: int) -> str:
+        """The arq job id of ledger row ``row_id``."""
+        return f"{self.job_prefix}{row_id}"
+
+    async def stage(self, conn: asyncpg.Connection, kind: str, args: Mapping[str, Any], *,
+                    dedupe_key: str | None = None, run_after: datetime | None = None) -> int | None:
+        """Insert a pending job in the caller's transaction; return its id.
+
+        conn: a connection inside the transaction that causes the job.
+        kind: a registered job kind.
+        args: JSON-encodable arguments the job reads back from its row.
+        dedupe_key: at most one pending job per key; a duplicate returns None.
+        run_after: do not run before this time (default: now).
+        """
+        job_kind = self.kinds.get(kind)
+        if job_kind is None:
+            raise ValidationError(f"unknown job kind {kind!r}; registered kinds are {sorted(self.kinds)}")
+        if not conn.is_in_transaction():
+            raise ConfigurationError("jobs are staged inside a transaction; use rindle.transaction()")
+        return await conn.fetchval(
+            f"INSERT INTO {self.schema}.jobs (kind, args, queue, dedupe_key, run_after, max_tries)"
+            " VALUES ($1, $2::jsonb, $3, $4, coalesce($5, now()), $6)"
+            " ON CONFLICT (dedupe_key) WHERE status = 'pending' AND dedupe_key IS NOT NULL"
+            " DO NOTHING RETURNING id",
+            kind, msgspec.json.encode(args).decode(), self.queue_for(kind), dedupe_key,
+            run_after, job_kind.tries)
+
+    async def flush(self, pool: asyncpg.Pool, arq: ArqRedis, *, batch: int = 200) -> int:
+        """Send every pending row to arq and mark it enqueued; return how many were sent.
+
+        pool: the database pool.
+        arq: the arq Redis client.
+        batch: rows claimed per transaction.
+        """
+        sent = 0
+        while True:
+            async with pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    f"SELECT id, kind, queue, run_after FROM {self.schema}.jobs"
+                    " WHERE status = 'pending' ORDER BY id LIMIT $1 FOR UPDATE SKIP LOCKED", batch)
+                if not rows:
+                    return sent
+                # Redis is written while the rows are locked, so concurrent relays never
+                # both send one row; a crash before commit leaves the rows pending and
+                # the next send is a no-op thanks to the derived job id.
+                await self._send(arq, rows)
+                await conn.execute(
+                    f"UPDATE {self.schema}.jobs SET status = 'enqueued', enqueued_at = now(),"
+                    " sent_count = sent_count + 1 WHERE id = ANY($1::bigint[])",
+                    [r["id"] for r in rows])
+            sent += len(rows)
+            if len(rows) < batch:
+                return sent
+
+    async def reconcile(self, pool: asyncpg.Pool, arq: ArqRedis, *, batch: int = 500) -> int:
+        """Re-send enqueued rows whose job Redis no longer holds; return how many.
+
+        pool: the database pool.
+        arq: the arq Redis client.
+        batch: rows examined per transaction.
+        """
+        resent, after = 0, 0
+        while True:
+            async with pool.acquire() as conn, conn.transaction():
+                rows = await conn.fetch(
+                    f"SELECT id, kind, queue, run_after FROM {self.schema}.jobs"
+                    " WHERE status = 'enqueued' AND id > $1 ORDER BY id LIMIT $2"
+                    " FOR UPDATE SKIP LOCKED", after, batch)
+                if not rows:
+                    return resent
+                after = rows[-1]["id"]
+                async with arq.pipeline(transaction=False) as pipe:
+                    for r in rows:
+                        job_id = self.job_id(r["id"])
+                        pipe.exists(in_progress_key_prefix + job_id)
+                        pipe.exists(job_key_prefix + job_id)
+                        pipe.zscore(r["queue"], job_id)
+                    found = await pipe.execute()
+                lost = [r for i, r in enumerate(rows)
+                        if not found[3 * i] and not (found[3 * i + 1] and found[3 * i + 2] is not None)]
+                if lost:
+                    # Leftovers (a result of a run that never finished the row, a job key
+                    # without a queue entry) would make arq refuse the same job id.
+                    await arq.delete(*[prefix + self.job_id(r["id"]) for r in lost
+                                       for prefix in (job_key_prefix, result_key_prefix)])
+                    await self._send(arq, lost)
+                    await conn.execute(
+                        f"UPDATE {self.schema}.jobs SET enqueued_at = now(), sent_count = sent_count + 1"
+                        " WHERE id = ANY($1::bigint[])", [r["id"] for r in lost])
+                    log.warning("reconciler re-sent %d job(s) that Redis had lost", len(lost))
+                resent += len(lost)
+
+    async def _send(self, arq: ArqRedis, rows: list[asyncpg.Record]) -> None:
+        now = datetime.now(timezone.utc)
+        for r in rows:
+            await arq.enqueue_job(r["kind"], r["id"], _job_id=self.job_id(r["id"]),
+                                  _queue_name=r["queue"],
+                                  _defer_until=r["run_after"] if r["run_after"] > now else None)
+
+    async def summary(self, conn: asyncpg.Connection) -> LedgerSummary:
+        """Counts by status and the oldest pending and enqueued ages."""
+        row = await conn.fetchrow(
+            "SELECT"
+            " count(*) FILTER (WHERE status = 'pending') AS pending,"
+            " count(*) FILTER (WHERE status = 'enqueued') AS enqueued,"
+            " count(*) FILTER (WHERE status = 'discarded') AS discarded,"
+            " extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')) AS p_age,"
+            " extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE status = 'enqueued')) AS e_age"
+            f" FROM {self.schema}.jobs")
+        return LedgerSummary(row["pending"], row["enqueued"], row["discarded"],
+                             None if row["p_age"] is None else float(row["p_age"]),
+                             None if row["e_age"] is None else float(row["e_age"]))
+
+
+class Relay:
+    """Moves committed jobs to arq: woken by LISTEN and by local commits, with a sweep."""
+
+    def __init__(self, ledger: Ledger, pool: asyncpg.Pool, arq: ArqRedis, *,
+                 interval: float = 5.0, listen: bool = True) -> None:
+        self.ledger = ledger
+        self.pool = pool
+        self.arq = arq
+        self.interval = interval
+        self.listen = listen
+        self._wake = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+        self._lock = asyncio.Lock()
+        self._listener: asyncpg.Connection | None = None
+
+    def wake(self) -> None:
+        """Ask for a flush now (called after a local commit that staged jobs)."""
+        self._wake.set()
+
+    async def flush(self) -> int:
+        """Flush pending rows now; one flush at a time per process."""
+        async with self._lock:
+            return await self.ledger.flush(self.pool, self.arq)
+
+    def start(self) -> None:
+        self._task = asyncio.create_task(self._run(), name="rindle-relay")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+            self._task = None
+        await self._unlisten()
+
+    async def _run(self) -> None:
+        failures = 0
+        while True:
+            try:
+                if self.listen and (self._listener is None or self._listener.is_closed()):
+                    await self._subscribe()
+                await self.flush()
+                failures = 0
+            except asyncpg.UndefinedTableError:
+                log.warning("relay: table %s.jobs does not exist; run rindle.migrate()",
+                            self.ledger.schema)
+                failures += 1
+            except Exception as exc:
+                # Rows stay pending; the next wake-up or sweep sends them.
+                log.warning("relay: flush failed (%s: %s); retrying", type(exc).__name__, exc)
+                await self._unlisten()
+                failures += 1
+            timeout = self.interval if failures == 0 else min(self.interval, 0.5 * 2 ** failures)
+            try:
+                # asyncio.timeout, not wait_for: wait_for can swallow a cancel on 3.11
+                async with asyncio.timeout(timeout):
+                    await self._wake.wait()
+            except TimeoutError:
+                pass
+            self._wake.clear()
+
+    async def _subscribe(self) -> None:
+        await self._unlisten()
+        conn = await self.pool.acquire()
+        try:
+            await conn.add_listener(f"{self.ledger.schema}_jobs", self._on_notify)
+        except BaseException:
+            await self.pool.release(conn)
+            raise
+        self._listener = conn
+
+    def _on_notify(self, *_: object) -> None:
+        self._wake.set()
+
+    async def _unlisten(self) -> None:
+        conn, self._listener = self._listener, None
+        if conn is not None:
+            try:
+                await conn.remove_listener(f"{self.ledger.schema}_jobs", self._on_notify)
+                await self.pool.release(conn, timeout=5)
+            except Exception:  # a dead listener connection is closed by the pool anyway
+                log.debug("relay: releasing the listener connection failed", exc_info=True)

@@ -1,0 +1,65 @@
+"""Row structs returned by the public API (msgspec, so they encode to JSON as they are)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import datetime
+
+import asyncpg
+import msgspec
+
+
+class AssetVariant(msgspec.Struct, frozen=True, kw_only=True):
+    """One rendition of an asset, as stored."""
+
+    name: str
+    state: str
+    width: int | None
+    height: int | None
+    content_type: str | None
+    byte_size: int | None
+    reason: str | None
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> AssetVariant:
+        return cls(name=row["name"], state=row["state"], width=row["width"], height=row["height"],
+                   content_type=row["content_type"], byte_size=row["byte_size"], reason=row["reason"])
+
+
+class Asset(msgspec.Struct, frozen=True, kw_only=True):
+    """An uploaded file, its lifecycle state and its variants by name."""
+
+    id: str
+    profile: str
+    state: str
+    filename: str | None
+    content_type: str | None
+    byte_size: int | None
+    width: int | None
+    height: int | None
+    reason: str | None
+    created_at: datetime
+    variants: dict[str, AssetVariant] = {}
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record, variants: Iterable[asyncpg.Record] = ()) -> Asset:
+        return cls(id=str(row["id"]), profile=row["profile"], state=row["state"],
+                   filename=row["filename"], content_type=row["content_type"],
+                   byte_size=row["byte_size"], width=row["width"], height=row["height"],
+                   reason=row["reason"], created_at=row["created_at"],
+                   variants={v["name"]: AssetVariant.from_row(v) for v in variants})
+
+
+class Attachment(msgspec.Struct, frozen=True, kw_only=True):
+    """An asset held by a host record in a named slot."""
+
+    asset_id: str
+    owner_type: str
+    owner_id: str
+    slot: str
+    created_at: datetime
+
+    @classmethod
+    def from_row(cls, row: asyncpg.Record) -> Attachment:
+        return cls(asset_id=str(row["asset_id"]), owner_type=row["owner_type"],
+                   owner_id=row["owner_id"], slot=row["slot"], created_at=row["created_at"])

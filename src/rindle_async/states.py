@@ -1,0 +1,196 @@
+"""The three state machines, as data, and the only code that writes a state column.
+
+A transition is a conditional UPDATE (``... WHERE id = $1 AND state = $2``): it
+fails with :class:`InvalidTransition` when the edge is not in the table or when
+the row moved on first, so two racing writers can never both win.  Every
+persisted transition queues its event on the unit of work, delivered after
+commit.  Rows are created through :func:`insert`, which accepts only a
+machine's initial states.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import asyncpg
+
+from .errors import InvalidTransition, NotFound
+from .events import AssetStateChanged, BaseEvent, VariantStateChanged
+
+if TYPE_CHECKING:
+    from .db.transaction import UnitOfWork
+
+_COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
+
+
+def _edges(table: Mapping[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
+    return {state: frozenset(targets) for state, targets in table.items()}
+
+
+@dataclass(frozen=True)
+class StateMachine:
+    """A named state machine over one table: its initial states and allowed edges."""
+
+    name: str
+    table: str
+    initial: frozenset[str]
+    edges: Mapping[str, frozenset[str]]
+    event: Callable[[asyncpg.Record, str, str], BaseEvent | None] = field(repr=False)
+    join: str = ""
+
+    @property
+    def states(self) -> frozenset[str]:
+        return frozenset(self.edges)
+
+    @property
+    def terminal(self) -> frozenset[str]:
+        return frozenset(s for s, targets in self.edges.items() if not targets)
+
+    def allows(self, from_state: str, to_state: str) -> bool:
+        return to_state in self.edges.get(from_state, ())
+
+    def check(self, row_id: object, from_state: str, to_state: str) -> None:
+        """Raise :class:`InvalidTransition` unless ``from_state -> to_state`` is an edge."""
+        for state in (from_state, to_state):
+            if state not in self.edges:
+                raise ValueError(f"{state!r} is not a {self.name} state; "
+                                 f"states are {', '.join(sorted(self.edges))}")
+        if not self.allows(from_state, to_state):
+            raise InvalidTransition(self.name, row_id, from_state, to_state)
+
+
+def _asset_event(row: asyncpg.Record, from_state: str, to_state: str) -> BaseEvent:
+    return AssetStateChanged(asset_id=str(row["id"]), profile=row["profile"], adapter=row["storage"],
+                             from_state=from_state, to_state=to_state)
+
+
+def _variant_event(row: asyncpg.Record, from_state: str, to_state: str) -> BaseEvent:
+    return VariantStateChanged(asset_id=str(row["asset_id"]), variant_id=str(row["id"]),
+                               profile=row["asset_profile"], adapter=row["asset_storage"],
+                               variant=row["name"], from_state=from_state, to_state=to_state)
+
+
+def _no_event(row: asyncpg.Record, from_state: str, to_state: str) -> None:
+    return None  # upload sessions announce themselves with UploadStarted/UploadCompleted
+
+
+ASSET = StateMachine(
+    name="asset", table="assets", initial=frozenset({"staged", "validating"}),
+    edges=_edges({
+        "staged": ("validating", "quarantined", "deleted"),
+        "validating": ("analyzing", "quarantined", "deleted"),
+        "analyzing": ("promoting", "quarantined", "deleted"),
+        "promoting": ("available", "quarantined", "deleted"),
+        "available": ("processing", "ready", "quarantined", "deleted"),
+        "processing": ("ready", "degraded", "quarantined", "deleted"),
+        "ready": ("processing", "quarantined", "deleted"),
+        "degraded": ("processing", "quarantined", "deleted"),
+        "quarantined": ("deleted",),
+        "deleted": (),
+    }),
+    event=_asset_event)
+
+VARIANT = StateMachine(
+    name="variant", table="variants", initial=frozenset({"planned"}),
+    edges=_edges({
+        "planned": ("queued", "cancelled", "purged"),
+        "queued": ("processing", "cancelled", "purged"),
+        "processing": ("ready", "failed", "cancelled", "purged"),
+        "ready": ("stale", "missing", "purged"),
+        "stale": ("queued", "purged"),
+        "missing": ("queued", "purged"),
+        "failed": ("queued", "purged"),
+        "cancelled": ("queued", "purged"),
+        "purged": (),
+    }),
+    event=_variant_event,
+    join="assets")
+
+UPLOAD_SESSION = StateMachine(
+    name="upload_session", table="upload_sessions", initial=frozenset({"initialized"}),
+    edges=_edges({
+        "initialized": ("signed", "failed", "aborted", "expired"),
+        "signed": ("uploading", "uploaded", "verifying", "failed", "aborted", "expired"),
+        "uploading": ("uploaded", "verifying", "failed", "aborted", "expired"),
+        "uploaded": ("verifying", "failed", "aborted", "expired"),
+        "verifying": ("completed", "failed", "aborted", "expired"),
+        "completed": (),
+        "failed": (),
+        "aborted": (),
+        "expired": (),
+    }),
+    event=_no_event)
+
+MACHINES = (ASSET, VARIANT, UPLOAD_SESSION)
+
+
+def _columns(values: Mapping[str, Any]) -> list[str]:
+    names = list(values)
+    for name in names:
+        if not _COLUMN.match(name) or name in ("state", "state_changed_at", "updated_at"):
+            raise ValueError(f"{name!r} cannot be written alongside a transition")
+    return names
+
+
+async def transition(uow: UnitOfWork, machine: StateMachine, row_id: object, from_state: str | None,
+                     to_state: str, **changes: Any) -> asyncpg.Record:
+    """Move one row from ``from_state`` to ``to_state`` and queue its event.
+
+    uow: the unit of work whose transaction persists the change.
+    machine: ASSET, VARIANT or UPLOAD_SESSION.
+    row_id: the row's id.
+    from_state: the state the caller saw; None locks the row and uses its current state.
+    to_state: the target state.
+    changes: other columns written in the same UPDATE (e.g. ``reason=``).
+    Returns the updated row.
+    """
+    schema = uow.ledger.schema
+    if from_state is None:
+        from_state = await uow.conn.fetchval(
+            f"SELECT state FROM {schema}.{machine.table} WHERE id = $1 FOR UPDATE", row_id)
+        if from_state is None:
+            raise NotFound(f"{machine.name} {row_id} does not exist")
+    machine.check(row_id, from_state, to_state)
+    names = _columns(changes)
+    sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=4))
+    join, returning = "", "t.*"
+    if machine.join:
+        join = f" FROM {schema}.{machine.join} j WHERE j.id = t.asset_id AND"
+        returning = "t.*, j.profile AS asset_profile, j.storage AS asset_storage"
+    else:
+        join = " WHERE"
+    row = await uow.conn.fetchrow(
+        f"UPDATE {schema}.{machine.table} t SET state = $3, updated_at = now(),"
+        f" state_changed_at = now(){sets}{join} t.id = $1 AND t.state = $2 RETURNING {returning}",
+        row_id, from_state, to_state, *changes.values())
+    if row is None:
+        actual = await uow.conn.fetchval(
+            f"SELECT state FROM {schema}.{machine.table} WHERE id = $1", row_id)
+        if actual is None:
+            raise NotFound(f"{machine.name} {row_id} does not exist")
+        raise InvalidTransition(machine.name, row_id, from_state, to_state, actual=actual)
+    event = machine.event(row, from_state, to_state)
+    if event is not None:
+        uow.emit(event)
+    return row
+
+
+async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: Any) -> asyncpg.Record:
+    """Create a row of ``machine``'s table in one of its initial states; return it.
+
+    uow: the unit of work whose transaction persists the row.
+    machine: ASSET, VARIANT or UPLOAD_SESSION.
+    state: an initial state of the machine.
+    values: the row's other columns (``id`` included).
+    """
+    if state not in machine.initial:
+        raise ValueError(f"a new {machine.name} starts in one of {', '.join(sorted(machine.initial))},"
+                         f" not {state!r}")
+    names = _columns(values)
+    placeholders = ", ".join(f"${i}" for i in range(2, len(names) + 2))
+    return await uow.conn.fetchrow(
+        f"INSERT INTO {uow.ledger.schema}.{machine.table} (state, {', '.join(names)})"
+        f" VALUES ($1, {placeholders}) RETURNING *", state, *values.values())
