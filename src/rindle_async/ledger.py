@@ -130,7 +130,7 @@ class Ledger:
                     " WHERE status = 'enqueued' AND id > $1 ORDER BY id LIMIT $2"
                     " FOR UPDATE SKIP LOCKED", after, batch)
                 if not rows:
-                    return resent
+                    break
                 after = rows[-1]["id"]
                 async with arq.pipeline(transaction=False) as pipe:
                     for r in rows:
@@ -150,8 +150,10 @@ class Ledger:
                     await conn.execute(
                         f"UPDATE {self.schema}.jobs SET enqueued_at = now(), sent_count = sent_count + 1"
                         " WHERE id = ANY($1::bigint[])", [r["id"] for r in lost])
-                    log.warning("reconciler re-sent %d job(s) that Redis had lost", len(lost))
                 resent += len(lost)
+        if resent:
+            log.warning("reconciler re-sent %d job(s) that Redis had lost", resent)
+        return resent
 
     async def _send(self, arq: ArqRedis, rows: list[asyncpg.Record]) -> None:
         now = datetime.now(timezone.utc)
@@ -221,8 +223,10 @@ class Relay:
                 await self.flush()
                 failures = 0
             except asyncpg.UndefinedTableError:
-                log.warning("relay: table %s.jobs does not exist; run rindle.migrate()",
-                            self.ledger.schema)
+                # quiet the first time: a host may open Rindle and then migrate
+                log.log(logging.WARNING if failures else logging.DEBUG,
+                        "relay: table %s.jobs does not exist; run rindle.migrate()",
+                        self.ledger.schema)
                 failures += 1
             except Exception as exc:
                 # Rows stay pending; the next wake-up or sweep sends them.

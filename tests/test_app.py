@@ -1,0 +1,100 @@
+"""The Rindle facade: configuration errors, opening and closing, host transactions."""
+
+from __future__ import annotations
+
+import asyncio
+import time
+
+import asyncpg
+import pytest
+from arq.constants import job_key_prefix
+
+from rindle_async import (
+    ConfigurationError,
+    JobKind,
+    Profile,
+    Rindle,
+    RindleError,
+    TransactionError,
+)
+
+
+async def noop(job):
+    return None
+
+
+NOOP = JobKind(name="noop", handler=noop)
+
+
+def test_configuration_errors_name_the_problem():
+    with pytest.raises(ConfigurationError, match="exactly one of database_url= or pool="):
+        Rindle()
+    with pytest.raises(ConfigurationError, match="profile 'avatar' uses storage 'local', but storages= has none"):
+        Rindle(database_url="postgresql://x", profiles=[Profile(name="avatar")])
+    with pytest.raises(ConfigurationError, match="schema='Bad-Name' is not a valid schema name"):
+        Rindle(database_url="postgresql://x", schema="Bad-Name")
+    with pytest.raises(ConfigurationError, match="job kind 'noop' is registered twice"):
+        Rindle(database_url="postgresql://x", jobs=[NOOP, NOOP])
+    with pytest.raises(ConfigurationError, match="two profiles are named .avatar."):
+        Rindle(database_url="postgresql://x", storages={"local": object()},
+               profiles=[Profile(name="avatar"), Profile(name="avatar")])
+
+
+async def test_using_a_closed_rindle_says_how_to_open_it():
+    rindle = Rindle(database_url="postgresql://x")
+    with pytest.raises(RindleError, match="Rindle is not open; use `async with rindle:`"):
+        async with rindle.transaction():
+            pass
+
+
+async def test_host_transaction_flushes_jobs_on_commit_and_nothing_on_rollback(
+        make_rindle, db, schema, redis):
+    rindle = await make_rindle(jobs=[NOOP], relay_listen=False, relay_interval=3600)
+    await db.execute(f"CREATE TABLE {schema}.users (id int PRIMARY KEY, name text)")
+    with pytest.raises(RuntimeError):
+        async with rindle.transaction() as conn:
+            await conn.execute(f"INSERT INTO {schema}.users VALUES (1, 'ann')")
+            async with rindle.db.transaction(conn) as uow:
+                await uow.stage("noop", {})
+            raise RuntimeError("host failure")
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.users") == 0
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs") == 0
+
+    started = time.monotonic()
+    async with rindle.transaction() as conn:
+        await conn.execute(f"INSERT INTO {schema}.users VALUES (1, 'ann')")
+        async with rindle.db.transaction(conn) as uow:
+            job_id = await uow.stage("noop", {})
+    key = job_key_prefix + rindle.ledger.job_id(job_id)
+    while not await redis.exists(key):
+        assert time.monotonic() - started < 2, "a local commit should wake the relay at once"
+        await asyncio.sleep(0.005)
+    assert await db.fetchval(f"SELECT name FROM {schema}.users") == "ann"
+
+
+async def test_the_hosts_own_connection_and_pool(make_rindle, database_url, db, schema):
+    host_pool = await asyncpg.create_pool(database_url, min_size=1, max_size=2)
+    try:
+        rindle = await make_rindle(pool=host_pool, database_url=None, jobs=[NOOP], relay=False)
+        async with host_pool.acquire() as conn:
+            async with rindle.transaction(conn) as same:
+                assert same is conn and conn.is_in_transaction()
+                async with rindle.db.transaction(conn) as uow:
+                    await uow.stage("noop", {})
+            assert not conn.is_in_transaction()
+            async with conn.transaction():
+                with pytest.raises(TransactionError, match="open it with `async with rindle.transaction"):
+                    async with rindle.db.transaction(conn):
+                        pass
+        assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs") == 1
+    finally:
+        await rindle.close()
+        # the host's pool stays open: Rindle closes only what it opened
+        assert await host_pool.fetchval("SELECT 1") == 1
+        await host_pool.close()
+
+
+async def test_open_twice_is_refused(make_rindle):
+    rindle = await make_rindle(relay=False)
+    with pytest.raises(RindleError, match="already open"):
+        await rindle.open()
