@@ -46,6 +46,17 @@ async def wait_until(predicate, timeout=5.0, step=0.01):
     raise AssertionError(f"condition not met within {timeout}s")
 
 
+async def wait_sent(db, schema, redis, rindle, job_id, timeout=5.0):
+    """Wait until the relay has sent the job and committed it as enqueued."""
+    key = job_key_prefix + rindle.ledger.job_id(job_id)
+
+    async def sent():
+        status = await db.fetchval(f"SELECT status FROM {schema}.jobs WHERE id = $1", job_id)
+        return status == "enqueued" and await redis.exists(key)
+
+    return await wait_until(sent, timeout)
+
+
 async def statuses(db, schema):
     return [tuple(r) for r in await db.fetch(f"SELECT id, status FROM {schema}.jobs ORDER BY id")]
 
@@ -67,17 +78,15 @@ async def test_commit_reaches_arq_promptly_through_notify(make_rindle, db, schem
     await asyncio.sleep(0.2)  # let the listener subscribe
     started = time.monotonic()
     [job_id] = await stage(writer)
-    arrived = await wait_until(lambda: redis.exists(job_key_prefix + writer.ledger.job_id(job_id)))
+    arrived = await wait_sent(db, schema, redis, writer, job_id)
     assert arrived - started < 2.0
-    assert await statuses(db, schema) == [(job_id, "enqueued")]
 
 
 async def test_sweep_sends_when_notify_is_missed(make_rindle, db, schema, redis):
     writer = await make_rindle(jobs=[NOOP], relay=False)
     await make_rindle(jobs=[NOOP], relay_interval=0.2, relay_listen=False, migrate=False)
     [job_id] = await stage(writer)
-    await wait_until(lambda: redis.exists(job_key_prefix + writer.ledger.job_id(job_id)))
-    assert await statuses(db, schema) == [(job_id, "enqueued")]
+    await wait_sent(db, schema, redis, writer, job_id)
 
 
 async def test_rows_stay_pending_without_a_relay(make_rindle, db, schema, redis):
@@ -124,19 +133,44 @@ def test_a_process_that_dies_after_commit_loses_nothing(tmp_path, database_url, 
         db = await asyncpg.connect(database_url)
         redis = redis_asyncio.from_url(redis_url)
         try:
+            # committed, never marked sent (its relay may or may not have reached Redis first)
             assert await statuses(db, schema) == [(1, "pending")]
-            assert await redis.zcard(f"q-{schema}") == 0
             async with Rindle(database_url=database_url, redis_url=redis_url, schema=schema,
                               queue=f"q-{schema}", jobs=[NOOP], relay_interval=0.1) as fresh:
-                await wait_until(lambda: redis.zcard(f"q-{schema}"))
+                async def sent():
+                    return await statuses(db, schema) == [(1, "enqueued")]
+
+                await wait_until(sent)
                 assert await redis.exists(job_key_prefix + fresh.ledger.job_id(1))
-            assert await statuses(db, schema) == [(1, "enqueued")]
+                assert await redis.zcard(f"q-{schema}") == 1
         finally:
             await db.execute(f"DROP SCHEMA {schema} CASCADE")
             await db.close()
             await redis.aclose()
 
     asyncio.run(check())
+
+
+async def test_the_relay_listens_again_after_its_connection_is_cut(make_rindle, db, schema, redis):
+    writer = await make_rindle(jobs=[NOOP], relay=False)
+    await make_rindle(jobs=[NOOP], relay_interval=3600, migrate=False)  # only NOTIFY wakes it
+    channel = f"LISTEN \"{schema}_jobs\""
+
+    async def listener_pids():
+        return [r["pid"] for r in await db.fetch(
+            "SELECT pid FROM pg_stat_activity WHERE query = $1", channel)]
+
+    await wait_until(listener_pids)
+    [old_pid] = await listener_pids()
+    await db.execute("SELECT pg_terminate_backend($1)", old_pid)
+
+    async def new_listener():
+        pids = await listener_pids()
+        return pids and pids != [old_pid]
+
+    await wait_until(new_listener)
+    [job_id] = await stage(writer)
+    await wait_sent(db, schema, redis, writer, job_id, timeout=2.0)
 
 
 async def test_two_relays_flushing_at_once_send_each_job_once(make_rindle, db, schema, redis):

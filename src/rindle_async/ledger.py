@@ -191,6 +191,7 @@ class Relay:
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
         self._listener: asyncpg.Connection | None = None
+        self._closing = False
 
     def wake(self) -> None:
         """Ask for a flush now (called after a local commit that staged jobs)."""
@@ -204,19 +205,26 @@ class Relay:
     def start(self) -> None:
         self._task = asyncio.create_task(self._run(), name="rindle-relay")
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
+    async def stop(self, timeout: float = 5.0) -> None:
+        """Let a flush in progress finish (cancel it after ``timeout``), then stop."""
+        task, self._task = self._task, None
+        if task is not None:
+            self._closing = True
+            self._wake.set()
             try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-            self._task = None
+                async with asyncio.timeout(timeout):
+                    await asyncio.shield(task)
+            except TimeoutError:
+                task.cancel()
+                try:
+                    await task
+                except asyncio.CancelledError:
+                    pass
         await self._unlisten()
 
     async def _run(self) -> None:
         failures = 0
-        while True:
+        while not self._closing:
             try:
                 if self.listen and (self._listener is None or self._listener.is_closed()):
                     await self._subscribe()
@@ -247,6 +255,8 @@ class Relay:
         conn = await self.pool.acquire()
         try:
             await conn.add_listener(f"{self.ledger.schema}_jobs", self._on_notify)
+            # a cut connection wakes the loop, which subscribes again at once
+            conn.add_termination_listener(self._on_notify)
         except BaseException:
             await self.pool.release(conn)
             raise
@@ -259,6 +269,7 @@ class Relay:
         conn, self._listener = self._listener, None
         if conn is not None:
             try:
+                conn.remove_termination_listener(self._on_notify)
                 await conn.remove_listener(f"{self.ledger.schema}_jobs", self._on_notify)
                 await self.pool.release(conn, timeout=5)
             except Exception:  # a dead listener connection is closed by the pool anyway
