@@ -119,3 +119,6 @@ async def run_worker(rindle: Rindle, redis_url: str, *, queue: str | None = None
     finally:
         await worker.close()
     return worker
+
+
+from .media import local_storage, media_rindle, s3_bucket, s3_endpoint, s3_storage  # noqa: E402,F401

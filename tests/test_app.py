@@ -11,6 +11,7 @@ from arq.constants import job_key_prefix
 
 from rindle_async import (
     ConfigurationError,
+    LocalStorage,
     JobKind,
     Profile,
     Rindle,
@@ -35,9 +36,14 @@ def test_configuration_errors_name_the_problem():
         Rindle(database_url="postgresql://x", schema="Bad-Name")
     with pytest.raises(ConfigurationError, match="job kind 'noop' is registered twice"):
         Rindle(database_url="postgresql://x", jobs=[NOOP, NOOP])
+    with pytest.raises(ConfigurationError, match=r"storages\['local'\] is object, not a storage adapter"):
+        Rindle(database_url="postgresql://x", storages={"local": object()})
+    storage = LocalStorage(root="/tmp/rindle-test-config", base_url="http://x/rindle", secret="s" * 32)
     with pytest.raises(ConfigurationError, match="two profiles are named .avatar."):
-        Rindle(database_url="postgresql://x", storages={"local": object()},
+        Rindle(database_url="postgresql://x", storages={"local": storage},
                profiles=[Profile(name="avatar"), Profile(name="avatar")])
+    with pytest.raises(ConfigurationError, match=r"job_settings names unknown job kinds \['render'\]"):
+        Rindle(database_url="postgresql://x", job_settings={"render": {"tries": 2}})
 
 
 async def test_using_a_closed_rindle_says_how_to_open_it():

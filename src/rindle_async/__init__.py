@@ -11,7 +11,9 @@ from .errors import (
     NotReady,
     RindleError,
     StorageError,
+    TooLarge,
     TransactionError,
+    Unsupported,
     ValidationError,
     VerificationFailed,
 )
@@ -25,13 +27,24 @@ from .events import (
     VariantStateChanged,
 )
 from .jobs import JobKind, JobRun
-from .models import Asset, AssetVariant, Attachment
+from .models import Asset, AssetVariant, Attachment, UploadTicket
 from .profiles import Profile, Variant, recipe_digest
+from .storage.local import LocalStorage
+from .storage.s3 import S3Storage
 
 __all__ = [
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
-    "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun",
-    "NotFound", "NotReady", "Profile", "Rindle", "RindleError", "StorageError", "TransactionError",
-    "UploadCompleted", "UploadStarted", "ValidationError", "Variant", "VariantStateChanged",
+    "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun", "LocalStorage",
+    "NotFound", "NotReady", "Profile", "Rindle", "RindleError", "S3Storage", "StorageError", "TooLarge", "TransactionError", "Unsupported",
+    "UploadCompleted", "UploadStarted", "UploadTicket", "ValidationError", "Variant", "VariantStateChanged",
     "VerificationFailed", "recipe_digest",
 ]
+
+
+def __getattr__(name: str) -> type:
+    # `arq rindle_async.WorkerSettings` builds the settings from RINDLE_APP on first access.
+    if name == "WorkerSettings":
+        from .worker import from_environment
+
+        return from_environment()
+    raise AttributeError(f"module 'rindle_async' has no attribute {name!r}")

@@ -7,19 +7,26 @@ from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
 
+import anyio
 import asyncpg
 from arq.connections import ArqRedis
 from arq.worker import Function
 from redis.asyncio import ConnectionPool
 
+from . import attachments, delivery, maintenance, uploads
+from .assets import get_asset
 from .db import check_schema_name
 from .db import migrate as migrations
 from .db.transaction import Database
 from .errors import ConfigurationError, RindleError
 from .events import BaseEvent, EventBus, Handler
 from .jobs import JobKind, arq_function
+from .processing.pool import ProcessingPool
+from .worker import builtin_job_kinds, worker_settings
 from .ledger import Ledger, LedgerSummary, Relay
+from .models import Asset, Attachment, UploadTicket
 from .profiles import Profile, index_profiles
+from .storage.base import Part, PresignedRequest, Source, Storage
 
 
 class Rindle:
@@ -38,15 +45,19 @@ class Rindle:
     relay_listen: wake the relay with LISTEN/NOTIFY.
     pool_size: the size of the pool Rindle opens from ``database_url``.
     jobs: extra job kinds to register beside the built-in ones.
+    job_settings: per built-in kind overrides, e.g. ``{"process_variant": {"tries": 8, "timeout": 600}}``.
+    processes: size of the libvips process pool (default: cores - 1, at least 1).
+    detect_stale: on open, mark variants whose recipe changed as stale and plan new variants.
     """
 
     def __init__(self, *, database_url: str | None = None, pool: asyncpg.Pool | None = None,
                  redis_url: str = "redis://127.0.0.1:6379/0",
-                 storages: Mapping[str, Any] | None = None, profiles: Iterable[Profile] = (),
+                 storages: Mapping[str, Storage] | None = None, profiles: Iterable[Profile] = (),
                  schema: str = "rindle", queue: str = "rindle",
                  queues: Mapping[str, str] | None = None, relay: bool = True,
                  relay_interval: float = 5.0, relay_listen: bool = True, pool_size: int = 10,
-                 jobs: Iterable[JobKind] = ()) -> None:
+                 jobs: Iterable[JobKind] = (), job_settings: Mapping[str, Mapping[str, Any]] | None = None,
+                 processes: int | None = None, detect_stale: bool = True) -> None:
         if (database_url is None) == (pool is None):
             raise ConfigurationError("Rindle() needs exactly one of database_url= or pool=")
         if relay_interval <= 0:
@@ -55,13 +66,19 @@ class Rindle:
         self.redis_url = redis_url
         self.schema = check_schema_name(schema)
         self.storages = dict(storages or {})
+        for name, storage in self.storages.items():
+            if not isinstance(storage, Storage):
+                raise ConfigurationError(f"storages[{name!r}] is {type(storage).__name__}, not a "
+                                         "storage adapter (LocalStorage, S3Storage or one that "
+                                         "implements rindle_async.storage.Storage)")
         self.profiles = index_profiles(profiles)
         for profile in self.profiles.values():
             if profile.storage not in self.storages:
                 raise ConfigurationError(
                     f"profile {profile.name!r} uses storage {profile.storage!r}, but storages= has "
                     f"{sorted(self.storages) or 'none'}; add it or change Profile.storage")
-        kinds: dict[str, JobKind] = {}
+        kinds: dict[str, JobKind] = {
+            kind.name: kind for kind in builtin_job_kinds({k: dict(v) for k, v in (job_settings or {}).items()})}
         for kind in jobs:
             if kind.name in kinds:
                 raise ConfigurationError(f"job kind {kind.name!r} is registered twice")
@@ -71,6 +88,8 @@ class Rindle:
         self._given_pool = pool
         self._pool_size = pool_size
         self._relay_options = (relay, relay_interval, relay_listen)
+        self.processing = ProcessingPool(processes)
+        self._detect_stale = detect_stale
         self._db: Database | None = None
         self._arq: ArqRedis | None = None
         self._relay: Relay | None = None
@@ -95,11 +114,23 @@ class Rindle:
         self._arq = ArqRedis(ConnectionPool.from_url(self.redis_url),
                              default_queue_name=self.ledger.queue)
         self._db = Database(pool, self.ledger, self.bus)
+        for storage in self.storages.values():
+            await storage.open()
         enabled, interval, listen = self._relay_options
         if enabled:
             self._relay = Relay(self.ledger, pool, self._arq, interval=interval, listen=listen)
             self._db.relay = self._relay
             self._relay.start()
+        if self._detect_stale:
+            try:
+                await self.mark_stale_variants()
+            except asyncpg.UndefinedTableError:
+                pass  # not migrated yet
+
+    @property
+    def is_open(self) -> bool:
+        """Whether ``open()`` ran and ``close()`` did not."""
+        return self._db is not None
 
     async def close(self) -> None:
         """Stop the relay and close what :meth:`open` opened."""
@@ -109,9 +140,13 @@ class Rindle:
         if self._arq is not None:
             await self._arq.aclose()
             self._arq = None
+        if self._db is not None:
+            for storage in self.storages.values():
+                await storage.close()
         if self._db is not None and self._given_pool is None:
             await self._db.pool.close()
         self._db = None
+        await anyio.to_thread.run_sync(self.processing.close)
 
     @property
     def db(self) -> Database:
@@ -184,6 +219,172 @@ class Rindle:
         async with self.pool.acquire() as conn:
             return await self.ledger.summary(conn)
 
+    async def mark_stale_variants(self) -> int:
+        """Mark ready variants whose recipe changed as stale and plan variants a profile gained.
+
+        Returns how many variants were marked stale.
+        """
+        report = await maintenance.reconcile_profiles(self)
+        return report.counts.get("stale", 0)
+
+    def worker_settings(self, *, queue: str | None = None, processes: int | None = None,
+                        **overrides: Any) -> type:
+        """An arq settings class for a worker serving this Rindle's jobs.
+
+        queue: the queue to serve (default: the default queue, which also runs cron).
+        processes: size of the libvips process pool.
+        overrides: other arq settings (max_jobs, poll_delay, ...).
+        """
+        return worker_settings(self, queue=queue, processes=processes, **overrides)
+
     def arq_functions(self) -> list[Function]:
         """One arq function per registered job kind (the worker's ctx must hold ``rindle``)."""
         return [arq_function(kind) for kind in self.ledger.kinds.values()]
+
+    # -- uploads -------------------------------------------------------------------
+
+    async def initiate_upload(self, profile: str, *, filename: str | None, content_type: str,
+                              byte_size: int, checksum: str | None = None, multipart: bool = False,
+                              part_size: int | None = None) -> UploadTicket:
+        """Open a direct-upload session; the client sends the bytes with the ticket.
+
+        profile: the profile name.
+        filename: the client's file name.
+        content_type: the declared type (refused at once if the profile forbids it).
+        byte_size: the declared size (refused at once if over the profile's max_bytes).
+        checksum: optional ``md5:<hex>`` or ``sha256:<hex>``, checked by ``verify_upload``.
+        multipart: S3 multipart upload, part URLs from ``presign_part``.
+        part_size: bytes per part for multipart uploads.
+        """
+        return await uploads.initiate_upload(self, profile, filename=filename,
+                                             content_type=content_type, byte_size=byte_size,
+                                             checksum=checksum, multipart=multipart,
+                                             part_size=part_size)
+
+    async def sign_upload(self, session_id: str) -> UploadTicket:
+        """A fresh ticket for an open session whose URL expired.
+
+        session_id: the ticket's session_id.
+        """
+        return await uploads.sign_upload(self, session_id)
+
+    async def presign_part(self, session_id: str, part_number: int) -> PresignedRequest:
+        """A PUT for one part of a multipart session.
+
+        session_id: the ticket's session_id.
+        part_number: 1-based part number.
+        """
+        return await uploads.presign_part(self, session_id, part_number)
+
+    async def verify_upload(self, session_id: str, *, parts: list[Part] | None = None) -> Asset:
+        """Check the uploaded object and hand it to promotion; returns the asset (validating).
+
+        session_id: the ticket's session_id.
+        parts: for multipart sessions, the uploaded parts to assemble first.
+        """
+        return await uploads.verify_upload(self, session_id, parts=parts)
+
+    async def abort_upload(self, session_id: str) -> None:
+        """Abandon an open upload session; its asset and any stored bytes are purged.
+
+        session_id: the ticket's session_id.
+        """
+        await uploads.abort_upload(self, session_id)
+
+    async def upload(self, profile: str, data: Source, *, filename: str | None = None,
+                     content_type: str | None = None) -> Asset:
+        """Store a file that passes through the host (bytes, a path or an async iterator).
+
+        profile: the profile name.
+        data: the file's bytes, a path to it, or an async iterator of chunks.
+        filename: the client's file name.
+        content_type: the declared type, if any.
+        """
+        return await uploads.upload(self, profile, data, filename=filename,
+                                    content_type=content_type)
+
+    async def get_asset(self, asset_id: str) -> Asset:
+        """The asset with its state and variants.
+
+        asset_id: the asset.
+        """
+        return await get_asset(self.pool, self.schema, asset_id)
+
+    # -- attachments ---------------------------------------------------------------
+
+    async def attach(self, asset_id: str, *, owner_type: str, owner_id: str | int, slot: str,
+                     conn: asyncpg.Connection | None = None) -> Attachment:
+        """Attach an asset to a host record's slot, replacing (and purging) what it held.
+
+        asset_id: the asset.
+        owner_type: the host record's type, e.g. ``"user"``.
+        owner_id: the host record's id.
+        slot: the slot, e.g. ``"avatar"``.
+        conn: a connection from ``rindle.transaction()`` to join the host's transaction.
+        """
+        async with self.db.transaction(conn) as uow:
+            return await attachments.attach(uow, asset_id, owner_type=owner_type,
+                                            owner_id=owner_id, slot=slot)
+
+    async def detach(self, *, owner_type: str, owner_id: str | int, slot: str,
+                     conn: asyncpg.Connection | None = None) -> Attachment | None:
+        """Empty a slot; the asset is purged unless something else holds it.
+
+        owner_type: the host record's type.
+        owner_id: the host record's id.
+        slot: the slot.
+        conn: a connection from ``rindle.transaction()`` to join the host's transaction.
+        Returns the removed attachment, or None when the slot was empty.
+        """
+        async with self.db.transaction(conn) as uow:
+            return await attachments.detach(uow, owner_type=owner_type, owner_id=owner_id,
+                                            slot=slot)
+
+    async def attachment(self, owner_type: str, owner_id: str | int, slot: str) -> Attachment | None:
+        """The attachment in a slot, or None.
+
+        owner_type: the host record's type.
+        owner_id: the host record's id.
+        slot: the slot.
+        """
+        return await attachments.attachment(self.pool, self.schema, owner_type=owner_type,
+                                            owner_id=owner_id, slot=slot)
+
+    async def attachments(self, owner_type: str, owner_ids: Iterable[str | int],
+                          slot: str) -> dict[str, Attachment]:
+        """The attachments of many records' slot in one query, keyed by owner id as text.
+
+        owner_type: the host records' type.
+        owner_ids: the host records' ids.
+        slot: the slot.
+        """
+        return await attachments.attachments(self.pool, self.schema, owner_type=owner_type,
+                                             owner_ids=owner_ids, slot=slot)
+
+    # -- delivery ------------------------------------------------------------------
+
+    async def url(self, asset_id: str, variant: str | None = None, *, ttl: int | None = None,
+                  disposition: str | None = None, filename: str | None = None,
+                  fallback: str | None = None) -> str:
+        """A delivery URL, signed and expiring unless the profile is public.
+
+        asset_id: the asset.
+        variant: a variant name; None for the original.
+        ttl: seconds the URL stays valid (default: the profile's url_ttl).
+        disposition: ``inline`` or ``attachment``.
+        filename: the download name (default: the uploaded file's name).
+        fallback: ``"original"`` to get the original while the variant is not ready.
+        """
+        return await delivery.url(self, asset_id, variant=variant, ttl=ttl,
+                                  disposition=disposition, filename=filename, fallback=fallback)
+
+    async def urls(self, asset_ids: Iterable[str], variant: str | None = None, *,
+                   ttl: int | None = None, fallback: str | None = None) -> dict[str, str | None]:
+        """URLs for a page of assets: one query, no storage round trip; None where not deliverable.
+
+        asset_ids: the assets.
+        variant: a variant name; None for the originals.
+        ttl: seconds the URLs stay valid.
+        fallback: ``"original"`` to use the original where the variant is not ready.
+        """
+        return await delivery.urls(self, asset_ids, variant=variant, ttl=ttl, fallback=fallback)

@@ -63,3 +63,11 @@ class NotReady(RindleError):
 
 class TransactionError(RindleError):
     """A connection was used in a way that could lose staged jobs or events."""
+
+
+class TooLarge(ValidationError):
+    """A file (declared, or counted while streaming) is larger than allowed."""
+
+
+class Unsupported(RindleError):
+    """The storage adapter cannot do what was asked (e.g. multipart on local storage)."""

@@ -38,9 +38,12 @@ class UploadStarted(BaseEvent, frozen=True, kw_only=True):
 
 
 class UploadCompleted(BaseEvent, frozen=True, kw_only=True):
-    """An upload was verified and handed to promotion (``verify_upload`` committed)."""
+    """An upload was verified and handed to promotion (``verify_upload`` committed).
 
-    session_id: str
+    ``session_id`` is None for a proxied ``upload``.
+    """
+
+    session_id: str | None
     asset_id: str
     profile: str
     adapter: str

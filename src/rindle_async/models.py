@@ -63,3 +63,23 @@ class Attachment(msgspec.Struct, frozen=True, kw_only=True):
     def from_row(cls, row: asyncpg.Record) -> Attachment:
         return cls(asset_id=str(row["asset_id"]), owner_type=row["owner_type"],
                    owner_id=row["owner_id"], slot=row["slot"], created_at=row["created_at"])
+
+
+class UploadTicket(msgspec.Struct, frozen=True, kw_only=True):
+    """What a client needs to send the bytes of a direct upload.
+
+    The client sends the file with ``method`` to ``url`` with exactly ``headers``
+    before ``expires_at``, then the host calls ``verify_upload(session_id)``.
+    Multipart tickets carry ``upload_id`` and ``part_size`` instead of a URL for the
+    whole file; part URLs come from ``presign_part``.
+    """
+
+    session_id: str
+    asset_id: str
+    method: str
+    url: str | None
+    headers: dict[str, str]
+    expires_at: datetime
+    session_expires_at: datetime
+    upload_id: str | None = None
+    part_size: int | None = None

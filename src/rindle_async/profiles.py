@@ -11,14 +11,14 @@ from __future__ import annotations
 import functools
 import hashlib
 import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 import msgspec
 from msgspec.structs import force_setattr
 
-from .errors import ConfigurationError
+from .errors import ConfigurationError, ValidationError
 
-__all__ = ["RECIPE_VERSION", "Profile", "Variant", "index_profiles", "recipe_digest"]
+__all__ = ["RECIPE_VERSION", "Profile", "Variant", "find_profile", "index_profiles", "recipe_digest"]
 
 #: Bump when rendering changes in a way the variant options do not capture.
 RECIPE_VERSION: int = 1
@@ -235,3 +235,16 @@ def index_profiles(profiles: Iterable[Profile]) -> dict[str, Profile]:
                                      f"profile names must be unique")
         index[profile.name] = profile
     return index
+
+
+def find_profile(profiles: Mapping[str, Profile], name: str) -> Profile:
+    """The profile called ``name``, or a ValidationError listing the configured ones.
+
+    profiles: name to profile, as built by ``index_profiles``.
+    name: the profile asked for.
+    """
+    profile = profiles.get(name) if isinstance(name, str) else None
+    if profile is None:
+        raise ValidationError(f"unknown profile {name!r}; configured profiles: "
+                              f"{', '.join(sorted(profiles)) or 'none'}")
+    return profile

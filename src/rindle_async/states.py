@@ -97,7 +97,7 @@ VARIANT = StateMachine(
     name="variant", table="variants", initial=frozenset({"planned"}),
     edges=_edges({
         "planned": ("queued", "cancelled", "purged"),
-        "queued": ("processing", "cancelled", "purged"),
+        "queued": ("processing", "failed", "cancelled", "purged"),
         "processing": ("ready", "failed", "cancelled", "purged"),
         "ready": ("stale", "missing", "purged"),
         "stale": ("queued", "purged"),

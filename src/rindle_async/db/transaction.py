@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import AsyncIterator, Mapping
 from contextlib import asynccontextmanager
+from contextvars import ContextVar
 from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,14 @@ from ..events import BaseEvent, EventBus
 
 if TYPE_CHECKING:
     from ..ledger import Ledger, Relay
+
+
+_in_transaction: ContextVar[bool] = ContextVar("rindle_in_transaction", default=False)
+
+
+def in_transaction() -> bool:
+    """Whether the current task is inside a Rindle unit of work (storage I/O must not be)."""
+    return _in_transaction.get()
 
 
 class UnitOfWork:
@@ -90,10 +99,12 @@ class Database:
     async def _outermost(self, conn: asyncpg.Connection) -> AsyncIterator[UnitOfWork]:
         uow = UnitOfWork(conn, self.ledger)
         self._open[id(conn)] = uow
+        token = _in_transaction.set(True)
         try:
             async with conn.transaction():
                 yield uow
         finally:
+            _in_transaction.reset(token)
             del self._open[id(conn)]
         # Reached only when the transaction committed.
         if uow.staged_jobs and self.relay is not None:

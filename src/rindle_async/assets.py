@@ -1,0 +1,36 @@
+"""Reading assets with their variants."""
+
+from __future__ import annotations
+
+import uuid
+
+import asyncpg
+
+from .errors import NotFound, ValidationError
+from .models import Asset
+
+
+def asset_uuid(asset_id: object) -> uuid.UUID:
+    """``asset_id`` as a UUID, or a ValidationError naming the bad value.
+
+    asset_id: a UUID or its string form.
+    """
+    try:
+        return uuid.UUID(str(asset_id))
+    except ValueError:
+        raise ValidationError(f"asset_id {asset_id!r} is not a UUID") from None
+
+
+async def get_asset(conn: asyncpg.Connection | asyncpg.Pool, schema: str, asset_id: object) -> Asset:
+    """The asset with its variants by name; NotFound when it does not exist.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    asset_id: the asset.
+    """
+    key = asset_uuid(asset_id)
+    row = await conn.fetchrow(f"SELECT * FROM {schema}.assets WHERE id = $1", key)
+    if row is None:
+        raise NotFound(f"asset {asset_id} does not exist")
+    variants = await conn.fetch(f"SELECT * FROM {schema}.variants WHERE asset_id = $1 ORDER BY name", key)
+    return Asset.from_row(row, variants)

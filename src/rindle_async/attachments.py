@@ -1,0 +1,159 @@
+"""Attachments: an asset held by a host record in a named slot.
+
+Attaching to a taken slot replaces what was there; an asset that loses its last
+attachment (by replacement or detach) is tombstoned (``deleted``) and its purge
+job staged in the same transaction, so storage is cleaned after commit and never
+forgotten.  Changes to one slot are serialised with a transaction-scoped
+advisory lock, so concurrent attaches end with one attachment and no orphan.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import uuid
+from collections.abc import Iterable
+
+import asyncpg
+
+from . import states
+from .assets import asset_uuid as to_uuid
+from .db.transaction import UnitOfWork
+from .errors import NotFound, ValidationError
+from .models import Attachment
+from .states import ASSET
+
+#: States an asset may be attached in: verified bytes that are not refused or gone.
+ATTACHABLE = frozenset({"validating", "analyzing", "promoting", "available", "processing",
+                        "ready", "degraded"})
+
+
+def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
+    for name, value in (("owner_type", owner_type), ("slot", slot)):
+        if not isinstance(value, str) or not value or len(value) > 255:
+            raise ValidationError(f"{name}={value!r} must be a non-empty string of at most 255 characters")
+    if isinstance(owner_id, bool) or not isinstance(owner_id, (str, int, uuid.UUID)):
+        raise ValidationError(f"owner_id={owner_id!r} must be a string, int or UUID")
+    owner = str(owner_id)
+    if not owner or len(owner) > 255:
+        raise ValidationError(f"owner_id={owner_id!r} must be 1..255 characters as text")
+    return owner
+
+
+async def _lock_slot(uow: UnitOfWork, owner_type: str, owner_id: str, slot: str) -> None:
+    name = f"{uow.ledger.schema}\x00{owner_type}\x00{owner_id}\x00{slot}".encode()
+    key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
+    await uow.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
+
+
+async def release_asset(uow: UnitOfWork, asset_id: uuid.UUID) -> bool:
+    """Tombstone ``asset_id`` and stage its purge unless another attachment holds it.
+
+    uow: the unit of work that just removed one of its attachments.
+    asset_id: the asset that lost an attachment.
+    Returns whether the asset was tombstoned.
+    """
+    schema = uow.ledger.schema
+    state = await uow.conn.fetchval(
+        f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE", asset_id)
+    if state is None or state == "deleted":
+        return False
+    held = await uow.conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {schema}.attachments WHERE asset_id = $1)", asset_id)
+    if held:
+        return False
+    await states.transition(uow, ASSET, asset_id, state, "deleted",
+                            reason="detached from its last owner")
+    await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
+    return True
+
+
+async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id: object,
+                 slot: str) -> Attachment:
+    """Attach an asset to ``(owner_type, owner_id, slot)``, replacing what the slot held.
+
+    uow: the unit of work (the host's transaction when it passed ``conn=``).
+    asset_id: the asset to attach; it must be verified and not quarantined or deleted.
+    owner_type: the host record's type, e.g. ``"user"``.
+    owner_id: the host record's id (stored as text).
+    slot: the slot on the record, e.g. ``"avatar"``.
+    """
+    owner = _check_owner(owner_type, owner_id, slot)
+    asset_uuid = to_uuid(asset_id)
+    schema = uow.ledger.schema
+    await _lock_slot(uow, owner_type, owner, slot)
+    state = await uow.conn.fetchval(
+        f"SELECT state FROM {schema}.assets WHERE id = $1 FOR SHARE", asset_uuid)
+    if state is None:
+        raise NotFound(f"asset {asset_id} does not exist")
+    if state not in ATTACHABLE:
+        hint = {"staged": "verify its upload first",
+                "quarantined": "it was refused; see its reason",
+                "deleted": "it was detached and is being purged"}.get(state, "")
+        raise ValidationError(f"asset {asset_id} is {state} and cannot be attached; {hint}")
+    current = await uow.conn.fetchrow(
+        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
+        owner_type, owner, slot)
+    if current is not None and current["asset_id"] == asset_uuid:
+        return Attachment.from_row(current)
+    if current is not None:
+        await uow.conn.execute(f"DELETE FROM {schema}.attachments WHERE id = $1", current["id"])
+    row = await uow.conn.fetchrow(
+        f"INSERT INTO {schema}.attachments (id, asset_id, owner_type, owner_id, slot)"
+        " VALUES ($1, $2, $3, $4, $5) RETURNING *", uuid.uuid4(), asset_uuid, owner_type, owner, slot)
+    if current is not None:
+        await release_asset(uow, current["asset_id"])
+    return Attachment.from_row(row)
+
+
+async def detach(uow: UnitOfWork, *, owner_type: str, owner_id: object, slot: str) -> Attachment | None:
+    """Remove the slot's attachment; return it, or None when the slot was empty.
+
+    uow: the unit of work (the host's transaction when it passed ``conn=``).
+    owner_type: the host record's type.
+    owner_id: the host record's id.
+    slot: the slot on the record.
+    """
+    owner = _check_owner(owner_type, owner_id, slot)
+    schema = uow.ledger.schema
+    await _lock_slot(uow, owner_type, owner, slot)
+    row = await uow.conn.fetchrow(
+        f"DELETE FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3"
+        " RETURNING *", owner_type, owner, slot)
+    if row is None:
+        return None
+    await release_asset(uow, row["asset_id"])
+    return Attachment.from_row(row)
+
+
+async def attachment(conn: asyncpg.Connection | asyncpg.Pool, schema: str, *, owner_type: str,
+                     owner_id: object, slot: str) -> Attachment | None:
+    """The attachment in ``(owner_type, owner_id, slot)``, or None.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    owner_type: the host record's type.
+    owner_id: the host record's id.
+    slot: the slot on the record.
+    """
+    owner = _check_owner(owner_type, owner_id, slot)
+    row = await conn.fetchrow(
+        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
+        owner_type, owner, slot)
+    return None if row is None else Attachment.from_row(row)
+
+
+async def attachments(conn: asyncpg.Connection | asyncpg.Pool, schema: str, *, owner_type: str,
+                      owner_ids: Iterable[object], slot: str) -> dict[str, Attachment]:
+    """The attachments of many records' slot in one query, by owner id (text).
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    owner_type: the host records' type.
+    owner_ids: the host records' ids; those with an empty slot are absent from the result.
+    slot: the slot on each record.
+    """
+    owners = [_check_owner(owner_type, owner_id, slot) for owner_id in owner_ids]
+    rows = await conn.fetch(
+        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND slot = $2"
+        " AND owner_id = ANY($3::text[])", owner_type, slot, owners)
+    return {row["owner_id"]: Attachment.from_row(row) for row in rows}

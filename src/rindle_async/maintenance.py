@@ -1,0 +1,397 @@
+"""Day-2 work: abort, cleanup, stale detection, regeneration, storage checks, status.
+
+Each verb is one service function that the CLI, the cron jobs and hosts call.
+Destructive verbs take ``dry_run``: a dry run computes exactly the same plan as
+a live run and changes nothing.  Every run emits ``CleanupRun`` with its counts.
+Storage I/O happens between transactions, never inside one.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING, Any
+
+from . import states
+from .events import CleanupRun
+from .promotion import plan_variants, queue_render
+from .states import ASSET, UPLOAD_SESSION, VARIANT
+from .uploads import OPEN_STATES
+
+if TYPE_CHECKING:
+    from .app import Rindle
+    from .db.transaction import UnitOfWork
+    from .jobs import JobRun
+
+log = logging.getLogger("rindle_async.maintenance")
+Progress = Callable[[int, int], None]
+#: States of an asset that has bytes and is not already on its way out.
+KEEPABLE = ("available", "processing", "ready", "degraded", "quarantined", "staged")
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+@dataclass
+class Report:
+    """What a maintenance run did (or, dry, would do): counts and the affected ids."""
+
+    worker: str
+    dry_run: bool
+    counts: dict[str, int] = field(default_factory=dict)
+    items: dict[str, list[str]] = field(default_factory=dict)
+
+    def add(self, what: str, item: str) -> None:
+        self.items.setdefault(what, []).append(item)
+        self.counts[what] = self.counts.get(what, 0) + 1
+
+    def summary(self) -> str:
+        mode = "dry run" if self.dry_run else "live"
+        parts = ", ".join(f"{k}={v}" for k, v in sorted(self.counts.items())) or "nothing to do"
+        return f"{self.worker} ({mode}): {parts}"
+
+
+async def _emit(rindle: Rindle, report: Report) -> Report:
+    await rindle.bus.deliver([CleanupRun(worker=report.worker, dry_run=report.dry_run,
+                                         counts=dict(report.counts))])
+    return report
+
+
+async def _tombstone(uow: UnitOfWork, asset_id: uuid.UUID, state: str, reason: str) -> None:
+    await states.transition(uow, ASSET, asset_id, state, "deleted", reason=reason)
+    await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
+
+
+# -- abort ------------------------------------------------------------------------------
+
+
+async def abort_incomplete_uploads(rindle: Rindle, *, dry_run: bool = False,
+                                   now: datetime | None = None,
+                                   progress: Progress | None = None) -> Report:
+    """Expire every open session past its deadline; tombstone its staged asset; abort multipart.
+
+    rindle: the opened Rindle.
+    dry_run: report without changing anything.
+    now: the clock (tests).
+    progress: called with (done, total) as sessions are handled.
+    """
+    report = Report("abort_incomplete_uploads", dry_run)
+    rows = await rindle.pool.fetch(
+        f"SELECT s.id, s.state, s.asset_id, s.storage_key, s.multipart_upload_id, a.storage,"
+        f" a.state AS asset_state FROM {rindle.schema}.upload_sessions s"
+        f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id"
+        f" WHERE s.state = ANY($1::text[]) AND s.expires_at < $2 ORDER BY s.expires_at",
+        list(OPEN_STATES), now or _now())
+    for done, row in enumerate(rows, 1):
+        report.add("sessions_expired", str(row["id"]))
+        if row["asset_state"] == "staged":
+            report.add("assets_tombstoned", str(row["asset_id"]))
+        if row["multipart_upload_id"]:
+            report.add("multipart_aborted", row["multipart_upload_id"])
+        if not dry_run:
+            async with rindle.db.transaction() as uow:
+                await states.transition(uow, UPLOAD_SESSION, row["id"], row["state"], "expired",
+                                        reason="the upload deadline passed")
+                if row["asset_state"] == "staged":
+                    await _tombstone(uow, row["asset_id"], "staged",
+                                     "its upload session expired before verification")
+            if row["multipart_upload_id"]:
+                await rindle.storages[row["storage"]].abort_multipart(
+                    row["storage_key"], row["multipart_upload_id"])
+        if progress:
+            progress(done, len(rows))
+    return await _emit(rindle, report)
+
+
+async def abort_incomplete_uploads_job(job: JobRun) -> None:
+    """Ledger job: abort incomplete uploads (live unless ``dry_run`` is in the args)."""
+    await abort_incomplete_uploads(job.rindle, dry_run=bool(job.args.get("dry_run", False)))
+
+
+# -- cleanup ----------------------------------------------------------------------------
+
+
+async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
+                          grace: timedelta = timedelta(hours=24), now: datetime | None = None,
+                          progress: Progress | None = None) -> Report:
+    """Remove what nothing holds; a dry run reports exactly what a live run would do.
+
+    rindle: the opened Rindle.
+    dry_run: report without changing anything (the default).
+    grace: how old unattached assets, stray objects and multipart uploads must be.
+    now: the clock (tests).
+    progress: called with (done, total) per step.
+    Steps: assets of failed, aborted or expired sessions; unattached assets older
+    than ``grace``; tombstoned assets whose purge is not pending (re-staged);
+    stray objects no row refers to; abandoned multipart uploads.
+    """
+    schema, now = rindle.schema, now or _now()
+    cutoff = now - grace
+    report = Report("cleanup_orphans", dry_run)
+    doomed = await rindle.pool.fetch(
+        f"SELECT DISTINCT a.id, a.state, CASE WHEN s.id IS NOT NULL THEN 'session' ELSE 'unattached'"
+        f" END AS why FROM {schema}.assets a"
+        f" LEFT JOIN {schema}.upload_sessions s ON s.asset_id = a.id"
+        f"   AND s.state IN ('failed', 'aborted', 'expired')"
+        f" WHERE a.state = ANY($1::text[])"
+        f"   AND NOT EXISTS (SELECT 1 FROM {schema}.attachments t WHERE t.asset_id = a.id)"
+        f"   AND (s.id IS NOT NULL OR a.created_at < $2)"
+        f"   AND NOT EXISTS (SELECT 1 FROM {schema}.upload_sessions o WHERE o.asset_id = a.id"
+        f"     AND o.state = ANY($3::text[]) AND o.expires_at >= $4)"
+        f" ORDER BY a.id", list(KEEPABLE), cutoff, list(OPEN_STATES), now)
+    for row in doomed:
+        what = "session_assets" if row["why"] == "session" else "unattached_assets"
+        report.add(what, str(row["id"]))
+        if not dry_run:
+            async with rindle.db.transaction() as uow:
+                await _tombstone(uow, row["id"], row["state"],
+                                 "cleanup: its upload failed" if what == "session_assets"
+                                 else f"cleanup: unattached for longer than {grace}")
+    unpurged = await rindle.pool.fetch(
+        f"SELECT a.id FROM {schema}.assets a WHERE a.state = 'deleted' AND NOT EXISTS ("
+        f" SELECT 1 FROM {schema}.jobs j WHERE j.kind = 'purge_storage'"
+        f" AND j.status IN ('pending', 'enqueued') AND j.args->>'asset_id' = a.id::text)"
+        f" AND a.state_changed_at < $1 ORDER BY a.id", cutoff)
+    for row in unpurged:
+        report.add("purges_restaged", str(row["id"]))
+        if not dry_run:
+            async with rindle.db.transaction() as uow:
+                await uow.stage("purge_storage", {"asset_id": str(row["id"])},
+                                dedupe_key=f"purge:{row['id']}")
+    await _stray_objects(rindle, report, cutoff, progress)
+    await _abandoned_multipart(rindle, report, cutoff)
+    return await _emit(rindle, report)
+
+
+async def _stray_objects(rindle: Rindle, report: Report, cutoff: datetime,
+                         progress: Progress | None) -> None:
+    """Objects under a profile's prefix that no asset or variant row refers to."""
+    schema = rindle.schema
+    for profile in rindle.profiles.values():
+        storage = rindle.storages[profile.storage]
+        seen = 0
+        async for info in storage.list(f"{profile.name}/"):
+            seen += 1
+            if info.last_modified is not None and info.last_modified >= cutoff:
+                continue  # young: an upload or a render may be about to refer to it
+            owner = await rindle.pool.fetchrow(
+                f"SELECT a.state, a.storage_key = $2 OR EXISTS (SELECT 1 FROM {schema}.variants v"
+                f" WHERE v.asset_id = a.id AND v.storage_key = $2) AS referenced"
+                f" FROM {schema}.assets a WHERE a.id = $1 AND a.storage = $3",
+                _asset_of(info.key), info.key, profile.storage)
+            if owner is not None and (owner["referenced"] or owner["state"] == "deleted"):
+                continue  # in use, or its purge job will delete it
+            report.add("stray_objects", f"{profile.storage}:{info.key}")
+            if not report.dry_run:
+                await storage.delete(info.key)
+            if progress:
+                progress(seen, 0)
+
+
+def _asset_of(key: str) -> uuid.UUID | None:
+    """The asset id in a key laid out as ``profile/xx/<asset id>/...``."""
+    parts = key.split("/")
+    try:
+        return uuid.UUID(parts[2]) if len(parts) > 3 else None
+    except ValueError:
+        return None
+
+
+async def _abandoned_multipart(rindle: Rindle, report: Report, cutoff: datetime) -> None:
+    names = {p.storage for p in rindle.profiles.values()}
+    for name in sorted(names):
+        storage = rindle.storages[name]
+        if not storage.capabilities.multipart:
+            continue
+        open_ids = {r["multipart_upload_id"] for r in await rindle.pool.fetch(
+            f"SELECT multipart_upload_id FROM {rindle.schema}.upload_sessions"
+            f" WHERE multipart_upload_id IS NOT NULL AND state = ANY($1::text[])",
+            list(OPEN_STATES))}
+        for profile in (p for p in rindle.profiles.values() if p.storage == name):
+            async for upload in storage.list_multipart(f"{profile.name}/"):
+                if upload.upload_id in open_ids:
+                    continue
+                if upload.initiated is not None and upload.initiated >= cutoff:
+                    continue
+                report.add("multipart_aborted", f"{name}:{upload.key}:{upload.upload_id}")
+                if not report.dry_run:
+                    await storage.abort_multipart(upload.key, upload.upload_id)
+
+
+async def cleanup_orphans_job(job: JobRun) -> None:
+    """Ledger job: cleanup (live unless ``dry_run`` is true in the args)."""
+    await cleanup_orphans(job.rindle, dry_run=bool(job.args.get("dry_run", False)))
+
+
+# -- stale detection and regeneration ---------------------------------------------------
+
+
+async def reconcile_profiles(rindle: Rindle) -> Report:
+    """Mark ready variants whose recipe changed as stale; plan variants a profile gained.
+
+    rindle: the opened Rindle.
+    """
+    schema, report = rindle.schema, Report("reconcile_profiles", False)
+    for profile in rindle.profiles.values():
+        for name, digest in profile.recipe_digests().items():
+            rows = await rindle.pool.fetch(
+                f"SELECT v.id FROM {schema}.variants v JOIN {schema}.assets a ON a.id = v.asset_id"
+                f" WHERE a.profile = $1 AND v.name = $2 AND v.state = 'ready'"
+                f" AND v.recipe_digest <> $3", profile.name, name, digest)
+            for row in rows:
+                async with rindle.db.transaction() as uow:
+                    await states.transition(uow, VARIANT, row["id"], "ready", "stale",
+                                            reason="the profile's recipe changed")
+                report.add("stale", str(row["id"]))
+        if not profile.variants:
+            continue
+        lacking = await rindle.pool.fetch(
+            f"SELECT a.id, a.state FROM {schema}.assets a WHERE a.profile = $1"
+            f" AND a.state IN ('ready', 'degraded', 'processing') AND (SELECT count(*) FROM"
+            f" {schema}.variants v WHERE v.asset_id = a.id AND v.name = ANY($2::text[])) < $3",
+            profile.name, list(profile.variants), len(profile.variants))
+        for row in lacking:
+            async with rindle.db.transaction() as uow:
+                planned = await plan_variants(uow, rindle, row["id"], profile.name)
+                if planned and row["state"] != "processing":
+                    await states.transition(uow, ASSET, row["id"], row["state"], "processing")
+            report.counts["planned"] = report.counts.get("planned", 0) + planned
+    return report
+
+
+async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
+                              variant: str | None = None,
+                              states_: tuple[str, ...] = ("stale", "missing", "failed"),
+                              asset_id: str | None = None, dry_run: bool = False,
+                              progress: Progress | None = None) -> Report:
+    """Re-queue variants (stale, missing, failed by default) with the current recipe.
+
+    rindle: the opened Rindle.
+    profile: only this profile.
+    variant: only this variant name.
+    states_: only variants in these states (any of stale, missing, failed, cancelled).
+    asset_id: only this asset (``requeue``).
+    dry_run: report without changing anything.
+    progress: called with (done, total).
+    """
+    allowed = {"stale", "missing", "failed", "cancelled"}
+    bad = set(states_) - allowed
+    if bad:
+        from .errors import ValidationError
+
+        raise ValidationError(f"cannot regenerate variants in states {sorted(bad)}; "
+                              f"choose from {', '.join(sorted(allowed))}")
+    schema, report = rindle.schema, Report("regenerate_variants", dry_run)
+    rows = await rindle.pool.fetch(
+        f"SELECT v.id, v.name, v.state, v.asset_id, a.profile, a.state AS asset_state"
+        f" FROM {schema}.variants v JOIN {schema}.assets a ON a.id = v.asset_id"
+        f" WHERE v.state = ANY($1::text[]) AND a.state IN ('ready', 'degraded', 'processing')"
+        f" AND ($2::text IS NULL OR a.profile = $2) AND ($3::text IS NULL OR v.name = $3)"
+        f" AND ($4::uuid IS NULL OR a.id = $4) ORDER BY v.asset_id, v.name",
+        list(states_), profile, variant, uuid.UUID(asset_id) if asset_id else None)
+    for done, row in enumerate(rows, 1):
+        config = rindle.profiles.get(row["profile"])
+        if config is None or row["name"] not in config.variants:
+            report.add("skipped_not_in_profile", str(row["id"]))
+            continue
+        report.add("requeued", str(row["id"]))
+        if not dry_run:
+            async with rindle.db.transaction() as uow:
+                await requeue_variant(uow, row, config.recipe_digests()[row["name"]])
+        if progress:
+            progress(done, len(rows))
+    return await _emit(rindle, report)
+
+
+async def requeue_variant(uow: UnitOfWork, row: Any, digest: str) -> None:
+    """Point a variant at ``digest`` and queue its render; the asset goes back to processing."""
+    changes: dict[str, Any] = {"recipe_digest": digest}
+    if row["state"] == "missing":
+        changes["storage_key"] = None  # its object is gone: nothing to serve meanwhile
+    await queue_render(uow, row["id"], row["asset_id"], row["name"], row["state"], **changes)
+    if row["asset_state"] in ("ready", "degraded"):
+        await states.transition(uow, ASSET, row["asset_id"], row["asset_state"], "processing")
+
+
+# -- storage verification ---------------------------------------------------------------
+
+
+async def verify_storage(rindle: Rindle, *, dry_run: bool = False,
+                         progress: Progress | None = None) -> Report:
+    """HEAD every ready variant and every promoted original; mark missing variants ``missing``.
+
+    rindle: the opened Rindle.
+    dry_run: report without changing anything.
+    progress: called with (done, total).
+    """
+    schema, report = rindle.schema, Report("verify_storage", dry_run)
+    variants = await rindle.pool.fetch(
+        f"SELECT v.id, v.storage_key, a.storage FROM {schema}.variants v JOIN {schema}.assets a"
+        f" ON a.id = v.asset_id WHERE v.state IN ('ready', 'stale') AND v.storage_key IS NOT NULL"
+        f" ORDER BY v.id")
+    originals = await rindle.pool.fetch(
+        f"SELECT id, storage, storage_key FROM {schema}.assets"
+        f" WHERE state IN ('available', 'processing', 'ready', 'degraded') ORDER BY id")
+    total = len(variants) + len(originals)
+    for done, row in enumerate(variants, 1):
+        report.counts["checked"] = report.counts.get("checked", 0) + 1
+        if await rindle.storages[row["storage"]].head(row["storage_key"]) is None:
+            report.add("variants_missing", str(row["id"]))
+            if not dry_run:
+                async with rindle.db.transaction() as uow:
+                    await states.transition(uow, VARIANT, row["id"], None, "missing",
+                                            reason="verify-storage: the object is gone")
+        if progress:
+            progress(done, total)
+    for done, row in enumerate(originals, len(variants) + 1):
+        report.counts["checked"] = report.counts.get("checked", 0) + 1
+        if await rindle.storages[row["storage"]].head(row["storage_key"]) is None:
+            report.add("originals_missing", str(row["id"]))
+        if progress:
+            progress(done, total)
+    return await _emit(rindle, report)
+
+
+# -- status -----------------------------------------------------------------------------
+
+
+async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1)) -> dict[str, Any]:
+    """Counts by state, work stuck longer than ``stuck_after``, and the ledger.
+
+    rindle: the opened Rindle.
+    stuck_after: how long a transient state may last before it counts as stuck.
+    """
+    schema = rindle.schema
+
+    async def by_state(table: str) -> dict[str, int]:
+        return {r["state"]: r["n"] for r in await rindle.pool.fetch(
+            f"SELECT state, count(*) AS n FROM {schema}.{table} GROUP BY state ORDER BY state")}
+
+    cutoff = _now() - stuck_after
+    stuck = {
+        "assets": await rindle.pool.fetchval(
+            f"SELECT count(*) FROM {schema}.assets WHERE state IN"
+            f" ('validating', 'analyzing', 'promoting', 'processing') AND state_changed_at < $1", cutoff),
+        "variants": await rindle.pool.fetchval(
+            f"SELECT count(*) FROM {schema}.variants WHERE state IN ('planned', 'queued', 'processing')"
+            f" AND state_changed_at < $1", cutoff),
+        "upload_sessions": await rindle.pool.fetchval(
+            f"SELECT count(*) FROM {schema}.upload_sessions WHERE state = 'verifying'"
+            f" AND state_changed_at < $1", cutoff),
+    }
+    ledger = await rindle.ledger_summary()
+    return {
+        "assets": await by_state("assets"),
+        "variants": await by_state("variants"),
+        "upload_sessions": await by_state("upload_sessions"),
+        "stuck": stuck,
+        "stuck_after_seconds": int(stuck_after.total_seconds()),
+        "ledger": {"pending": ledger.pending, "enqueued": ledger.enqueued,
+                   "discarded": ledger.discarded,
+                   "oldest_pending_seconds": ledger.oldest_pending_age,
+                   "oldest_enqueued_seconds": ledger.oldest_enqueued_age},
+    }

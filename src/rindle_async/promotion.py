@@ -1,0 +1,165 @@
+"""Promotion: the checks from the real bytes that every upload passes before use.
+
+``promote_asset`` downloads the original, sniffs its type from the bytes, checks
+it against the profile (allowed types, the declared type, size, pixel count
+read from the header before any decode) and either quarantines the asset with
+its reason or promotes it, planning one variant per profile variant and staging
+their renders in the same transaction.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+import uuid
+from typing import TYPE_CHECKING, Any
+
+import anyio
+import msgspec
+
+from . import security, states
+from .assets import asset_uuid
+from .states import ASSET
+
+if TYPE_CHECKING:
+    from .app import Rindle
+    from .db.transaction import UnitOfWork
+    from .jobs import JobRun
+
+log = logging.getLogger("rindle_async.promotion")
+ANALYZE_TIMEOUT = 30.0
+#: Types libvips analyses (pixel limits, dimensions); others are checked by type and size only.
+IMAGE_TYPES = frozenset({"image/jpeg", "image/png", "image/webp", "image/gif", "image/avif",
+                         "image/heic", "image/tiff"})
+
+
+def _digest_and_head(path: str) -> tuple[str, bytes, int]:
+    digest, head, size = hashlib.sha256(), b"", 0
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1024 * 1024):
+            if not head:
+                head = chunk[:8192]
+            digest.update(chunk)
+            size += len(chunk)
+    return digest.hexdigest(), head, size
+
+
+async def plan_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
+                        names: list[str] | None = None) -> int:
+    """Create the asset's missing variant rows and stage one render each; return how many.
+
+    uow: the unit of work of the promotion (or of a regeneration).
+    rindle: the opened Rindle.
+    asset_id: the asset.
+    profile_name: its profile.
+    names: only these variants (default: every variant of the profile).
+    """
+    profile = rindle.profiles[profile_name]
+    digests = profile.recipe_digests()
+    existing = {r["name"] for r in await uow.conn.fetch(
+        f"SELECT name FROM {rindle.schema}.variants WHERE asset_id = $1", asset_id)}
+    planned = 0
+    for name in names if names is not None else sorted(profile.variants):
+        if name in existing:
+            continue
+        row = await states.insert(uow, states.VARIANT, "planned", id=uuid.uuid4(),
+                                  asset_id=asset_id, name=name, recipe_digest=digests[name])
+        await queue_render(uow, row["id"], asset_id, name, "planned")
+        planned += 1
+    return planned
+
+
+async def queue_render(uow: UnitOfWork, variant_id: object, asset_id: object, name: str,
+                       from_state: str, **changes: Any) -> None:
+    """Move a variant to queued and stage its render (one pending render per variant).
+
+    changes: other columns written with the transition (e.g. the new ``recipe_digest``).
+    """
+    await states.transition(uow, states.VARIANT, variant_id, from_state, "queued", reason=None,
+                            **changes)
+    await uow.stage("process_variant", {"asset_id": str(asset_id), "variant": name},
+                    dedupe_key=f"render:{variant_id}")
+
+
+async def _quarantine(job: JobRun, asset_id: object, reason: str) -> None:
+    async with job.complete() as uow:
+        await states.transition(uow, ASSET, asset_id, "analyzing", "quarantined", reason=reason)
+    log.info("asset %s quarantined: %s", asset_id, reason)
+
+
+async def promote_asset(job: JobRun) -> None:
+    """Check an uploaded original from its bytes; quarantine it or promote it.
+
+    job: the running ledger job; ``job.args["asset_id"]`` names the asset.
+    """
+    from .processing import images  # loads libvips, in workers only
+
+    rindle, schema = job.rindle, job.rindle.schema
+    asset_id = asset_uuid(job.args["asset_id"])
+    asset = await rindle.pool.fetchrow(f"SELECT * FROM {schema}.assets WHERE id = $1", asset_id)
+    if asset is None or asset["state"] not in ("validating", "analyzing"):
+        return  # gone, or promoted or refused by an earlier delivery of this job
+    if asset["state"] == "validating":
+        async with rindle.db.transaction() as uow:
+            await states.transition(uow, ASSET, asset_id, "validating", "analyzing")
+    profile = rindle.profiles.get(asset["profile"])
+    if profile is None:
+        await _quarantine(job, asset_id, f"profile {asset['profile']!r} is not configured")
+        return
+    storage = rindle.storages[asset["storage"]]
+    workdir = await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "rindle-promote-")
+    try:
+        path = os.path.join(workdir, "original")
+        await storage.download(asset["storage_key"], path)
+        sha256, head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
+        sniffed = security.sniff(head)
+        reason = _refusal(profile, asset, sniffed, size)
+        metadata: dict[str, Any] = {"sha256": sha256}
+        if reason is None and sniffed in IMAGE_TYPES:
+            try:
+                metadata.update(await rindle.processing.run(
+                    images.analyze, path, profile.max_pixels, timeout=ANALYZE_TIMEOUT))
+            except images.ImageRefused as exc:
+                reason = str(exc)
+    finally:
+        await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
+    if reason is not None:
+        await _quarantine(job, asset_id, reason)
+        return
+    async with job.complete() as uow:
+        await states.transition(uow, ASSET, asset_id, "analyzing", "promoting")
+        await states.transition(
+            uow, ASSET, asset_id, "promoting", "available", content_type=sniffed, byte_size=size,
+            sha256=sha256, width=metadata.get("width"), height=metadata.get("height"),
+            metadata=msgspec.json.encode(metadata).decode())
+        planned = await plan_variants(uow, rindle, asset_id, profile.name)
+        await states.transition(uow, ASSET, asset_id, "available",
+                                "processing" if planned else "ready")
+
+
+def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | None:
+    if sniffed is None:
+        return "the bytes are not of a recognised type"
+    if sniffed not in profile.allow_mime:
+        return (f"the bytes are {sniffed}, which profile {profile.name!r} does not allow "
+                f"(allowed: {', '.join(profile.allow_mime)})")
+    if asset["content_type"] and asset["content_type"] != sniffed:
+        return f"declared {asset['content_type']} but the bytes are {sniffed}"
+    if size > profile.max_bytes:
+        return f"the file has {size} bytes, over the profile's limit of {profile.max_bytes}"
+    if asset["byte_size"] is not None and size != asset["byte_size"]:
+        return f"the stored file has {size} bytes, not the {asset['byte_size']} verified"
+    return None
+
+
+async def promotion_failed(uow: UnitOfWork, job: JobRun, error: str) -> None:
+    """``on_discard`` of promote_asset: an asset that could not be checked is quarantined."""
+    asset_id = asset_uuid(job.args["asset_id"])
+    state = await uow.conn.fetchval(
+        f"SELECT state FROM {job.rindle.schema}.assets WHERE id = $1 FOR UPDATE", asset_id)
+    if state is not None and ASSET.allows(state, "quarantined") and state in ("validating", "analyzing"):
+        await states.transition(uow, ASSET, asset_id, state, "quarantined",
+                                reason=f"promotion failed after {job.attempt} attempt(s): {error}")

@@ -1,0 +1,426 @@
+"""Upload sessions (direct to storage), their verification, and proxied uploads.
+
+Direct uploads: ``initiate_upload`` refuses at once what the profile forbids,
+commits a staged asset and its session, then presigns outside the transaction.
+The client sends the bytes straight to the store; ``verify_upload`` is the only
+trust gate: it checks the stored object (size, deadline, checksum) outside any
+transaction, then completes the session and hands the asset to promotion in one
+transaction.  The real type, pixel count and the rest are checked from the bytes
+by the promotion job before anything is promoted.
+
+Proxied uploads stream through the host (``upload``): the type is sniffed from
+the first bytes before anything is stored, and the size limit holds while
+streaming.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+import os
+import uuid
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from datetime import datetime, timedelta, timezone
+from typing import TYPE_CHECKING
+
+import anyio
+
+from . import security, states
+from .errors import (
+    InvalidTransition,
+    NotFound,
+    StorageError,
+    TooLarge,
+    ValidationError,
+    VerificationFailed,
+)
+from .events import UploadCompleted, UploadStarted
+from .models import Asset, UploadTicket
+from .profiles import Profile, find_profile
+from .states import ASSET, UPLOAD_SESSION
+from .storage.base import Part, PresignedRequest, Source, Storage
+
+if TYPE_CHECKING:
+    from .app import Rindle
+    from .db.transaction import UnitOfWork
+
+SNIFF_BYTES = 8192
+MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
+MAX_PARTS = 10_000
+OPEN_STATES = ("initialized", "signed", "uploading", "uploaded", "verifying")
+_CHECKSUM_LENGTHS = {"md5": 32, "sha256": 64}
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+def _check_checksum(checksum: str | None) -> str | None:
+    if checksum is None:
+        return None
+    algorithm, _, digest = checksum.partition(":")
+    if (_CHECKSUM_LENGTHS.get(algorithm.lower()) != len(digest)
+            or any(c not in "0123456789abcdef" for c in digest.lower())):
+        raise ValidationError(f"checksum {checksum!r} is not 'md5:<32 hex digits>' "
+                              "or 'sha256:<64 hex digits>'")
+    return f"{algorithm.lower()}:{digest.lower()}"
+
+
+def _check_size(profile: Profile, byte_size: object) -> int:
+    if not isinstance(byte_size, int) or isinstance(byte_size, bool) or byte_size < 1:
+        raise ValidationError(f"byte_size={byte_size!r} must be a positive int (the file's size)")
+    if byte_size > profile.max_bytes:
+        raise TooLarge(f"byte_size {byte_size} is over the {profile.max_bytes}-byte limit "
+                       f"of profile {profile.name!r}")
+    return byte_size
+
+
+def _part_size(byte_size: int, part_size: int | None) -> int:
+    if part_size is None:
+        return max(8 * 1024 * 1024, math.ceil(byte_size / MAX_PARTS))
+    if part_size < MIN_PART_SIZE:
+        raise ValidationError(f"part_size={part_size} is under S3's minimum part of {MIN_PART_SIZE} bytes")
+    if math.ceil(byte_size / part_size) > MAX_PARTS:
+        raise ValidationError(f"part_size={part_size} would need more than {MAX_PARTS} parts "
+                              f"for {byte_size} bytes")
+    return part_size
+
+
+async def _session(rindle: Rindle, session_id: str) -> dict:
+    """The session row joined with its asset's profile and storage."""
+    try:
+        sid = uuid.UUID(str(session_id))
+    except ValueError:
+        raise ValidationError(f"session_id {session_id!r} is not a UUID") from None
+    row = await rindle.pool.fetchrow(
+        f"SELECT s.*, a.profile, a.storage, a.state AS asset_state FROM {rindle.schema}.upload_sessions s"
+        f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id WHERE s.id = $1", sid)
+    if row is None:
+        raise NotFound(f"upload session {session_id} does not exist")
+    return dict(row)
+
+
+def _storage(rindle: Rindle, name: str) -> Storage:
+    return rindle.storages[name]
+
+
+async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | None,
+                          content_type: str, byte_size: int, checksum: str | None = None,
+                          multipart: bool = False, part_size: int | None = None) -> UploadTicket:
+    """Open a direct-upload session and return the ticket the client uploads with.
+
+    rindle: the opened Rindle.
+    profile_name: the profile the file is uploaded under.
+    filename: the client's file name (sanitized before it is stored).
+    content_type: the declared type; must be one the profile allows.
+    byte_size: the declared size; must be within the profile's max_bytes.
+    checksum: optional ``md5:<hex>`` or ``sha256:<hex>`` checked at verification.
+    multipart: use an S3 multipart upload (part URLs from ``presign_part``).
+    part_size: bytes per part for multipart (default: 8 MiB or larger for huge files).
+    """
+    profile = find_profile(rindle.profiles, profile_name)
+    declared = security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
+    size = _check_size(profile, byte_size)
+    checksum = _check_checksum(checksum)
+    storage = _storage(rindle, profile.storage)
+    capability = "multipart" if multipart else "presigned_put"
+    if not getattr(storage.capabilities, capability):
+        raise ValidationError(f"storage {profile.storage!r} ({storage.adapter}) cannot do "
+                              f"{capability.replace('_', ' ')} uploads")
+    parts = _part_size(size, part_size) if multipart else None
+    asset_id, session_id = uuid.uuid4(), uuid.uuid4()
+    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(declared))
+    expires_at = _now() + timedelta(seconds=profile.upload_ttl)
+    async with rindle.db.transaction() as uow:
+        await states.insert(uow, ASSET, "staged", id=asset_id, profile=profile.name,
+                            storage=profile.storage, storage_key=key,
+                            filename=security.sanitize_filename(filename),
+                            content_type=declared, byte_size=size)
+        await states.insert(uow, UPLOAD_SESSION, "initialized", id=session_id, asset_id=asset_id,
+                            strategy="multipart" if multipart else "presigned_put",
+                            storage_key=key, filename=security.sanitize_filename(filename),
+                            content_type=declared, byte_size=size, checksum=checksum,
+                            part_size=parts, expires_at=expires_at)
+        uow.emit(UploadStarted(session_id=str(session_id), asset_id=str(asset_id),
+                               profile=profile.name, adapter=profile.storage))
+    # Storage I/O after commit; a failure here leaves an initialized session for cleanup.
+    upload_id = None
+    if multipart:
+        upload_id = await storage.create_multipart(key, content_type=declared)
+    else:
+        request = await storage.presign_put(key, content_type=declared, byte_size=size,
+                                            expires_in=profile.upload_ttl)
+    async with rindle.db.transaction() as uow:
+        await states.transition(uow, UPLOAD_SESSION, session_id, "initialized", "signed",
+                                multipart_upload_id=upload_id)
+    if multipart:
+        return UploadTicket(session_id=str(session_id), asset_id=str(asset_id), method="PUT",
+                            url=None, headers={}, expires_at=expires_at,
+                            session_expires_at=expires_at, upload_id=upload_id, part_size=parts)
+    return _ticket(session_id, asset_id, request, expires_at)
+
+
+def _ticket(session_id: object, asset_id: object, request: PresignedRequest,
+            session_expires_at: datetime) -> UploadTicket:
+    return UploadTicket(session_id=str(session_id), asset_id=str(asset_id), method=request.method,
+                        url=request.url, headers=dict(request.headers),
+                        expires_at=min(request.expires_at, session_expires_at),
+                        session_expires_at=session_expires_at)
+
+
+def _open_session(session: dict, action: str) -> None:
+    if session["state"] not in OPEN_STATES:
+        detail = f" ({session['reason']})" if session["reason"] else ""
+        raise ValidationError(f"upload session {session['id']} is {session['state']}{detail}; "
+                              f"cannot {action}; start a new upload")
+    if session["expires_at"] <= _now():
+        raise VerificationFailed(f"upload session {session['id']} expired at "
+                                 f"{session['expires_at'].isoformat()}; start a new upload")
+
+
+async def sign_upload(rindle: Rindle, session_id: str) -> UploadTicket:
+    """A fresh ticket for an open session whose URL expired (the session deadline holds).
+
+    rindle: the opened Rindle.
+    session_id: the session from ``initiate_upload``.
+    """
+    session = await _session(rindle, session_id)
+    _open_session(session, "sign it again")
+    if session["strategy"] == "multipart":
+        raise ValidationError(f"upload session {session_id} is multipart; "
+                              "get part URLs with presign_part")
+    profile = find_profile(rindle.profiles, session["profile"])
+    remaining = int((session["expires_at"] - _now()).total_seconds())
+    request = await _storage(rindle, session["storage"]).presign_put(
+        session["storage_key"], content_type=session["content_type"],
+        byte_size=session["byte_size"], expires_in=max(1, min(remaining, profile.upload_ttl)))
+    if session["state"] == "initialized":
+        async with rindle.db.transaction() as uow:
+            await states.transition(uow, UPLOAD_SESSION, session["id"], "initialized", "signed")
+    return _ticket(session["id"], session["asset_id"], request, session["expires_at"])
+
+
+async def presign_part(rindle: Rindle, session_id: str, part_number: int) -> PresignedRequest:
+    """A PUT URL for one part of a multipart session, minted on demand.
+
+    rindle: the opened Rindle.
+    session_id: a multipart session from ``initiate_upload(..., multipart=True)``.
+    part_number: 1-based part number.
+    """
+    session = await _session(rindle, session_id)
+    _open_session(session, "upload parts")
+    if session["strategy"] != "multipart" or not session["multipart_upload_id"]:
+        raise ValidationError(f"upload session {session_id} is not a multipart upload")
+    total = math.ceil(session["byte_size"] / session["part_size"])
+    if not isinstance(part_number, int) or not 1 <= part_number <= total:
+        raise ValidationError(f"part_number={part_number!r} is outside 1..{total} for "
+                              f"{session['byte_size']} bytes in {session['part_size']}-byte parts")
+    profile = find_profile(rindle.profiles, session["profile"])
+    remaining = int((session["expires_at"] - _now()).total_seconds())
+    return await _storage(rindle, session["storage"]).presign_part(
+        session["storage_key"], session["multipart_upload_id"], part_number,
+        expires_in=max(1, min(remaining, profile.upload_ttl)))
+
+
+async def _fail(rindle: Rindle, session: dict, reason: str) -> VerificationFailed:
+    """Record a failed verification (session failed, asset quarantined); return the error."""
+    async with rindle.db.transaction() as uow:
+        await states.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "failed",
+                                reason=reason)
+        await states.transition(uow, ASSET, session["asset_id"], None, "quarantined",
+                                reason=f"upload verification failed: {reason}")
+    return VerificationFailed(f"upload session {session['id']}: {reason}")
+
+
+async def _expire(rindle: Rindle, session: dict) -> None:
+    """Close a session past its deadline and tombstone its staged asset for purging."""
+    async with rindle.db.transaction() as uow:
+        await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "expired",
+                                reason="the upload deadline passed before verification")
+        await tombstone_staged(uow, session["asset_id"])
+
+
+async def tombstone_staged(uow: UnitOfWork, asset_id: object) -> None:
+    """Mark a never-promoted asset deleted and stage the purge of whatever was stored."""
+    await states.transition(uow, ASSET, asset_id, None, "deleted",
+                            reason="its upload session ended without a verified file")
+    await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
+
+
+async def _object_checksum(storage: Storage, key: str, algorithm: str) -> str:
+    digest = hashlib.new(algorithm)
+    async for chunk in storage.get(key):
+        digest.update(chunk)
+    return f"{algorithm}:{digest.hexdigest()}"
+
+
+async def verify_upload(rindle: Rindle, session_id: str, *,
+                        parts: Sequence[Part] | None = None) -> Asset:
+    """Check the uploaded object and hand the asset to promotion; return the asset.
+
+    rindle: the opened Rindle.
+    session_id: the session from ``initiate_upload``.
+    parts: for multipart sessions, the uploaded parts (number and ETag) to assemble first.
+    A second call on a completed session returns the same asset.
+    """
+    session = await _session(rindle, session_id)
+    if session["state"] == "completed":
+        return await rindle.get_asset(str(session["asset_id"]))
+    if session["state"] not in OPEN_STATES:
+        _open_session(session, "verify it")
+    if session["expires_at"] <= _now():
+        await _expire(rindle, session)
+        raise VerificationFailed(f"upload session {session_id} expired at "
+                                 f"{session['expires_at'].isoformat()}; start a new upload")
+    storage = _storage(rindle, session["storage"])
+    key = session["storage_key"]
+    if session["strategy"] == "multipart" and session["state"] != "verifying":
+        if not parts:
+            raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
+                                  "(part_number and etag of every uploaded part)")
+        await storage.complete_multipart(key, session["multipart_upload_id"], list(parts))
+    info = await storage.head(key)
+    if info is None:
+        raise VerificationFailed(f"upload session {session_id}: nothing is stored at the ticket's "
+                                 "URL yet; send the file with the ticket, then verify")
+    if session["state"] != "verifying":
+        try:
+            async with rindle.db.transaction() as uow:
+                await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"],
+                                        "verifying")
+        except InvalidTransition:  # a concurrent verify moved it; go by the row
+            return await verify_upload(rindle, session_id)
+    profile = find_profile(rindle.profiles, session["profile"])
+    reason = None
+    if info.size != session["byte_size"]:
+        reason = f"the stored object has {info.size} bytes but {session['byte_size']} were declared"
+    elif info.size > profile.max_bytes:
+        reason = f"the stored object has {info.size} bytes, over the {profile.max_bytes}-byte limit"
+    elif session["checksum"]:
+        algorithm = session["checksum"].split(":", 1)[0]
+        actual = await _object_checksum(storage, key, algorithm)
+        if actual != session["checksum"]:
+            reason = f"checksum mismatch: declared {session['checksum']}, stored object has {actual}"
+    if reason is not None:
+        raise await _fail(rindle, session, reason)
+    try:
+        async with rindle.db.transaction() as uow:
+            await states.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "completed",
+                                    verified_at=_now())
+            await states.transition(uow, ASSET, session["asset_id"], "staged", "validating",
+                                    byte_size=info.size)
+            await uow.stage("promote_asset", {"asset_id": str(session["asset_id"])},
+                            dedupe_key=f"promote:{session['asset_id']}")
+            uow.emit(UploadCompleted(session_id=str(session["id"]), asset_id=str(session["asset_id"]),
+                                     profile=session["profile"], adapter=session["storage"],
+                                     byte_size=info.size))
+    except InvalidTransition:
+        session = await _session(rindle, session_id)
+        if session["state"] != "completed":
+            raise
+    return await rindle.get_asset(str(session["asset_id"]))
+
+
+async def abort_upload(rindle: Rindle, session_id: str) -> None:
+    """Abandon an open session: it becomes aborted and its asset is purged.
+
+    rindle: the opened Rindle.
+    session_id: the session from ``initiate_upload``.
+    """
+    session = await _session(rindle, session_id)
+    if session["state"] not in OPEN_STATES:
+        raise ValidationError(f"upload session {session_id} is {session['state']}; "
+                              "only open sessions can be aborted")
+    async with rindle.db.transaction() as uow:
+        await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "aborted",
+                                reason="aborted by the host")
+        await tombstone_staged(uow, session["asset_id"])
+    if session["multipart_upload_id"]:
+        await _storage(rindle, session["storage"]).abort_multipart(
+            session["storage_key"], session["multipart_upload_id"])
+
+
+# -- proxied uploads ------------------------------------------------------------------
+
+
+async def _chunks(data: Source) -> AsyncIterator[bytes]:
+    if isinstance(data, (bytes, bytearray, memoryview)):
+        yield bytes(data)
+    elif isinstance(data, (str, os.PathLike)):
+        async with await anyio.open_file(data, "rb") as handle:
+            while chunk := await handle.read(256 * 1024):
+                yield chunk
+    elif isinstance(data, AsyncIterable):
+        async for chunk in data:
+            if chunk:
+                yield bytes(chunk)
+    else:
+        raise ValidationError(f"upload data must be bytes, a path or an async iterator of bytes, "
+                              f"not {type(data).__name__}")
+
+
+async def _head_and_rest(data: Source) -> tuple[bytes, AsyncIterator[bytes]]:
+    """Read at least SNIFF_BYTES (or everything) for sniffing, keeping the stream intact."""
+    stream = _chunks(data)
+    head = b""
+    async for chunk in stream:
+        head += chunk
+        if len(head) >= SNIFF_BYTES:
+            break
+
+    async def rest() -> AsyncIterator[bytes]:
+        if head:
+            yield head
+        async for chunk in stream:
+            yield chunk
+
+    return head, rest()
+
+
+async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: str | None = None,
+                 content_type: str | None = None) -> Asset:
+    """Store a file that passes through the host, then hand it to promotion; return the asset.
+
+    rindle: the opened Rindle.
+    profile_name: the profile the file is uploaded under.
+    data: bytes, a path to a local file, or an async iterator of byte chunks.
+    filename: the client's file name (sanitized before it is stored).
+    content_type: the declared type, if any; refused early when the profile forbids it.
+    """
+    profile = find_profile(rindle.profiles, profile_name)
+    if content_type is not None:
+        security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
+    head, stream = await _head_and_rest(data)
+    if not head:
+        raise ValidationError("the upload is empty (0 bytes)")
+    sniffed = security.sniff(head)
+    if sniffed is None or sniffed not in profile.allow_mime:
+        raise ValidationError(f"the file's bytes are {sniffed or 'of an unknown type'}, which profile "
+                              f"{profile.name!r} does not allow; allowed: {', '.join(profile.allow_mime)}")
+    if filename:
+        security.check_extension(filename, sniffed)
+    asset_id = uuid.uuid4()
+    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(sniffed))
+    storage = _storage(rindle, profile.storage)
+    try:
+        info = await storage.put(key, stream, content_type=sniffed, max_bytes=profile.max_bytes)
+    except TooLarge as exc:
+        raise TooLarge(f"the upload is over the {profile.max_bytes}-byte limit of profile "
+                       f"{profile.name!r}") from exc
+    try:
+        async with rindle.db.transaction() as uow:
+            await states.insert(uow, ASSET, "validating", id=asset_id, profile=profile.name,
+                                storage=profile.storage, storage_key=key,
+                                filename=security.sanitize_filename(filename),
+                                content_type=sniffed, byte_size=info.size)
+            await uow.stage("promote_asset", {"asset_id": str(asset_id)},
+                            dedupe_key=f"promote:{asset_id}")
+            uow.emit(UploadCompleted(session_id=None, asset_id=str(asset_id), profile=profile.name,
+                                     adapter=profile.storage, byte_size=info.size))
+    except BaseException:
+        try:  # the row never committed: nothing refers to the object
+            await storage.delete(key)
+        except StorageError:
+            pass  # cleanup_orphans finds it under the asset's prefix
+        raise
+    return await rindle.get_asset(str(asset_id))

@@ -1,0 +1,164 @@
+"""The arq side: built-in job kinds, worker settings and cron.
+
+    RINDLE_APP=myapp.media:rindle arq rindle_async.WorkerSettings
+
+serves every job kind on the default queue.  ``RINDLE_QUEUE=name`` (or
+``rindle.worker_settings(queue=name)``) serves only the kinds routed to that
+queue with ``Rindle(queues=...)``, so e.g. variant rendering can get its own
+pool of workers.  Cron (on the default queue's workers): the relay sweep and
+the reconciler every minute, abort of incomplete uploads at 01:00, cleanup of
+orphans at 02:00.  At startup a worker runs one relay sweep and one
+reconciliation.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from dataclasses import replace
+from typing import TYPE_CHECKING, Any
+
+from arq.connections import RedisSettings
+from arq.cron import cron
+
+from .jobs import JobKind
+from .processing.pool import ProcessingPool
+
+if TYPE_CHECKING:
+    from .app import Rindle
+
+log = logging.getLogger("rindle_async.worker")
+
+#: name -> (default tries, default timeout in seconds), as in DESIGN's job table.
+DEFAULTS = {
+    "promote_asset": (3, 120.0),
+    "process_variant": (5, 300.0),
+    "purge_storage": (3, 300.0),
+    "cleanup_orphans": (3, 1800.0),
+    "abort_incomplete_uploads": (3, 600.0),
+}
+HEARTBEAT_KEY = "rindle:worker-heartbeat:{queue}"
+
+
+def builtin_job_kinds(settings: dict[str, dict[str, Any]] | None = None) -> list[JobKind]:
+    """The job kinds rindle_async runs, with per-kind overrides applied.
+
+    settings: kind name -> JobKind fields to override (tries, timeout, backoff, max_backoff).
+    """
+    from . import maintenance, promotion, purge, rendering
+
+    handlers = {
+        "promote_asset": (promotion.promote_asset, promotion.promotion_failed),
+        "process_variant": (rendering.process_variant, rendering.variant_failed),
+        "purge_storage": (purge.purge_storage, None),
+        "cleanup_orphans": (maintenance.cleanup_orphans_job, None),
+        "abort_incomplete_uploads": (maintenance.abort_incomplete_uploads_job, None),
+    }
+    kinds = []
+    for name, (tries, timeout) in DEFAULTS.items():
+        handler, on_discard = handlers[name]
+        kinds.append(JobKind(name=name, handler=handler, tries=tries, timeout=timeout,
+                             on_discard=on_discard))
+    overrides = dict(settings or {})
+    unknown = set(overrides) - set(DEFAULTS)
+    if unknown:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"job_settings names unknown job kinds {sorted(unknown)}; "
+                                 f"built-in kinds are {sorted(DEFAULTS)}")
+    return [replace(kind, **overrides.get(kind.name, {})) for kind in kinds]
+
+
+async def relay_tick(ctx: dict[str, Any]) -> str:
+    """Cron, every minute: send pending ledger rows and re-send what Redis lost."""
+    rindle: Rindle = ctx["rindle"]
+    sent = await rindle.flush_jobs()
+    resent = await rindle.reconcile_jobs()
+    await rindle.arq.set(HEARTBEAT_KEY.format(queue=rindle.ledger.queue), "1", ex=180)
+    return f"sent {sent}, re-sent {resent}"
+
+
+async def _stage(ctx: dict[str, Any], kind: str, args: dict[str, Any]) -> str:
+    rindle: Rindle = ctx["rindle"]
+    async with rindle.db.transaction() as uow:
+        job_id = await uow.stage(kind, args, dedupe_key=f"cron:{kind}")
+    return f"staged {kind} as job {job_id}" if job_id else f"{kind} is already pending"
+
+
+async def cron_abort_incomplete_uploads(ctx: dict[str, Any]) -> str:
+    """Cron, 01:00: stage an abort of uploads past their deadline."""
+    return await _stage(ctx, "abort_incomplete_uploads", {})
+
+
+async def cron_cleanup_orphans(ctx: dict[str, Any]) -> str:
+    """Cron, 02:00: stage a live cleanup of orphans."""
+    return await _stage(ctx, "cleanup_orphans", {"dry_run": False})
+
+
+def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int | None = None,
+                    **overrides: Any) -> type:
+    """An arq settings class serving ``rindle``'s jobs on one queue.
+
+    rindle: the host's Rindle (opened by the worker at startup, closed at shutdown).
+    queue: the arq queue to serve (default: the Rindle's default queue, with cron).
+    processes: size of the libvips process pool (default: cores - 1, at least 1).
+    overrides: other arq Worker settings (max_jobs, poll_delay, ...).
+    """
+    queue = queue or rindle.ledger.queue
+    kinds = [k for k in rindle.ledger.kinds.values() if rindle.ledger.queue_for(k.name) == queue]
+    served_queues = {rindle.ledger.queue, *rindle.ledger.routes.values()}
+    if queue not in served_queues:
+        from .errors import ConfigurationError
+
+        raise ConfigurationError(f"queue {queue!r} serves no job kind; queues in use: "
+                                 f"{', '.join(sorted(served_queues))}")
+    from .jobs import arq_function
+
+    async def on_startup(ctx: dict[str, Any]) -> None:
+        if processes is not None:
+            rindle.processing = ProcessingPool(processes)
+        if not rindle.is_open:
+            await rindle.open()
+        ctx["rindle"] = rindle
+        await rindle.arq.set(HEARTBEAT_KEY.format(queue=queue), "1", ex=180)
+        sent, resent = await rindle.flush_jobs(), await rindle.reconcile_jobs()
+        stale = await rindle.mark_stale_variants()
+        log.info("rindle worker on queue %s: %d job kind(s), %d pool process(es); startup sent %d, "
+                 "re-sent %d, marked %d stale variant(s)", queue, len(kinds), rindle.processing.size,
+                 sent, resent, stale)
+
+    async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await rindle.close()
+
+    settings: dict[str, Any] = {
+        "functions": [arq_function(kind) for kind in kinds],
+        "queue_name": queue,
+        "redis_settings": RedisSettings.from_dsn(rindle.redis_url),
+        "on_startup": on_startup,
+        "on_shutdown": on_shutdown,
+        "cron_jobs": [],
+        "keep_result": 3600,
+        "max_jobs": 10,
+    }
+    if queue == rindle.ledger.queue:
+        settings["cron_jobs"] = [
+            cron(relay_tick, name="rindle_relay_tick", second=0),
+            cron(cron_abort_incomplete_uploads, name="rindle_abort_incomplete_uploads",
+                 hour=1, minute=0, second=0),
+            cron(cron_cleanup_orphans, name="rindle_cleanup_orphans", hour=2, minute=0, second=0),
+        ]
+    settings.update(overrides)
+    return type(f"RindleWorkerSettings_{queue}", (), settings)
+
+
+def from_environment() -> type:
+    """``WorkerSettings`` for ``arq``: the Rindle named by RINDLE_APP, the queue in RINDLE_QUEUE."""
+    from .cli import load_app
+
+    spec = os.environ.get("RINDLE_APP")
+    if not spec:
+        raise RuntimeError("set RINDLE_APP=module:attribute to the host's Rindle object, e.g. "
+                           "RINDLE_APP=myapp.media:rindle arq rindle_async.WorkerSettings")
+    processes = os.environ.get("RINDLE_PROCESSES")
+    return load_app(spec).worker_settings(queue=os.environ.get("RINDLE_QUEUE") or None,
+                                          processes=int(processes) if processes else None)

@@ -1,0 +1,302 @@
+"""Direct (presigned) and proxied uploads on local storage and S3 (moto), with every
+rejection path; all storages are guarded against I/O inside a transaction."""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+from datetime import datetime, timedelta, timezone
+from urllib.parse import parse_qsl, unquote, urlsplit
+
+import httpx
+import pytest
+
+from rindle_async import (
+    NotFound,
+    TooLarge,
+    UploadCompleted,
+    UploadStarted,
+    ValidationError,
+    VerificationFailed,
+)
+from rindle_async.db.transaction import in_transaction
+from rindle_async.storage import Part
+
+from .media import StorageCalledInTransaction, gif, jpeg, png
+
+
+async def send(storage, ticket, body: bytes) -> None:
+    """What a client does with a ticket: PUT the bytes (local: through verify + put)."""
+    if storage.adapter == "s3":
+        async with httpx.AsyncClient() as client:
+            response = await client.request(ticket.method, ticket.url, headers=ticket.headers,
+                                            content=body)
+        assert response.status_code == 200, response.text
+        return
+    parts = urlsplit(ticket.url)
+    key = unquote(parts.path.split("/rindle/", 1)[1])
+    signed = storage.verify(ticket.method, key, dict(parse_qsl(parts.query)))
+    assert signed.content_type == ticket.headers["Content-Type"]
+    await storage.put(key, body, content_type=signed.content_type, max_bytes=signed.max_bytes)
+
+
+async def counts(db, schema):
+    return {table: await db.fetchval(f"SELECT count(*) FROM {schema}.{table}")
+            for table in ("assets", "upload_sessions", "jobs")}
+
+
+async def jobs(db, schema):
+    return [(r["kind"], r["args"]) for r in await db.fetch(
+        f"SELECT kind, args::text FROM {schema}.jobs ORDER BY id")]
+
+
+@pytest.fixture(params=["local", "s3"])
+def storage(request, local_storage):
+    return local_storage if request.param == "local" else request.getfixturevalue("s3_storage")
+
+
+async def test_direct_upload_flow(media_rindle, storage, db, schema):
+    rindle = await media_rindle(storage)
+    events = []
+    rindle.subscribe(events.append, UploadStarted, UploadCompleted)
+    body = png()
+    ticket = await rindle.initiate_upload("avatar", filename="../me.png", content_type="image/png",
+                                          byte_size=len(body))
+    assert ticket.method == "PUT" and ticket.headers == {"Content-Type": "image/png"}
+    assert ticket.expires_at <= ticket.session_expires_at
+    session = await db.fetchrow(f"SELECT * FROM {schema}.upload_sessions WHERE id = $1::uuid",
+                                ticket.session_id)
+    assert (session["state"], session["filename"]) == ("signed", "me.png")
+    await send(storage, ticket, body)
+    asset = await rindle.verify_upload(ticket.session_id)
+    assert (asset.id, asset.state, asset.byte_size, asset.filename) == (
+        ticket.asset_id, "validating", len(body), "me.png")
+    assert await jobs(db, schema) == [("promote_asset", f'{{"asset_id": "{asset.id}"}}')]
+    assert [type(e).__name__ for e in events] == ["UploadStarted", "UploadCompleted"]
+    assert events[1].byte_size == len(body) and events[1].adapter == "media"
+    again = await rindle.verify_upload(ticket.session_id)
+    assert again.id == asset.id and len(await jobs(db, schema)) == 1
+
+
+async def test_sign_upload_gives_a_fresh_working_ticket(media_rindle, storage):
+    rindle = await media_rindle(storage)
+    body = jpeg()
+    first = await rindle.initiate_upload("avatar", filename="a.jpg", content_type="image/jpeg",
+                                         byte_size=len(body))
+    await asyncio.sleep(1.01)
+    second = await rindle.sign_upload(first.session_id)
+    assert second.session_id == first.session_id and second.url != first.url
+    assert second.session_expires_at == first.session_expires_at
+    await send(storage, second, body)
+    assert (await rindle.verify_upload(first.session_id)).state == "validating"
+
+
+async def test_multipart_upload_on_s3(media_rindle, s3_storage, db, schema):
+    rindle = await media_rindle(s3_storage, max_bytes=20 * 1024 * 1024)
+    body = png() + bytes(6 * 1024 * 1024)  # bytes past the PNG's end do not matter to verify
+    ticket = await rindle.initiate_upload("avatar", filename="big.png", content_type="image/png",
+                                          byte_size=len(body), multipart=True,
+                                          part_size=5 * 1024 * 1024)
+    assert ticket.url is None and ticket.upload_id and ticket.part_size == 5 * 1024 * 1024
+    parts = []
+    async with httpx.AsyncClient() as client:
+        for number in (1, 2):
+            request = await rindle.presign_part(ticket.session_id, number)
+            chunk = body[(number - 1) * ticket.part_size:number * ticket.part_size]
+            response = await client.put(request.url, content=chunk)
+            assert response.status_code == 200
+            parts.append(Part(part_number=number, etag=response.headers["ETag"]))
+    with pytest.raises(ValidationError, match="part_number=3 is outside 1..2"):
+        await rindle.presign_part(ticket.session_id, 3)
+    with pytest.raises(ValidationError, match="pass parts="):
+        await rindle.verify_upload(ticket.session_id)
+    asset = await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert (asset.state, asset.byte_size) == ("validating", len(body))
+    info = await s3_storage.head(await db.fetchval(
+        f"SELECT storage_key FROM {schema}.assets WHERE id = $1::uuid", asset.id))
+    assert info.size == len(body)
+
+
+async def test_multipart_is_refused_on_local_storage(media_rindle):
+    rindle = await media_rindle()
+    with pytest.raises(ValidationError, match="cannot do multipart uploads"):
+        await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                     byte_size=10, multipart=True)
+
+
+@pytest.mark.parametrize("content_type, byte_size, error, message", [
+    ("image/gif", 100, ValidationError, "'image/gif' is not allowed for profile avatar"),
+    (None, 100, ValidationError, "content type is missing"),
+    ("image/png", 11 * 1024 * 1024, TooLarge, "byte_size 11534336 is over the 10485760-byte limit"),
+    ("image/png", 0, ValidationError, "byte_size=0 must be a positive int"),
+])
+async def test_initiate_refuses_what_the_profile_forbids(media_rindle, db, schema, content_type,
+                                                         byte_size, error, message):
+    rindle = await media_rindle()
+    with pytest.raises(error, match=message):
+        await rindle.initiate_upload("avatar", filename="a", content_type=content_type,
+                                     byte_size=byte_size)
+    assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+
+
+async def test_initiate_refuses_unknown_profiles_and_bad_checksums(media_rindle):
+    rindle = await media_rindle()
+    with pytest.raises(ValidationError, match="unknown profile 'banner'; configured profiles: avatar"):
+        await rindle.initiate_upload("banner", filename="a.png", content_type="image/png", byte_size=1)
+    with pytest.raises(ValidationError, match="checksum 'crc:1' is not 'md5:<32 hex digits>'"):
+        await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                     byte_size=1, checksum="crc:1")
+
+
+async def test_a_size_that_differs_from_the_declared_one_fails_verification(media_rindle, storage,
+                                                                          db, schema):
+    rindle = await media_rindle(storage)
+    body = png()
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                          byte_size=len(body) + 5)
+    if storage.adapter == "s3":  # S3 itself would refuse a body shorter than the signed length
+        key = await db.fetchval(f"SELECT storage_key FROM {schema}.assets WHERE id = $1::uuid",
+                                ticket.asset_id)
+        await storage.put(key, body, content_type="image/png")
+    else:
+        await send(storage, ticket, body)
+    with pytest.raises(VerificationFailed, match=f"has {len(body)} bytes but {len(body) + 5} were declared"):
+        await rindle.verify_upload(ticket.session_id)
+    session = await db.fetchrow(f"SELECT state, reason FROM {schema}.upload_sessions")
+    assert session["state"] == "failed" and "were declared" in session["reason"]
+    asset = await rindle.get_asset(ticket.asset_id)
+    assert asset.state == "quarantined" and asset.reason.startswith("upload verification failed")
+    assert await jobs(db, schema) == []
+    with pytest.raises(ValidationError, match="is failed .* cannot verify it; start a new upload"):
+        await rindle.verify_upload(ticket.session_id)
+
+
+async def test_a_missing_object_leaves_the_session_open(media_rindle, storage, db, schema):
+    rindle = await media_rindle(storage)
+    body = png()
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                          byte_size=len(body))
+    with pytest.raises(VerificationFailed, match="nothing is stored at the ticket's URL yet"):
+        await rindle.verify_upload(ticket.session_id)
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "signed"
+    await send(storage, ticket, body)
+    assert (await rindle.verify_upload(ticket.session_id)).state == "validating"
+
+
+async def test_an_expired_session_is_closed_and_its_asset_purged(media_rindle, db, schema):
+    rindle = await media_rindle()
+    body = png()
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                          byte_size=len(body))
+    await db.execute(f"UPDATE {schema}.upload_sessions SET expires_at = now() - interval '1 second'")
+    with pytest.raises(VerificationFailed, match="expired at"):
+        await rindle.verify_upload(ticket.session_id)
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "expired"
+    assert (await rindle.get_asset(ticket.asset_id)).state == "deleted"
+    assert await jobs(db, schema) == [("purge_storage", f'{{"asset_id": "{ticket.asset_id}"}}')]
+    with pytest.raises(ValidationError, match="is expired"):
+        await rindle.sign_upload(ticket.session_id)
+
+
+@pytest.mark.parametrize("algorithm", ["md5", "sha256"])
+async def test_checksums(media_rindle, storage, db, schema, algorithm):
+    rindle = await media_rindle(storage)
+    body = png()
+    good = f"{algorithm}:{hashlib.new(algorithm, body).hexdigest()}"
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                          byte_size=len(body), checksum=good.upper().replace(
+                                              algorithm.upper(), algorithm))
+    await send(storage, ticket, body)
+    assert (await rindle.verify_upload(ticket.session_id)).state == "validating"
+    wrong = f"{algorithm}:{hashlib.new(algorithm, b'other').hexdigest()}"
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                          byte_size=len(body), checksum=wrong)
+    await send(storage, ticket, body)
+    with pytest.raises(VerificationFailed, match=f"checksum mismatch: declared {wrong}"):
+        await rindle.verify_upload(ticket.session_id)
+
+
+async def test_abort_upload(media_rindle, storage, db, schema):
+    rindle = await media_rindle(storage)
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                          byte_size=10)
+    await rindle.abort_upload(ticket.session_id)
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "aborted"
+    assert (await rindle.get_asset(ticket.asset_id)).state == "deleted"
+    with pytest.raises(ValidationError, match="only open sessions can be aborted"):
+        await rindle.abort_upload(ticket.session_id)
+
+
+async def test_unknown_and_malformed_sessions(media_rindle):
+    rindle = await media_rindle()
+    with pytest.raises(ValidationError, match="session_id 'nope' is not a UUID"):
+        await rindle.verify_upload("nope")
+    with pytest.raises(NotFound, match="upload session 00000000-0000-0000-0000-000000000000 does not exist"):
+        await rindle.verify_upload("00000000-0000-0000-0000-000000000000")
+
+
+# -- proxied -------------------------------------------------------------------------------
+
+
+async def _aiter(data: bytes, size: int = 1000):
+    for i in range(0, len(data), size):
+        await asyncio.sleep(0)
+        yield data[i:i + size]
+
+
+@pytest.mark.parametrize("source", ["bytes", "path", "iterator"])
+async def test_proxied_upload_from_each_source(media_rindle, storage, db, schema, tmp_path, source):
+    rindle = await media_rindle(storage)
+    body = jpeg(300, 200)
+    data = {"bytes": lambda: body, "iterator": lambda: _aiter(body),
+            "path": lambda: (tmp_path / "in.jpg").write_bytes(body) and tmp_path / "in.jpg"}[source]()
+    events = []
+    rindle.subscribe(events.append, UploadCompleted)
+    asset = await rindle.upload("avatar", data, filename="holiday.jpg")
+    assert (asset.state, asset.content_type, asset.byte_size, asset.filename) == (
+        "validating", "image/jpeg", len(body), "holiday.jpg")
+    key = await db.fetchval(f"SELECT storage_key FROM {schema}.assets")
+    assert key.endswith("/original.jpg") and asset.id in key
+    assert b"".join([c async for c in storage.get(key)]) == body
+    assert await jobs(db, schema) == [("promote_asset", f'{{"asset_id": "{asset.id}"}}')]
+    assert events[0].session_id is None and events[0].asset_id == asset.id
+
+
+@pytest.mark.parametrize("data, filename, error, message", [
+    (gif(), "a.gif", ValidationError, "bytes are image/gif, which profile 'avatar' does not allow"),
+    (b"plain text, not an image" * 10, "a.png", ValidationError, "of an unknown type|text/plain"),
+    (png(), "photo.jpg", ValidationError, "filename 'photo.jpg' says image/jpeg but the bytes are image/png"),
+    (b"", "a.png", ValidationError, "the upload is empty"),
+])
+async def test_proxied_upload_refusals_store_nothing(media_rindle, storage, db, schema, data,
+                                                     filename, error, message):
+    rindle = await media_rindle(storage)
+    with pytest.raises(error, match=message):
+        await rindle.upload("avatar", data, filename=filename)
+    assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+    assert [o async for o in storage.list("")] == []
+
+
+async def test_proxied_upload_over_the_limit_while_streaming(media_rindle, storage, db, schema):
+    rindle = await media_rindle(storage, max_bytes=50_000)
+    body = png() + bytes(60_000)
+    with pytest.raises(TooLarge, match="over the 50000-byte limit of profile 'avatar'"):
+        await rindle.upload("avatar", _aiter(body, 4096), filename="a.png")
+    assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+    assert [o async for o in storage.list("")] == []
+
+
+async def test_proxied_upload_refuses_a_declared_type_early(media_rindle):
+    rindle = await media_rindle()
+    with pytest.raises(ValidationError, match="'image/gif' is not allowed"):
+        await rindle.upload("avatar", png(), content_type="image/gif")
+
+
+async def test_the_guard_catches_storage_calls_inside_a_transaction(media_rindle, local_storage):
+    rindle = await media_rindle()
+    async with rindle.transaction():
+        assert in_transaction()
+        with pytest.raises(StorageCalledInTransaction, match="storage.head was called inside"):
+            await local_storage.head("x")
+    assert not in_transaction()
+    assert await local_storage.head("x") is None
