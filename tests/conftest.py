@@ -121,4 +121,15 @@ async def run_worker(rindle: Rindle, redis_url: str, *, queue: str | None = None
     return worker
 
 
+async def drain(rindle: Rindle, redis_url: str, *, rounds: int = 20) -> None:
+    """Relay and run jobs until the ledger has nothing pending (jobs stage more jobs)."""
+    for _ in range(rounds):
+        await rindle.flush_jobs()
+        summary = await rindle.ledger_summary()
+        if summary.pending == 0 and summary.enqueued == 0:
+            return
+        await run_worker(rindle, redis_url)
+    raise AssertionError(f"the ledger did not drain in {rounds} rounds: {await rindle.ledger_summary()}")
+
+
 from .media import local_storage, media_rindle, s3_bucket, s3_endpoint, s3_storage  # noqa: E402,F401
