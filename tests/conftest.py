@@ -5,8 +5,11 @@ from __future__ import annotations
 
 import asyncio
 import os
+import socket
+import subprocess
+import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -32,34 +35,65 @@ def _with_path(url: str, path: str) -> str:
 
 
 @pytest.fixture(scope="session")
-def database_url(worker_id: str) -> str:
-    """A freshly created database for this test process."""
-    name = f"rindle_test_{_worker_number(worker_id)}"
+def database_url(worker_id: str, testrun_uid: str) -> Iterator[str]:
+    """A database of this test process's own, created fresh and dropped at the end."""
+    name = f"rindle_test_{testrun_uid[:8]}_{_worker_number(worker_id)}"
 
-    async def create() -> None:
+    async def run(*statements: str) -> None:
         conn = await asyncpg.connect(BASE_DATABASE_URL)
         try:
-            await conn.execute(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)")
-            await conn.execute(f"CREATE DATABASE {name}")
+            for statement in statements:
+                await conn.execute(statement)
         finally:
             await conn.close()
 
-    asyncio.run(create())
-    return _with_path(BASE_DATABASE_URL, f"/{name}")
+    asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)", f"CREATE DATABASE {name}"))
+    yield _with_path(BASE_DATABASE_URL, f"/{name}")
+    asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
 
 
 @pytest.fixture(scope="session")
 def redis_url(worker_id: str) -> str:
-    """A Redis database of this test process's own (tests may flush it)."""
-    url = _with_path(BASE_REDIS_URL, f"/{1 + _worker_number(worker_id) % 15}")
+    """A Redis database for this test process (tests keep to their own queue and keys)."""
+    return _with_path(BASE_REDIS_URL, f"/{1 + _worker_number(worker_id) % 15}")
 
-    async def flush() -> None:
-        client = redis_asyncio.from_url(url)
-        await client.flushdb()
-        await client.aclose()
 
-    asyncio.run(flush())
-    return url
+class RedisProcess:
+    """A private redis-server that keeps nothing on disk: killing it loses everything."""
+
+    def __init__(self, directory: str) -> None:
+        with socket.socket() as probe:
+            probe.bind(("127.0.0.1", 0))
+            self.port = probe.getsockname()[1]
+        self.directory = directory
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+        self.process: subprocess.Popen | None = None
+
+    def start(self) -> None:
+        self.process = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", self.directory], stdout=subprocess.DEVNULL)
+        deadline = time.monotonic() + 10
+        while time.monotonic() < deadline:
+            with socket.socket() as probe:
+                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
+                    return
+            time.sleep(0.02)
+        raise RuntimeError(f"redis-server did not start on port {self.port}")
+
+    def kill(self) -> None:
+        if self.process is not None:
+            self.process.kill()
+            self.process.wait()
+            self.process = None
+
+
+@pytest.fixture
+def private_redis(tmp_path) -> Iterator[RedisProcess]:
+    server = RedisProcess(str(tmp_path))
+    server.start()
+    yield server
+    server.kill()
 
 
 @pytest.fixture

@@ -41,6 +41,7 @@ def s3_endpoint() -> Iterator[str]:
 async def s3_bucket(s3_endpoint: str) -> str:
     """A fresh, empty bucket on the moto server."""
     name = f"rindle-{uuid.uuid4().hex[:16]}"
-    async with botocore_session().create_client("s3", region_name="us-east-1", endpoint_url=s3_endpoint) as client:
+    async with botocore_session().create_client("s3", region_name="us-east-1",
+                                                endpoint_url=s3_endpoint) as client:
         await client.create_bucket(Bucket=name)
     return name

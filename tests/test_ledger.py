@@ -185,16 +185,24 @@ async def test_two_relays_flushing_at_once_send_each_job_once(make_rindle, db, s
     assert await job_keys(redis, a, ids[:5]) == [1] * 5
 
 
-async def test_reconciler_resends_everything_redis_lost(make_rindle, db, schema, redis, redis_url):
-    rindle = await make_rindle(jobs=[NOOP], relay=False)
+async def test_reconciler_resends_everything_redis_lost(make_rindle, db, schema, private_redis):
+    import redis.asyncio as redis_asyncio
+
+    rindle = await make_rindle(jobs=[NOOP], relay=False, redis_url=private_redis.url)
     ids = await stage(rindle, 25)
     assert await rindle.flush_jobs() == 25
     assert await rindle.reconcile_jobs() == 0  # all known to Redis: nothing to do
-    await redis.flushdb()  # Redis loses everything
-    assert await rindle.reconcile_jobs() == 25
-    assert await job_keys(redis, rindle, ids) == [1] * 25
-    assert await rindle.reconcile_jobs() == 0
-    await run_worker(rindle, redis_url)
+    private_redis.kill()  # a Redis without persistence dies: every queued job is gone
+    private_redis.start()
+    redis = redis_asyncio.from_url(private_redis.url)
+    try:
+        assert await redis.dbsize() == 0
+        assert await rindle.reconcile_jobs() == 25
+        assert await job_keys(redis, rindle, ids) == [1] * 25
+        assert await rindle.reconcile_jobs() == 0
+    finally:
+        await redis.aclose()
+    await run_worker(rindle, private_redis.url)
     assert await statuses(db, schema) == []
 
 

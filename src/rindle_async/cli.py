@@ -1,9 +1,11 @@
 """``rindle-async``: day-2 commands against a host's ``Rindle`` object.
 
-    rindle-async --app myapp.media:rindle migrate
+    rindle-async --app myapp.media:rindle COMMAND [options]
 
-``--app`` (or the ``RINDLE_APP`` environment variable) names the host's Rindle
-as ``module:attribute``.
+``--app`` (or ``RINDLE_APP``) names the host's Rindle as ``module:attribute``.
+Destructive commands are dry runs unless asked otherwise; each prints a
+deterministic summary, shows progress on a terminal, and exits non-zero on
+errors.
 """
 
 from __future__ import annotations
@@ -11,12 +13,18 @@ from __future__ import annotations
 import argparse
 import asyncio
 import importlib
+import json
 import os
 import sys
 from collections.abc import Sequence
+from datetime import timedelta
 
+import asyncpg
+
+from . import maintenance
 from .app import Rindle
 from .errors import RindleError
+from .maintenance import Report
 
 
 def load_app(spec: str) -> Rindle:
@@ -27,7 +35,8 @@ def load_app(spec: str) -> Rindle:
     module_name, _, attribute = spec.partition(":")
     if not module_name or not attribute:
         raise RindleError(f"--app {spec!r} must look like module:attribute, e.g. myapp.media:rindle")
-    sys.path.insert(0, os.getcwd())
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
     try:
         module = importlib.import_module(module_name)
     except ImportError as exc:
@@ -39,9 +48,35 @@ def load_app(spec: str) -> Rindle:
     return app
 
 
+def _progress(label: str):
+    """A progress callback drawing a bar on a terminal; None when output is not a terminal."""
+    if not sys.stderr.isatty():
+        return None
+
+    def draw(done: int, total: int) -> None:
+        if total:
+            filled = int(30 * done / total)
+            sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
+            if done == total:
+                sys.stderr.write("\n")
+        else:
+            sys.stderr.write(f"\r{label} {done}")
+        sys.stderr.flush()
+
+    return draw
+
+
+def _print_report(report: Report, verbose: bool) -> int:
+    print(report.summary())
+    if verbose:
+        for what in sorted(report.items):
+            for item in report.items[what]:
+                print(f"  {what}: {item}")
+    return 0
+
+
 async def _migrate(rindle: Rindle, args: argparse.Namespace) -> int:
-    async with rindle:
-        applied = await rindle.migrate()
+    applied = await rindle.migrate()
     if applied:
         print(f"applied migrations {', '.join(map(str, applied))} to schema {rindle.schema}")
     else:
@@ -49,27 +84,135 @@ async def _migrate(rindle: Rindle, args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"migrate": (_migrate, "apply pending database migrations (safe to repeat)")}
+async def _doctor(rindle: Rindle, args: argparse.Namespace) -> int:
+    checks = await maintenance.doctor(rindle)
+    for check in checks:
+        print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
+    failed = [c for c in checks if not c.ok]
+    print(f"{len(checks) - len(failed)} passed, {len(failed)} failed")
+    return 1 if failed else 0
 
 
-def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the ``rindle-async`` command; returns the exit code."""
+async def _status(rindle: Rindle, args: argparse.Namespace) -> int:
+    report = await maintenance.status(rindle, stuck_after=timedelta(seconds=args.stuck_after))
+    if args.json:
+        print(json.dumps(report, indent=2, sort_keys=True))
+        return 0
+    for table in ("assets", "variants", "upload_sessions"):
+        counts = ", ".join(f"{k}={v}" for k, v in report[table].items()) or "none"
+        print(f"{table}: {counts}")
+    stuck = ", ".join(f"{k}={v}" for k, v in report["stuck"].items())
+    print(f"stuck longer than {report['stuck_after_seconds']}s: {stuck}")
+    ledger = report["ledger"]
+    ages = " ".join(f"{name}={ledger[key]:.0f}s" for name, key in (
+        ("oldest_pending", "oldest_pending_seconds"), ("oldest_enqueued", "oldest_enqueued_seconds"))
+        if ledger[key] is not None)
+    print(f"ledger: pending={ledger['pending']} enqueued={ledger['enqueued']} "
+          f"discarded={ledger['discarded']}{' ' + ages if ages else ''}")
+    return 0
+
+
+async def _abort(rindle: Rindle, args: argparse.Namespace) -> int:
+    report = await maintenance.abort_incomplete_uploads(
+        rindle, dry_run=args.dry_run, progress=_progress("abort-incomplete-uploads"))
+    return _print_report(report, args.verbose)
+
+
+async def _cleanup(rindle: Rindle, args: argparse.Namespace) -> int:
+    report = await maintenance.cleanup_orphans(
+        rindle, dry_run=not args.live, grace=timedelta(hours=args.grace_hours),
+        progress=_progress("cleanup-orphans"))
+    code = _print_report(report, args.verbose)
+    if not args.live and report.counts:
+        print("dry run: nothing was changed; run again with --live to do it")
+    return code
+
+
+async def _verify(rindle: Rindle, args: argparse.Namespace) -> int:
+    report = await maintenance.verify_storage(rindle, dry_run=args.dry_run,
+                                              progress=_progress("verify-storage"))
+    _print_report(report, args.verbose)
+    return 0
+
+
+async def _regenerate(rindle: Rindle, args: argparse.Namespace) -> int:
+    report = await maintenance.regenerate_variants(
+        rindle, profile=args.profile, variant=args.variant,
+        states_=tuple(args.state or ("stale", "missing", "failed")), dry_run=args.dry_run,
+        progress=_progress("regenerate-variants"))
+    return _print_report(report, args.verbose)
+
+
+async def _requeue(rindle: Rindle, args: argparse.Namespace) -> int:
+    report = await maintenance.requeue_asset(rindle, args.asset_id, dry_run=args.dry_run)
+    return _print_report(report, args.verbose)
+
+
+def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rindle-async", description=__doc__.splitlines()[0])
     parser.add_argument("--app", default=os.environ.get("RINDLE_APP"),
                         help="the host's Rindle as module:attribute (default: $RINDLE_APP)")
     sub = parser.add_subparsers(dest="command", required=True)
-    for name, (_, text) in COMMANDS.items():
-        sub.add_parser(name, help=text, description=text)
+
+    def command(name: str, handler, text: str) -> argparse.ArgumentParser:
+        cmd = sub.add_parser(name, help=text, description=text)
+        cmd.set_defaults(handler=handler)
+        cmd.add_argument("-v", "--verbose", action="store_true", help="list every affected id")
+        return cmd
+
+    command("migrate", _migrate, "apply pending database migrations (safe to repeat)")
+    command("doctor", _doctor, "check the database, Redis, storages, libvips and workers")
+    status = command("status", _status, "counts by state, stuck work and the job ledger")
+    status.add_argument("--json", action="store_true", help="print JSON")
+    status.add_argument("--stuck-after", type=int, default=3600, metavar="SECONDS",
+                        help="a transient state older than this counts as stuck (default 3600)")
+    abort = command("abort-incomplete-uploads", _abort,
+                    "expire upload sessions past their deadline and purge their staged assets")
+    abort.add_argument("--dry-run", action="store_true", help="report only")
+    cleanup = command("cleanup-orphans", _cleanup,
+                      "remove what nothing holds (a dry run unless --live)")
+    cleanup.add_argument("--live", action="store_true", help="really delete")
+    cleanup.add_argument("--grace-hours", type=float, default=24.0,
+                         help="minimum age of unattached assets and stray objects (default 24)")
+    verify = command("verify-storage", _verify,
+                     "HEAD every ready variant and original; mark missing variants")
+    verify.add_argument("--dry-run", action="store_true", help="report only")
+    regenerate = command("regenerate-variants", _regenerate,
+                         "re-render stale, missing and failed variants with the current recipes")
+    regenerate.add_argument("--profile")
+    regenerate.add_argument("--variant")
+    regenerate.add_argument("--state", action="append",
+                            choices=("stale", "missing", "failed", "cancelled"),
+                            help="repeatable; default: stale, missing and failed")
+    regenerate.add_argument("--dry-run", action="store_true", help="report only")
+    requeue = command("requeue", _requeue,
+                      "re-run promotion or the failed variants of one asset")
+    requeue.add_argument("asset_id")
+    requeue.add_argument("--dry-run", action="store_true", help="report only")
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the ``rindle-async`` command; returns the exit code."""
+    parser = _parser()
     args = parser.parse_args(argv)
     if not args.app:
         parser.error("--app module:attribute (or RINDLE_APP) is required")
-    try:
+
+    async def run() -> int:
         rindle = load_app(args.app)
-        return asyncio.run(COMMANDS[args.command][0](rindle, args))
+        async with rindle:
+            return await args.handler(rindle, args)
+
+    try:
+        return asyncio.run(run())
     except RindleError as exc:
         print(f"rindle-async: {exc}", file=sys.stderr)
         return 1
-    except (OSError, ConnectionError) as exc:
+    except asyncpg.UndefinedTableError as exc:
+        print(f"rindle-async: {exc}; run `rindle-async migrate` first", file=sys.stderr)
+        return 1
+    except (OSError, ConnectionError, asyncpg.PostgresError) as exc:
         print(f"rindle-async: {type(exc).__name__}: {exc}", file=sys.stderr)
         return 1
 

@@ -199,4 +199,4 @@ def arq_function(kind: JobKind) -> Function:
 
     coroutine.__qualname__ = coroutine.__name__ = kind.name
     # arq's own limits sit above ours so the ledger, not arq, decides when to give up.
-    return func(coroutine, name=kind.name, max_tries=kind.tries + 2, timeout=kind.timeout + 30)
+    return func(coroutine, name=kind.name, max_tries=kind.tries + 2, timeout=kind.timeout + 5)

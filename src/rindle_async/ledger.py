@@ -224,7 +224,7 @@ class Relay:
 
     async def _run(self) -> None:
         failures = 0
-        while not self._closing:
+        while True:
             try:
                 if self.listen and (self._listener is None or self._listener.is_closed()):
                     await self._subscribe()
@@ -241,6 +241,8 @@ class Relay:
                 log.warning("relay: flush failed (%s: %s); retrying", type(exc).__name__, exc)
                 await self._unlisten()
                 failures += 1
+            if self._closing:  # stop() woke us: that was the last flush
+                return
             timeout = self.interval if failures == 0 else min(self.interval, 0.5 * 2 ** failures)
             try:
                 # asyncio.timeout, not wait_for: wait_for can swallow a cancel on 3.11

@@ -16,6 +16,9 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any
 
 from . import states
+from .assets import asset_uuid
+from .db import migrate
+from .errors import NotFound, ValidationError
 from .events import CleanupRun
 from .promotion import plan_variants, queue_render
 from .states import ASSET, UPLOAD_SESSION, VARIANT
@@ -281,8 +284,6 @@ async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
     allowed = {"stale", "missing", "failed", "cancelled"}
     bad = set(states_) - allowed
     if bad:
-        from .errors import ValidationError
-
         raise ValidationError(f"cannot regenerate variants in states {sorted(bad)}; "
                               f"choose from {', '.join(sorted(allowed))}")
     schema, report = rindle.schema, Report("regenerate_variants", dry_run)
@@ -395,3 +396,100 @@ async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1))
                    "oldest_pending_seconds": ledger.oldest_pending_age,
                    "oldest_enqueued_seconds": ledger.oldest_enqueued_age},
     }
+
+
+async def requeue_asset(rindle: Rindle, asset_id: str, *, dry_run: bool = False) -> Report:
+    """Re-run what one asset is missing: its promotion, or its unfinished variants.
+
+    rindle: the opened Rindle.
+    asset_id: the asset.
+    dry_run: report without changing anything.
+    """
+    key = asset_uuid(asset_id)
+    state = await rindle.pool.fetchval(f"SELECT state FROM {rindle.schema}.assets WHERE id = $1", key)
+    if state is None:
+        raise NotFound(f"asset {asset_id} does not exist")
+    if state in ("validating", "analyzing"):
+        report = Report("requeue", dry_run)
+        report.add("promotions", str(key))
+        if not dry_run:
+            async with rindle.db.transaction() as uow:
+                await uow.stage("promote_asset", {"asset_id": str(key)}, dedupe_key=f"promote:{key}")
+        return await _emit(rindle, report)
+    if state not in ("processing", "ready", "degraded"):
+        raise ValidationError(f"asset {asset_id} is {state}; only assets being promoted or with "
+                              "variants can be requeued")
+    report = await regenerate_variants(rindle, asset_id=str(key), dry_run=dry_run,
+                                       states_=("stale", "missing", "failed", "cancelled"))
+    report.worker = "requeue"
+    return report
+
+
+# -- doctor -----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class Check:
+    """One line of ``doctor``: what was checked, whether it is fine, and why."""
+
+    name: str
+    ok: bool
+    detail: str
+
+
+async def doctor(rindle: Rindle) -> list[Check]:
+    """Check everything rindle_async depends on; each failure says what to do.
+
+    rindle: the opened Rindle.
+    """
+    from .profiles import _libvips_can_save, _libvips_version
+    from .worker import HEARTBEAT_KEY
+
+    checks = []
+    try:
+        version = await rindle.pool.fetchval("SHOW server_version")
+        checks.append(Check("database", True, f"PostgreSQL {version}"))
+        async with rindle.pool.acquire() as conn:
+            pending = await migrate.pending(conn, rindle.schema)
+        checks.append(Check("migrations", not pending,
+                            f"schema {rindle.schema} is up to date" if not pending else
+                            f"migrations {pending} are not applied; run `rindle-async migrate`"))
+    except Exception as exc:
+        checks.append(Check("database", False, f"{type(exc).__name__}: {exc}"))
+    try:
+        await rindle.arq.ping()
+        try:
+            policy = (await rindle.arq.config_get("maxmemory-policy")).get("maxmemory-policy")
+            checks.append(Check("redis", policy == "noeviction",
+                                "reachable, maxmemory-policy noeviction" if policy == "noeviction" else
+                                f"maxmemory-policy is {policy}: Redis may evict queued jobs; "
+                                "set maxmemory-policy noeviction"))
+        except Exception as exc:  # CONFIG disabled on some managed Redis
+            checks.append(Check("redis", True, f"reachable; cannot read maxmemory-policy ({exc})"))
+        queues = sorted({rindle.ledger.queue_for(kind) for kind in rindle.ledger.kinds})
+        missing = [q for q in queues if not await rindle.arq.exists(HEARTBEAT_KEY.format(queue=q))]
+        checks.append(Check("workers", not missing,
+                            f"heartbeat seen on {', '.join(queues)}" if not missing else
+                            f"no worker heartbeat in the last 3 minutes on {', '.join(missing)}; "
+                            "is `arq rindle_async.WorkerSettings` running?"))
+    except Exception as exc:
+        checks.append(Check("redis", False, f"{type(exc).__name__}: {exc}"))
+    for name, storage in sorted(rindle.storages.items()):
+        try:
+            async for _ in storage.list("", page_size=1):
+                break
+            checks.append(Check(f"storage {name}", True, f"{storage.adapter} reachable"))
+        except Exception as exc:
+            checks.append(Check(f"storage {name}", False, f"{type(exc).__name__}: {exc}"))
+    formats = sorted({v.format for p in rindle.profiles.values() for v in p.variants.values()})
+    cannot = [f for f in formats if not _libvips_can_save(f)]
+    checks.append(Check("libvips", not cannot,
+                        f"{_libvips_version()} saves {', '.join(formats) or 'no formats needed'}"
+                        if not cannot else f"{_libvips_version()} cannot save {', '.join(cannot)}"))
+    try:
+        summary = await rindle.ledger_summary()
+        checks.append(Check("ledger", True, f"pending={summary.pending} enqueued={summary.enqueued} "
+                                            f"discarded={summary.discarded}"))
+    except Exception as exc:
+        checks.append(Check("ledger", False, f"{type(exc).__name__}: {exc}"))
+    return checks

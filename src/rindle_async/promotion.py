@@ -124,6 +124,14 @@ async def promote_asset(job: JobRun) -> None:
                     images.analyze, path, profile.max_pixels, timeout=ANALYZE_TIMEOUT))
             except images.ImageRefused as exc:
                 reason = str(exc)
+        original = asset["storage_key"]
+        if reason is None:
+            original = security.new_storage_key(profile.name, asset_id,
+                                                security.extension_for(sniffed))
+        if original != asset["storage_key"]:
+            # A direct upload's URL stays valid until the session deadline: keep the bytes
+            # that were checked at a key no client can write, and never read the upload again.
+            await storage.put(original, path, content_type=sniffed)
     finally:
         await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
     if reason is not None:
@@ -134,10 +142,12 @@ async def promote_asset(job: JobRun) -> None:
         await states.transition(
             uow, ASSET, asset_id, "promoting", "available", content_type=sniffed, byte_size=size,
             sha256=sha256, width=metadata.get("width"), height=metadata.get("height"),
-            metadata=msgspec.json.encode(metadata).decode())
+            metadata=msgspec.json.encode(metadata).decode(), storage_key=original)
         planned = await plan_variants(uow, rindle, asset_id, profile.name)
         await states.transition(uow, ASSET, asset_id, "available",
                                 "processing" if planned else "ready")
+    if original != asset["storage_key"]:
+        await storage.delete(asset["storage_key"])
 
 
 def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | None:

@@ -114,18 +114,24 @@ _EXTENSION = re.compile(r"[a-z0-9]{1,10}")
 _DIGEST = re.compile(r"[0-9a-f]{8,64}")
 
 
-def new_storage_key(profile: str, asset_id: str | uuid.UUID, extension: str | None) -> str:
-    """The storage key of an asset's original: ``<profile>/<id[:2]>/<id>/original.<ext>``.
+def new_storage_key(profile: str, asset_id: str | uuid.UUID, extension: str | None, *,
+                    role: str = "original") -> str:
+    """The storage key of an asset's file: ``<profile>/<id[:2]>/<id>/<role>.<ext>``.
 
     Built from server-side values only; asset ids are uuid4, so keys are unguessable.
+    A direct upload lands at the ``upload`` key (the client holds a URL for it); promotion
+    stores the bytes it checked at the ``original`` key, which no client can write.
 
     profile: the profile name (``^[a-z0-9][a-z0-9_-]{0,62}$``).
     asset_id: the asset's UUID (canonical string or ``uuid.UUID``).
     extension: the sniffed type's extension (``extension_for``), dropped unless ^[a-z0-9]{1,10}$.
+    role: ``original`` or ``upload``.
     """
+    if role not in ("original", "upload"):
+        raise ValueError(f"role={role!r} must be 'original' or 'upload'")
     prefix = _asset_prefix(profile, asset_id)
     suffix = f".{extension}" if isinstance(extension, str) and _EXTENSION.fullmatch(extension) else ""
-    return f"{prefix}/original{suffix}"
+    return f"{prefix}/{role}{suffix}"
 
 
 def variant_key(profile: str, asset_id: str | uuid.UUID, variant_name: str, digest: str,

@@ -129,7 +129,8 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
                               f"{capability.replace('_', ' ')} uploads")
     parts = _part_size(size, part_size) if multipart else None
     asset_id, session_id = uuid.uuid4(), uuid.uuid4()
-    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(declared))
+    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(declared),
+                                   role="upload")
     expires_at = _now() + timedelta(seconds=profile.upload_ttl)
     async with rindle.db.transaction() as uow:
         await states.insert(uow, ASSET, "staged", id=asset_id, profile=profile.name,

@@ -139,6 +139,8 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         "cron_jobs": [],
         "keep_result": 3600,
         "max_jobs": 10,
+        # also the in-progress lease: a job whose worker died reruns this + 10 s later
+        "job_timeout": max((k.timeout for k in kinds), default=60.0) + 5,
     }
     if queue == rindle.ledger.queue:
         settings["cron_jobs"] = [

@@ -18,7 +18,7 @@ from typing import Protocol, Union, runtime_checkable
 import anyio
 import msgspec
 
-from ..errors import TooLarge
+from ..errors import TooLarge, ValidationError
 
 #: What ``put`` accepts: the bytes, a path to a local file, or an async iterator of chunks.
 Source = Union[bytes, bytearray, memoryview, str, os.PathLike, AsyncIterable[bytes]]
@@ -50,13 +50,28 @@ async def iter_source(data: Source, *, key: str, max_bytes: int | None = None,
     if isinstance(data, (bytes, bytearray, memoryview)):
         yield counted(bytes(data))
     elif isinstance(data, (str, os.PathLike)):
-        async with await anyio.open_file(data, "rb") as file:
+        try:
+            file = await anyio.open_file(data, "rb")
+        except OSError as exc:
+            raise ValidationError(f"cannot read the source file for {key!r}: {exc}") from exc
+        async with file:
             while chunk := await file.read(chunk_size):
                 yield counted(chunk)
     else:
         async for chunk in data:
             if chunk:
                 yield counted(bytes(chunk))
+
+
+def check_range(key: str, start: int | None, end: int | None) -> None:
+    """Raise ValidationError unless ``start``..``end`` (inclusive, either may be None) is a sane range.
+
+    key: the object key, named in the message
+    start: the first byte asked for
+    end: the last byte asked for
+    """
+    if (start is not None and start < 0) or (end is not None and end < (start or 0)):
+        raise ValidationError(f"byte range {start}-{end} of {key!r} is invalid; use 0 <= start <= end")
 
 
 class ObjectInfo(msgspec.Struct, frozen=True, kw_only=True):

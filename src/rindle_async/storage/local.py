@@ -1,10 +1,8 @@
 """Local filesystem storage: atomic writes under one root and self-signed URLs.
 
-Objects are plain files under ``root``; a key ``a/b.png`` is the file
-``root/a/b.png``.  Local files carry no stored content type: ``head`` reports
-``content_type=None`` and delivery takes the type from the signed URL instead.
-The Starlette and aiohttp routes serve the URLs this adapter signs by calling
-:meth:`LocalStorage.verify` and then :meth:`LocalStorage.put` or :meth:`LocalStorage.get`.
+A key ``a/b.png`` is the file ``root/a/b.png``.  Files carry no stored content type
+(``head`` says None); delivery takes the type from the signed URL instead.  The
+Starlette and aiohttp routes serve signed URLs by calling ``verify`` then ``put`` or ``get``.
 """
 
 from __future__ import annotations
@@ -17,6 +15,7 @@ import os
 import shutil
 import time
 import uuid
+from contextlib import contextmanager
 from collections.abc import AsyncIterator, Iterator, Mapping
 from datetime import datetime, timezone
 from pathlib import Path
@@ -28,11 +27,17 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..errors import ConfigurationError, DeliveryForbidden, NotFound, StorageError, Unsupported, ValidationError
-from .base import CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source, iter_source
+from ..errors import (ConfigurationError, DeliveryForbidden, NotFound, StorageError, Unsupported,
+                      ValidationError)
+from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
+                   check_range, iter_source)
 
 #: Temporary files start with this; ``list`` never shows them and keys may not use it.
 TEMP_PREFIX = ".tmp-"
+NO_MULTIPART = "local storage has no multipart uploads; send the file in a single PUT to presign_put's URL"
+ABSENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
+#: The query parameters a signature covers, besides the key.
+SIGNED_FIELDS = ("method", "expires", "max_bytes", "content_type", "disposition")
 
 
 class SignedRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -51,13 +56,10 @@ def check_key(key: str) -> str:
 
     key: the object key to check
     """
-    if not isinstance(key, str) or not key:
-        raise ValidationError(f"storage key {key!r} is empty or not a string; use a relative path like 'a/b.png'")
-    if key.startswith("/") or "\\" in key or "\0" in key:
-        raise ValidationError(f"storage key {key!r} is absolute or holds a backslash or NUL; "
-                              f"use a relative path with '/' separators")
-    segments = key.split("/")
-    if any(s in ("", ".", "..") or s.startswith(TEMP_PREFIX) for s in segments):
+    if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key or "\0" in key:
+        raise ValidationError(f"storage key {key!r} is empty, absolute, or holds a backslash or NUL; "
+                              f"use a relative path like 'a/b.png'")
+    if any(s in ("", ".", "..") or s.startswith(TEMP_PREFIX) for s in key.split("/")):
         raise ValidationError(f"storage key {key!r} has an empty, '.', '..' or {TEMP_PREFIX!r} segment; "
                               f"use a plain relative path")
     return key
@@ -70,7 +72,7 @@ class LocalStorage:
 
     def __init__(self, *, root: str | os.PathLike[str], base_url: str, secret: str | bytes,
                  url_ttl_max: int = 7 * 24 * 3600) -> None:
-        """Configure the store; nothing touches the disk until ``open`` or the first call.
+        """Configure the store; nothing touches the disk until ``open`` or the first write.
 
         root: the folder holding the objects (created if missing)
         base_url: where the host app serves this store's routes, e.g. "http://localhost:8000/rindle"
@@ -81,10 +83,9 @@ class LocalStorage:
         if len(secret_bytes) < 16:
             raise ConfigurationError(f"LocalStorage secret is {len(secret_bytes)} bytes; use at least 16 "
                                      f"random bytes (e.g. secrets.token_urlsafe(32))")
-        if not base_url:
-            raise ConfigurationError("LocalStorage base_url is empty; pass the URL its routes are mounted at")
-        if url_ttl_max <= 0:
-            raise ConfigurationError(f"LocalStorage url_ttl_max={url_ttl_max!r}; use a positive number of seconds")
+        if not base_url or url_ttl_max <= 0:
+            raise ConfigurationError(f"LocalStorage base_url={base_url!r}, url_ttl_max={url_ttl_max!r}; pass "
+                                     f"the URL its routes are mounted at and a positive number of seconds")
         self.root = Path(os.path.abspath(root))
         self.base_url = base_url.rstrip("/")
         self.url_ttl_max = url_ttl_max
@@ -108,21 +109,25 @@ class LocalStorage:
     async def __aexit__(self, *exc_info: object) -> None:
         await self.close()
 
-    def _path(self, key: str) -> Path:
+    async def _resolve(self, key: str) -> Path:
         """The file for ``key``, refusing any that resolves outside root (symlinks included)."""
         check_key(key)
-        root = self.root.resolve()
-        path = (root / key).resolve()
+        root, path = await anyio.to_thread.run_sync(lambda: (self.root.resolve(),
+                                                             (self.root / key).resolve()))
         if not path.is_relative_to(root):
             raise ValidationError(f"storage key {key!r} resolves outside the storage root; refusing it")
         return path
 
-    async def _resolve(self, key: str) -> Path:
-        return await anyio.to_thread.run_sync(self._path, key)
-
     def _fail(self, op: str, key: str, exc: OSError) -> NoReturn:
         raise StorageError(f"local storage {op} of {key!r} under {str(self.root)!r} failed: {exc}; "
                            f"check the folder exists and is writable") from exc
+
+    @contextmanager
+    def _disk(self, op: str, key: str) -> Iterator[None]:
+        try:
+            yield
+        except OSError as exc:
+            self._fail(op, key, exc)
 
     async def put(self, key: str, data: Source, *, content_type: str | None = None,
                   max_bytes: int | None = None) -> ObjectInfo:
@@ -137,19 +142,22 @@ class LocalStorage:
         temp = path.parent / f"{TEMP_PREFIX}{uuid.uuid4().hex}"
         size = 0
         try:
-            await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
-            async with await anyio.open_file(temp, "wb") as file:
+            with self._disk("put", key):
+                await anyio.Path(path.parent).mkdir(parents=True, exist_ok=True)
+                file = await anyio.open_file(temp, "wb")
+            async with file:
+                # Errors of the source itself propagate unchanged; only disk errors become StorageError.
                 async for chunk in iter_source(data, key=key, max_bytes=max_bytes):
-                    await file.write(chunk)
-                    size += len(chunk)
-                await file.flush()
-                await anyio.to_thread.run_sync(os.fsync, file.wrapped.fileno())
-            await anyio.to_thread.run_sync(_commit, temp, path)
-        except BaseException as exc:
+                    with self._disk("put", key):
+                        size += await file.write(chunk)
+                with self._disk("put", key):
+                    await file.flush()
+                    await anyio.to_thread.run_sync(os.fsync, file.wrapped.fileno())
+            with self._disk("put", key):
+                await anyio.to_thread.run_sync(_commit, temp, path)
+        except BaseException:
             with anyio.CancelScope(shield=True):
                 await anyio.Path(temp).unlink(missing_ok=True)
-            if isinstance(exc, OSError):
-                self._fail("put", key, exc)
             raise
         return ObjectInfo(key=key, size=size)
 
@@ -162,21 +170,22 @@ class LocalStorage:
         end: last byte to send (inclusive), default the last byte of the object
         """
         path = await self._resolve(key)
-        try:
-            file = await anyio.open_file(path, "rb")
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-            raise NotFound(f"no object {key!r} in local storage") from exc
-        except OSError as exc:
-            self._fail("get", key, exc)
+        with self._disk("get", key):
+            try:
+                file = await anyio.open_file(path, "rb")
+            except ABSENT as exc:
+                raise NotFound(f"no object {key!r} in local storage") from exc
         async with file:
-            size = (await anyio.to_thread.run_sync(os.fstat, file.wrapped.fileno())).st_size
+            with self._disk("get", key):
+                size = (await anyio.to_thread.run_sync(os.fstat, file.wrapped.fileno())).st_size
             first, last = _byte_range(key, size, start, end)
             await file.seek(first)
             remaining = last - first + 1
             while remaining > 0:
-                chunk = await file.read(min(CHUNK_SIZE, remaining))
+                with self._disk("get", key):
+                    chunk = await file.read(min(CHUNK_SIZE, remaining))
                 if not chunk:
-                    break
+                    return
                 remaining -= len(chunk)
                 yield chunk
 
@@ -184,17 +193,11 @@ class LocalStorage:
         """Copy the object to a local file and return its size; NotFound if it is missing.
 
         key: the object key
-        path: the destination file (overwritten)
+        path: the destination file (overwritten; not created when the object is missing)
         """
         source = await self._resolve(key)
-        try:
-            return await anyio.to_thread.run_sync(_copy, source, path)
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError) as exc:
-            if not await anyio.Path(source).is_file():
-                raise NotFound(f"no object {key!r} in local storage") from exc
-            self._fail("download", key, exc)
-        except OSError as exc:
-            self._fail("download", key, exc)
+        with self._disk("download", key):
+            return await anyio.to_thread.run_sync(_copy, key, source, path)
 
     async def head(self, key: str) -> ObjectInfo | None:
         """The object's size, etag and modification time, or None when it does not exist.
@@ -204,22 +207,21 @@ class LocalStorage:
         path = await self._resolve(key)
         try:
             stat = await anyio.Path(path).stat()
-        except (FileNotFoundError, NotADirectoryError):
+        except ABSENT:
             return None
         except OSError as exc:
             self._fail("head", key, exc)
         return _info(key, stat) if S_ISREG(stat.st_mode) else None
 
     async def delete(self, key: str) -> None:
-        """Delete the object; a missing object is not an error.
+        """Delete the object; a missing object (or a folder in its place) is not an error.
 
         key: the object key
         """
         path = await self._resolve(key)
         try:
-            if not await anyio.Path(path).is_dir():
-                await anyio.Path(path).unlink(missing_ok=True)
-        except NotADirectoryError:
+            await anyio.Path(path).unlink(missing_ok=True)
+        except ABSENT:
             return
         except OSError as exc:
             self._fail("delete", key, exc)
@@ -233,13 +235,13 @@ class LocalStorage:
         folder, _, name_prefix = prefix.rpartition("/")
         start = await self._resolve(folder) if folder else self.root
         entries = _walk(start, folder + "/" if folder else "", name_prefix)
-        try:
-            while page := await anyio.to_thread.run_sync(
-                    lambda: list(itertools.islice(entries, page_size))):
-                for info in page:
-                    yield info
-        except OSError as exc:
-            self._fail("list", prefix, exc)
+        while True:
+            with self._disk("list", prefix):
+                page = await anyio.to_thread.run_sync(lambda: list(itertools.islice(entries, page_size)))
+            if not page:
+                return
+            for info in page:
+                yield info
 
     def sign(self, method: str, key: str, *, expires_at: int | None, max_bytes: int | None = None,
              content_type: str | None = None, disposition: str | None = None) -> str:
@@ -247,17 +249,14 @@ class LocalStorage:
 
         method: the HTTP method the URL allows ("GET" or "PUT")
         key: the object key
-        expires_at: Unix time after which the URL is refused, or None for never
+        expires_at: Unix time after which the URL is refused, or None (or 0) for never
         max_bytes: for PUT, the most bytes the upload may carry
         content_type: the Content-Type to store (PUT) or serve (GET)
         disposition: the Content-Disposition to serve (GET)
         """
         check_key(key)
-        params = {"method": method.upper()}
-        for name, value in (("expires", expires_at), ("max_bytes", max_bytes),
-                            ("content_type", content_type), ("disposition", disposition)):
-            if value is not None and not (name == "expires" and value == 0):
-                params[name] = str(value)
+        values = (method.upper(), expires_at or None, max_bytes, content_type, disposition)
+        params = {name: str(value) for name, value in zip(SIGNED_FIELDS, values) if value is not None}
         params["sig"] = self._signature(key, params)
         return f"{self.base_url}/{quote(key, safe='/')}?{urlencode(params, quote_via=quote)}"
 
@@ -272,13 +271,12 @@ class LocalStorage:
         """
         for name in ("sig", "method"):
             if name not in params:
-                raise DeliveryForbidden(f"missing parameter {name}; use the full URL rindle issued")
+                raise DeliveryForbidden(f"missing parameter {name}; use the full URL the application issued")
         if not hmac.compare_digest(str(params["sig"]).encode(), self._signature(key, params).encode()):
             raise DeliveryForbidden("signature does not match; the URL was altered or signed for another key")
-        signed_method = params["method"]
-        asked = "GET" if method.upper() == "HEAD" else method.upper()
-        if asked != signed_method:
-            raise DeliveryForbidden(f"URL was signed for {signed_method}, not {method.upper()}")
+        signed_method, asked = params["method"], method.upper()
+        if signed_method != ("GET" if asked == "HEAD" else asked):
+            raise DeliveryForbidden(f"URL was signed for {signed_method}, not {asked}")
         try:
             expires_at = int(params.get("expires") or 0) or None
             max_bytes = int(params["max_bytes"]) if "max_bytes" in params else None
@@ -292,9 +290,7 @@ class LocalStorage:
 
     def _signature(self, key: str, params: Mapping[str, str]) -> str:
         # A JSON array keeps field boundaries unambiguous whatever the values contain.
-        canonical = msgspec.json.encode(["rindle-local-v1", params.get("method", ""), key,
-                                         params.get("expires", ""), params.get("max_bytes", ""),
-                                         params.get("content_type", ""), params.get("disposition", "")])
+        canonical = msgspec.json.encode(["rindle-local-v1", key, *(params.get(f, "") for f in SIGNED_FIELDS)])
         digest = hmac.new(self._secret, canonical, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
@@ -330,26 +326,22 @@ class LocalStorage:
         return self.sign("GET", key, expires_at=expires_at, content_type=content_type,
                          disposition=disposition)
 
-    def _no_multipart(self) -> NoReturn:
-        raise Unsupported("local storage has no multipart uploads; send the file in a single PUT "
-                          "to the URL from presign_put")
-
-    async def create_multipart(self, key: str, *, content_type: str) -> str:
+    async def create_multipart(self, key: str, *, content_type: str | None) -> str:
         """Unsupported: local storage takes uploads in a single PUT."""
-        self._no_multipart()
+        raise Unsupported(NO_MULTIPART)
 
     async def presign_part(self, key: str, upload_id: str, part_number: int, *,
                            expires_in: int) -> PresignedRequest:
         """Unsupported: local storage takes uploads in a single PUT."""
-        self._no_multipart()
+        raise Unsupported(NO_MULTIPART)
 
     async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
         """Unsupported: local storage takes uploads in a single PUT."""
-        self._no_multipart()
+        raise Unsupported(NO_MULTIPART)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Unsupported: local storage takes uploads in a single PUT."""
-        self._no_multipart()
+        raise Unsupported(NO_MULTIPART)
 
     async def list_multipart(self, prefix: str) -> AsyncIterator[MultipartUpload]:
         """Local storage never has unfinished multipart uploads: yields nothing."""
@@ -358,13 +350,10 @@ class LocalStorage:
 
 
 def _byte_range(key: str, size: int, start: int | None, end: int | None) -> tuple[int, int]:
-    first = 0 if start is None else start
-    last = size - 1 if end is None else min(end, size - 1)
-    if first < 0 or (end is not None and end < first):
-        raise ValidationError(f"byte range {start}-{end} of {key!r} is invalid; use 0 <= start <= end")
+    check_range(key, start, end)
+    first, last = start or 0, size - 1 if end is None else min(end, size - 1)
     if (start is not None or end is not None) and first >= size:
-        raise ValidationError(f"byte range {start}-{end} of {key!r} is not satisfiable: "
-                              f"the object has {size} bytes")
+        raise ValidationError(f"byte range {start}-{end} of {key!r} is not satisfiable: it has {size} bytes")
     return first, last
 
 
@@ -383,11 +372,14 @@ def _commit(temp: Path, path: Path) -> None:
         os.close(folder)
 
 
-def _copy(source: Path, target: str | os.PathLike[str]) -> int:
-    with open(source, "rb") as src:
-        with open(target, "wb") as dst:
-            shutil.copyfileobj(src, dst, CHUNK_SIZE * 16)
-            return dst.tell()
+def _copy(key: str, source: Path, target: str | os.PathLike[str]) -> int:
+    try:
+        src = open(source, "rb")
+    except ABSENT as exc:
+        raise NotFound(f"no object {key!r} in local storage") from exc
+    with src, open(target, "wb") as dst:
+        shutil.copyfileobj(src, dst, CHUNK_SIZE * 16)
+        return dst.tell()
 
 
 def _walk(folder: Path, key_prefix: str, name_prefix: str) -> Iterator[ObjectInfo]:
@@ -396,7 +388,7 @@ def _walk(folder: Path, key_prefix: str, name_prefix: str) -> Iterator[ObjectInf
         with os.scandir(folder) as scan:
             entries = [e for e in scan if e.name.startswith(name_prefix)
                        and not e.name.startswith(TEMP_PREFIX) and not e.is_symlink()]
-    except (FileNotFoundError, NotADirectoryError):
+    except ABSENT:
         return
     # A folder's keys all start with "name/", so sorting it as "name/" keeps the full keys ordered.
     entries.sort(key=lambda e: e.name + "/" if e.is_dir() else e.name)

@@ -6,7 +6,7 @@ import asyncio
 import functools
 import os
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
-from contextlib import AsyncExitStack
+from contextlib import AsyncExitStack, aclosing
 from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
 from urllib.parse import quote
@@ -19,7 +19,8 @@ from botocore.exceptions import BotoCoreError, ClientError
 from botocore.loaders import Loader, create_loader
 
 from ..errors import ConfigurationError, NotFound, StorageError, ValidationError
-from .base import CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source, iter_source
+from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
+                   check_range, iter_source)
 
 #: S3 refuses parts smaller than this (except the last) and presigned URLs longer than a week.
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -79,12 +80,12 @@ class S3Storage:
         if not bucket or len(bucket) < 3:
             raise ConfigurationError(f"S3Storage bucket={bucket!r}; bucket names have at least 3 characters")
         if checksums not in CHECKSUM_MODES:
-            raise ConfigurationError(f"S3Storage checksums={checksums!r}; use one of {', '.join(CHECKSUM_MODES)}")
+            raise ConfigurationError(f"S3Storage checksums={checksums!r}; use one of {CHECKSUM_MODES}")
         if (access_key_id is None) != (secret_access_key is None):
             raise ConfigurationError("S3Storage needs both access_key_id and secret_access_key, or neither "
                                      "(to use the standard AWS credential chain)")
         if part_size < MIN_PART_SIZE:
-            raise ConfigurationError(f"S3Storage part_size={part_size}; S3 needs at least {MIN_PART_SIZE} bytes")
+            raise ConfigurationError(f"S3Storage part_size={part_size}; S3 needs at least {MIN_PART_SIZE}")
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
@@ -111,7 +112,8 @@ class S3Storage:
                         response_checksum_validation=self.checksums)
         stack = AsyncExitStack()
         self._client = await stack.enter_async_context(botocore_session().create_client(
-            "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config, **self._credentials))
+            "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config,
+            **self._credentials))
         self._stack = stack
 
     async def close(self) -> None:
@@ -164,30 +166,24 @@ class S3Storage:
         content_type: the Content-Type stored with the object
         max_bytes: refuse (TooLarge) once more than this many bytes arrive; no object is created
         """
-        extra = {"ContentType": content_type} if content_type else {}
-        chunk_size = CHUNK_SIZE * 16
+        if isinstance(data, (bytes, bytearray, memoryview)):
+            # Already in memory: one PUT (up to 5 GiB) beats copying it into parts.
+            body = b"".join([chunk async for chunk in iter_source(data, key=key, max_bytes=max_bytes)])
+            return await self._put_object(key, body, content_type)
         buffer = bytearray()
         upload_id: str | None = None
         parts: list[Part] = []
-        size = 0
         try:
-            if isinstance(data, (bytes, bytearray, memoryview)):
-                # Already in memory: one PUT (up to 5 GiB) beats copying it into parts.
-                chunk_size = len(data) + 1
-            async for chunk in iter_source(data, key=key, max_bytes=max_bytes, chunk_size=chunk_size):
+            async for chunk in iter_source(data, key=key, max_bytes=max_bytes, chunk_size=CHUNK_SIZE * 16):
                 buffer += chunk
-                size += len(chunk)
                 # A multipart upload starts only once the input is known to exceed one part.
-                while not isinstance(data, (bytes, bytearray, memoryview)) and (
-                        len(buffer) > self.part_size or (upload_id and len(buffer) == self.part_size)):
+                while len(buffer) > self.part_size or (upload_id and len(buffer) == self.part_size):
                     upload_id = upload_id or await self.create_multipart(key, content_type=content_type)
                     parts.append(await self._upload_part(key, upload_id, len(parts) + 1,
                                                          bytes(buffer[:self.part_size])))
                     del buffer[:self.part_size]
             if upload_id is None:
-                response = await self._call("put", key, lambda: self.client.put_object(
-                    Bucket=self.bucket, Key=key, Body=bytes(buffer), **extra))
-                return ObjectInfo(key=key, size=size, content_type=content_type, etag=_etag(response.get("ETag")))
+                return await self._put_object(key, bytes(buffer), content_type)
             if buffer:
                 parts.append(await self._upload_part(key, upload_id, len(parts) + 1, bytes(buffer)))
             info = await self.complete_multipart(key, upload_id, parts)
@@ -201,6 +197,13 @@ class S3Storage:
                     except StorageError:
                         pass  # the original failure matters more; list_multipart finds leftovers
 
+    async def _put_object(self, key: str, body: bytes, content_type: str | None) -> ObjectInfo:
+        extra = {"ContentType": content_type} if content_type else {}
+        response = await self._call("put", key, lambda: self.client.put_object(
+            Bucket=self.bucket, Key=key, Body=body, **extra))
+        return ObjectInfo(key=key, size=len(body), content_type=content_type,
+                          etag=_etag(response.get("ETag")))
+
     async def _upload_part(self, key: str, upload_id: str, number: int, body: bytes) -> Part:
         response = await self._call(f"put (part {number})", key, lambda: self.client.upload_part(
             Bucket=self.bucket, Key=key, UploadId=upload_id, PartNumber=number, Body=body))
@@ -210,8 +213,7 @@ class S3Storage:
                     *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
         params: dict[str, Any] = {}
         if start is not None or end is not None:
-            if (start is not None and start < 0) or (end is not None and end < (start or 0)):
-                raise ValidationError(f"byte range {start}-{end} of {key!r} is invalid; use 0 <= start <= end")
+            check_range(key, start, end)
             params["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
         response = await self._call(op, key, lambda: self.client.get_object(
             Bucket=self.bucket, Key=key, **params), missing=f"no object s3://{self.bucket}/{key}")
@@ -237,16 +239,16 @@ class S3Storage:
         key: the object key
         path: the destination file (overwritten; not created when the object is missing)
         """
-        size = 0
         chunks = self._body("download", key, chunk_size=CHUNK_SIZE * 16)
         async with aclosing(chunks):
-            first = await anext(chunks, b"")
-            async with await anyio.open_file(path, "wb") as file:
-                await file.write(first)
-                size += len(first)
-                async for chunk in chunks:
-                    await file.write(chunk)
-                    size += len(chunk)
+            first = await anext(chunks, b"")  # NotFound surfaces here, before the file exists
+            try:
+                async with await anyio.open_file(path, "wb") as file:
+                    size = await file.write(first)
+                    async for chunk in chunks:
+                        size += await file.write(chunk)
+            except OSError as exc:
+                self._fail("download", key, exc)
         return size
 
     async def head(self, key: str) -> ObjectInfo | None:
@@ -305,8 +307,8 @@ class S3Storage:
         byte_size: the Content-Length the client must send
         expires_in: seconds the URL stays valid (at most 7 days)
         """
-        url = await self._presign("put_object", key, {"ContentType": content_type, "ContentLength": byte_size},
-                                  expires_in)
+        params = {"ContentType": content_type, "ContentLength": byte_size}
+        url = await self._presign("put_object", key, params, expires_in)
         # Content-Type and Content-Length are signed headers: S3 refuses other values (moto does not check).
         return PresignedRequest(method="PUT", url=url, headers={"Content-Type": content_type},
                                 expires_at=_until(expires_in))
@@ -364,13 +366,13 @@ class S3Storage:
         """
         if not parts:
             raise ValidationError(f"complete_multipart of {key!r} got no parts; upload at least one")
-        ordered = [{"PartNumber": p.part_number, "ETag": p.etag} for p in sorted(parts, key=lambda p: p.part_number)]
+        ordered = [{"PartNumber": p.part_number, "ETag": p.etag}
+                   for p in sorted(parts, key=lambda p: p.part_number)]
         await self._call("complete multipart", key, lambda: self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": ordered}),
             missing=f"no multipart upload {upload_id!r} for {key!r}; it was aborted or already completed")
-        info = await self.head(key)
-        if info is None:
-            raise StorageError(f"S3 completed the multipart upload of {key!r} but the object is missing; retry")
+        if (info := await self.head(key)) is None:
+            raise StorageError(f"S3 completed the multipart upload of {key!r} but has no object; retry")
         return info
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
@@ -388,4 +390,5 @@ class S3Storage:
         prefix: the key prefix ("" for all)
         """
         async for item in self._pages("list_multipart_uploads", prefix, "Uploads"):
-            yield MultipartUpload(key=item["Key"], upload_id=item["UploadId"], initiated=item.get("Initiated"))
+            yield MultipartUpload(key=item["Key"], upload_id=item["UploadId"],
+                                  initiated=item.get("Initiated"))

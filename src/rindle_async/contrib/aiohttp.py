@@ -1,0 +1,62 @@
+"""aiohttp routes serving :class:`~rindle_async.LocalStorage` URLs (PUT uploads, GET/HEAD delivery).
+
+Add them under the path of the storage's ``base_url``::
+
+    from aiohttp import web
+    from rindle_async.contrib.aiohttp import add_local_storage_routes
+
+    # LocalStorage(root="var/media", base_url="http://localhost:8080/rindle", secret=...)
+    app = web.Application()
+    add_local_storage_routes(app, rindle, prefix="/rindle")
+"""
+
+from __future__ import annotations
+
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from aiohttp import web
+
+from ..storage.base import CHUNK_SIZE
+from . import handle_request, local_storage
+
+if TYPE_CHECKING:
+    from ..app import Rindle
+
+__all__ = ["add_local_storage_routes"]
+
+
+def add_local_storage_routes(app: web.Application, rindle: Rindle, *, prefix: str = "/rindle",
+                             storage: str = "local") -> None:
+    """Add a route answering PUT, GET and HEAD on ``{prefix}/{key}`` for one LocalStorage.
+
+    app: the aiohttp application (before it starts)
+    rindle: the host's Rindle; the storage is looked up in ``rindle.storages`` on every request
+    prefix: the path of the storage's base_url, e.g. "/rindle"
+    storage: the name of a LocalStorage in ``Rindle(storages=...)``
+    Raises ConfigurationError at once when that storage is missing or not a LocalStorage.
+    """
+    local_storage(rindle, storage)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        try:
+            answer = await handle_request(local_storage(rindle, storage), request.method,
+                                          request.match_info["key"], request.query.items(),
+                                          request.headers, request.content.iter_chunked(CHUNK_SIZE))
+        except ConnectionResetError:
+            # An abandoned upload is routine (nothing was stored): no error log, and nobody to answer.
+            return web.Response(status=400)
+        if answer.stream is None:
+            # web.Response drops the body of a HEAD answer and keeps an explicit Content-Length.
+            return web.Response(body=answer.body, status=answer.status, headers=answer.headers)
+        response = web.StreamResponse(status=answer.status, headers=answer.headers)
+        async with aclosing(answer.stream) as stream:
+            try:
+                await response.prepare(request)
+                async for chunk in stream:
+                    await response.write(chunk)
+            except ConnectionResetError:
+                pass  # the client left mid-download: routine, aiohttp's access log records it
+        return response  # aiohttp finishes it (write_eof)
+
+    app.router.add_route("*", prefix.rstrip("/") + "/{key:.*}", handler)

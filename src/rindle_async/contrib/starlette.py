@@ -1,0 +1,61 @@
+"""Starlette routes serving :class:`~rindle_async.LocalStorage` URLs (PUT uploads, GET/HEAD delivery).
+
+Mount them where the storage's ``base_url`` points::
+
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+    from rindle_async.contrib.starlette import local_storage_routes
+
+    # LocalStorage(root="var/media", base_url="http://localhost:8000/rindle", secret=...)
+    app = Starlette(routes=[Mount("/rindle", app=local_storage_routes(rindle))])
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route, Router
+from starlette.types import Receive, Scope, Send
+
+from . import handle_request, local_storage
+
+if TYPE_CHECKING:
+    from ..app import Rindle
+
+__all__ = ["local_storage_routes"]
+
+
+def local_storage_routes(rindle: Rindle, storage: str = "local") -> Router:
+    """A Router answering PUT, GET and HEAD on ``/{key}`` for one LocalStorage; mount it at its base_url.
+
+    rindle: the host's Rindle; the storage is looked up in ``rindle.storages`` on every request
+    storage: the name of a LocalStorage in ``Rindle(storages=...)``
+    Raises ConfigurationError at once when that storage is missing or not a LocalStorage.
+    """
+    local_storage(rindle, storage)
+    return Router(routes=[Route("/{key:path}", _LocalStorageEndpoint(rindle, storage))])
+
+
+class _LocalStorageEndpoint:
+    """An ASGI app rather than a function, so Route passes every method and the 405 is our JSON one."""
+
+    def __init__(self, rindle: Rindle, storage: str) -> None:
+        self.rindle = rindle
+        self.storage = storage
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            answer = await handle_request(local_storage(self.rindle, self.storage), request.method,
+                                          request.path_params["key"], request.query_params.multi_items(),
+                                          request.headers, request.stream())
+        except ClientDisconnect:
+            # An abandoned upload is routine (nothing was stored): no error log, and nobody to answer.
+            return
+        if answer.stream is None:
+            response: Response = Response(answer.body, status_code=answer.status, headers=answer.headers)
+        else:
+            response = StreamingResponse(answer.stream, status_code=answer.status, headers=answer.headers)
+        await response(scope, receive, send)

@@ -1,0 +1,63 @@
+"""A host application for the worker and CLI tests, configured from the environment.
+
+Loaded both by the tests and by real ``arq rindle_async.WorkerSettings`` and
+``rindle-async`` subprocesses (``RINDLE_APP=hostapp:rindle``).
+"""
+
+from __future__ import annotations
+
+import os
+import pathlib
+import time
+
+from rindle_async import LocalStorage, Profile, Rindle, S3Storage, Variant
+
+
+class SlowFirstVariantPut(LocalStorage):
+    """Local storage whose first variant upload hangs (a worker killed mid-render)."""
+
+    async def put(self, key, data, **options):
+        marker = pathlib.Path(os.environ["T_ROOT"]) / ".first-variant-put"
+        if "/variants/" in key and os.environ.get("T_SLOW_FIRST_PUT") and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            time.sleep(60)  # blocks the whole worker, as a wedged render would
+        return await super().put(key, data, **options)
+
+
+VARIANTS = {
+    "thumb": Variant(width=64, height=64, fit="cover", format="webp", quality=75),
+    "large": Variant(width=200, fit="inside", format="jpeg", quality=85),
+    "square": Variant(width=100, height=100, fit="contain", format="png"),
+    "tiny": Variant(width=40, height=30, fit="fill", format="avif", quality=50),
+}
+
+
+def build() -> Rindle:
+    local = SlowFirstVariantPut(root=os.environ["T_ROOT"], base_url="http://127.0.0.1:9/rindle",
+                                secret="host-app-secret-0123456789")
+    storages: dict = {"local": local}
+    profiles = [Profile(name="photos", storage="local", variants=VARIANTS)]
+    if os.environ.get("T_S3"):
+        storages["s3"] = S3Storage(bucket=os.environ["T_BUCKET"], endpoint_url=os.environ["T_S3"],
+                                   path_style=True)
+        profiles += [
+            Profile(name="uploads", storage="s3", allow_mime=("image/jpeg", "image/png"),
+                    variants=VARIANTS),
+            Profile(name="jpegonly", storage="s3", allow_mime=("image/jpeg",),
+                    variants={"thumb": VARIANTS["thumb"]}),
+        ]
+    quick = {"timeout": float(os.environ.get("T_TIMEOUT", "8")), "backoff": 0.2}
+    return Rindle(database_url=os.environ["T_DATABASE_URL"], redis_url=os.environ["T_REDIS_URL"],
+                  schema=os.environ["T_SCHEMA"], queue=f"q-{os.environ['T_SCHEMA']}",
+                  storages=storages, profiles=profiles, processes=1, relay_interval=0.5,
+                  job_settings={kind: quick for kind in ("promote_asset", "process_variant",
+                                                          "purge_storage", "cleanup_orphans",
+                                                          "abort_incomplete_uploads")})
+
+
+def __getattr__(name: str) -> Rindle:
+    # built on first use, so importing this module in the test process needs no environment
+    if name == "rindle":
+        globals()["rindle"] = built = build()
+        return built
+    raise AttributeError(name)

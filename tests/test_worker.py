@@ -1,0 +1,244 @@
+"""The whole lifecycle with the real ``arq`` command in a subprocess: direct upload
+on S3 (moto) and proxied upload on local storage to ready variants checked with
+pyvips, refusals (spoofed type, decompression bomb, truncated file), purge after
+replace and detach, and a worker killed mid-render."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import struct
+import subprocess
+import sys
+import time
+import zlib
+
+import httpx
+import pytest
+import pyvips
+
+from . import hostapp
+from .media import jpeg, png
+
+TESTS = pathlib.Path(__file__).resolve().parent
+
+
+@pytest.fixture
+def host_env(tmp_path, database_url, redis_url, schema, s3_endpoint, s3_bucket, monkeypatch):
+    env = {"T_ROOT": str(tmp_path / "media"), "T_DATABASE_URL": database_url,
+           "T_REDIS_URL": redis_url, "T_SCHEMA": schema, "T_S3": s3_endpoint, "T_BUCKET": s3_bucket}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+async def host(host_env, db):
+    """The host's Rindle as the web process has it (relay on), migrated."""
+    rindle = hostapp.build()
+    await rindle.open()
+    await rindle.migrate()
+    yield rindle
+    await rindle.close()
+
+
+class WorkerProcess:
+    def __init__(self, env: dict[str, str], log: pathlib.Path) -> None:
+        self.env = {**os.environ, **env, "RINDLE_APP": "hostapp:rindle",
+                    "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self, **extra: str) -> None:
+        self.process = subprocess.Popen(
+            [str(pathlib.Path(sys.executable).parent / "arq"), "rindle_async.WorkerSettings"],
+            env={**self.env, **extra}, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+            cwd=TESTS)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None
+
+
+@pytest.fixture
+def worker(host_env, tmp_path):
+    process = WorkerProcess(host_env, tmp_path / "worker.log")
+    yield process
+    process.stop()
+
+
+async def wait_for_state(rindle, asset_id, states, timeout=60.0, log=None):
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        asset = await rindle.get_asset(asset_id)
+        if asset.state in states and all(v.state in ("ready", "failed") for v in asset.variants.values()):
+            return asset
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"asset {asset_id} is {asset.state}, wanted {states}"
+                         + (f"\nworker log:\n{log.read_text()}" if log and log.exists() else ""))
+
+
+async def read_object(rindle, asset_id, variant=None) -> bytes:
+    row = await rindle.pool.fetchrow(
+        f"SELECT a.storage, coalesce(v.storage_key, a.storage_key) AS key FROM {rindle.schema}.assets a"
+        f" LEFT JOIN {rindle.schema}.variants v ON v.asset_id = a.id AND v.name = $2"
+        f" WHERE a.id = $1::uuid", asset_id, variant)
+    storage = rindle.storages[row["storage"]]
+    return b"".join([chunk async for chunk in storage.get(row["key"])])
+
+
+def check_outputs(images: dict[str, bytes], source_size: tuple[int, int]) -> None:
+    """Open every rendered variant with pyvips: the dimensions and formats the recipes ask for."""
+    opened = {name: pyvips.Image.new_from_buffer(data, "") for name, data in images.items()}
+    loaders = {name: image.get("vips-loader") for name, image in opened.items()}
+    assert loaders == {"thumb": "webpload_buffer", "large": "jpegload_buffer",
+                       "square": "pngload_buffer", "tiny": "heifload_buffer"}
+    assert (opened["thumb"].width, opened["thumb"].height) == (64, 64)
+    w, h = source_size
+    assert (opened["large"].width, opened["large"].height) == (200, round(200 * h / w))
+    assert (opened["square"].width, opened["square"].height) == (100, 100)
+    assert (opened["tiny"].width, opened["tiny"].height) == (40, 30)
+
+
+async def test_direct_upload_on_s3_and_proxied_upload_on_local_reach_ready(host, worker, tmp_path):
+    worker.start()
+    body = jpeg(400, 300)
+    ticket = await host.initiate_upload("uploads", filename="trip.jpg", content_type="image/jpeg",
+                                        byte_size=len(body))
+    async with httpx.AsyncClient() as client:
+        response = await client.put(ticket.url, headers=ticket.headers, content=body)
+    assert response.status_code == 200
+    direct = await host.verify_upload(ticket.session_id)
+    proxied = await host.upload("photos", png(300, 400), filename="portrait.png")
+    log = tmp_path / "worker.log"
+    direct = await wait_for_state(host, direct.id, {"ready"}, log=log)
+    proxied = await wait_for_state(host, proxied.id, {"ready"}, log=log)
+    assert (direct.width, direct.height, direct.content_type) == (400, 300, "image/jpeg")
+    assert (proxied.width, proxied.height, proxied.content_type) == (300, 400, "image/png")
+    for asset, size in ((direct, (400, 300)), (proxied, (300, 400))):
+        assert {v.state for v in asset.variants.values()} == {"ready"}
+        check_outputs({name: await read_object(host, asset.id, name) for name in asset.variants}, size)
+        assert asset.variants["thumb"].content_type == "image/webp"
+    # the ticket's URL is still valid, but the checked bytes live where no client can write
+    original = await read_object(host, direct.id)
+    async with httpx.AsyncClient() as client:
+        response = await client.put(ticket.url, headers=ticket.headers, content=png(400, 300))
+    assert await read_object(host, direct.id) == original == body
+    runs = await host.pool.fetch(f"SELECT kind, outcome FROM {host.schema}.processing_runs")
+    assert {(r["kind"], r["outcome"]) for r in runs} == {("promote_asset", "succeeded"),
+                                                         ("process_variant", "succeeded")}
+    assert len(runs) == 2 * (1 + 4)
+    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
+
+
+def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
+    """A small PNG whose header declares width x height (the rows are never all there)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    rows = zlib.compress(b"\x00" + bytes(width) * 1, 9)  # one row of a grey image
+    return (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+            + chunk(b"IDAT", rows) + chunk(b"IEND", b""))
+
+
+async def test_refusals_spoofed_type_bomb_and_truncated_file(host, worker, tmp_path):
+    worker.start()
+    log = tmp_path / "worker.log"
+    # PNG bytes declared as JPEG under a JPEG-only profile, uploaded straight to S3
+    spoof = png(50, 50)
+    ticket = await host.initiate_upload("jpegonly", filename="cat.jpg", content_type="image/jpeg",
+                                        byte_size=len(spoof))
+    async with httpx.AsyncClient() as client:
+        await client.put(ticket.url, headers=ticket.headers, content=spoof)
+    spoofed = await host.verify_upload(ticket.session_id)
+    bomb = await host.upload("photos", bomb_png(), filename="bomb.png")
+    whole = jpeg(800, 600)
+    truncated = await host.upload("photos", whole[: len(whole) * 2 // 3], filename="cut.jpg")
+
+    spoofed = await wait_for_state(host, spoofed.id, {"quarantined"}, log=log)
+    assert spoofed.reason == ("the bytes are image/png, which profile 'jpegonly' does not allow "
+                              "(allowed: image/jpeg)")
+    assert spoofed.variants == {}
+    bomb = await wait_for_state(host, bomb.id, {"quarantined"}, log=log)
+    assert bomb.reason.startswith("the image declares 30000x30000 = 900000000 pixels, over the "
+                                  "profile's max_pixels of 50000000; it was not decoded")
+    assert bomb.variants == {}
+    truncated = await wait_for_state(host, truncated.id, {"degraded"}, log=log)
+    assert {v.state for v in truncated.variants.values()} == {"failed"}
+    assert all("libvips" in v.reason for v in truncated.variants.values())
+    runs = await host.pool.fetch(
+        f"SELECT variant, attempt, outcome, error FROM {host.schema}.processing_runs"
+        f" WHERE asset_id = $1::uuid AND kind = 'process_variant' ORDER BY variant", truncated.id)
+    assert [(r["variant"], r["attempt"], r["outcome"]) for r in runs] == [
+        (name, 1, "failed") for name in sorted(hostapp.VARIANTS)]
+    assert all(r["error"].startswith("ImageRefused: ") for r in runs)
+    discarded = await host.pool.fetchval(
+        f"SELECT count(*) FROM {host.schema}.jobs WHERE status = 'discarded'")
+    assert discarded == 4
+
+
+async def test_replace_and_detach_purge_the_objects(host, worker, tmp_path):
+    worker.start()
+    log = tmp_path / "worker.log"
+    first = await wait_for_state(host, (await host.upload("photos", jpeg(), filename="a.jpg")).id,
+                                 {"ready"}, log=log)
+    second = await wait_for_state(host, (await host.upload("photos", png(), filename="b.png")).id,
+                                  {"ready"}, log=log)
+    root = pathlib.Path(os.environ["T_ROOT"])
+
+    def objects(asset_id: str) -> list[str]:
+        return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                      if p.is_file() and asset_id in str(p))
+
+    assert len(objects(first.id)) == 5 and len(objects(second.id)) == 5
+    await host.attach(first.id, owner_type="user", owner_id="1", slot="avatar")
+    await host.attach(second.id, owner_type="user", owner_id="1", slot="avatar")  # replaces first
+    deadline = time.monotonic() + 30
+    while objects(first.id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert objects(first.id) == []
+    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets WHERE id = $1::uuid",
+                                    first.id) == 0
+    assert len(objects(second.id)) == 5
+    await host.detach(owner_type="user", owner_id="1", slot="avatar")
+    deadline = time.monotonic() + 30
+    while objects(second.id) and time.monotonic() < deadline:
+        await asyncio.sleep(0.1)
+    assert objects(second.id) == []
+    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets") == 0
+
+
+async def test_a_worker_killed_mid_render_is_replaced_and_the_job_reruns(host, worker, tmp_path,
+                                                                         monkeypatch):
+    monkeypatch.setenv("T_TIMEOUT", "3")  # arq reruns a dead worker's job after its timeout + 15 s
+    worker.env["T_TIMEOUT"] = "3"
+    worker.start(T_SLOW_FIRST_PUT="1")
+    marker = pathlib.Path(os.environ["T_ROOT"]) / ".first-variant-put"
+    asset = await host.upload("photos", jpeg(300, 200), filename="a.jpg")
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
+        await asyncio.sleep(0.05)
+    worker.stop(signal.SIGKILL)  # dies in the middle of a variant's upload
+    worker.start()
+    asset = await wait_for_state(host, asset.id, {"ready"}, timeout=90, log=tmp_path / "worker.log")
+    assert {v.state for v in asset.variants.values()} == {"ready"}
+    runs = await host.pool.fetch(
+        f"SELECT variant, attempt, outcome FROM {host.schema}.processing_runs"
+        f" WHERE kind = 'process_variant' ORDER BY variant, attempt")
+    outcomes = [(r["variant"], r["attempt"], r["outcome"]) for r in runs]
+    killed = [o for o in outcomes if o[2] == "abandoned"]
+    assert killed, outcomes  # the attempts in flight when the worker died (all four here)
+    for variant, attempt, _ in killed:
+        assert (variant, attempt + 1, "succeeded") in outcomes
+    root = pathlib.Path(os.environ["T_ROOT"])
+    variant_files = sorted(p.name for p in root.rglob("*") if p.is_file() and "/variants/" in str(p))
+    assert len(variant_files) == 4  # one object per variant: the rerun wrote the same key
