@@ -31,8 +31,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rindle_async.maintenance")
 Progress = Callable[[int, int], None]
-#: States of an asset that has bytes and is not already on its way out.
-KEEPABLE = ("available", "processing", "ready", "degraded", "quarantined", "staged")
+#: Every asset state but the tombstone: what cleanup may find unattached and old.
+KEEPABLE = tuple(sorted(ASSET.states - {"deleted"}))
 
 
 def _now() -> datetime:
