@@ -10,15 +10,16 @@ from .errors import NotFound, ValidationError
 from .models import Asset
 
 
-def asset_uuid(asset_id: object) -> uuid.UUID:
+def asset_uuid(asset_id: object, what: str = "asset_id") -> uuid.UUID:
     """``asset_id`` as a UUID, or a ValidationError naming the bad value.
 
     asset_id: a UUID or its string form.
+    what: the argument's name in the error message.
     """
     try:
         return uuid.UUID(str(asset_id))
     except ValueError:
-        raise ValidationError(f"asset_id {asset_id!r} is not a UUID") from None
+        raise ValidationError(f"{what} {asset_id!r} is not a UUID") from None
 
 
 async def get_asset(conn: asyncpg.Connection | asyncpg.Pool, schema: str, asset_id: object) -> Asset:

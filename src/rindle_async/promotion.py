@@ -12,8 +12,6 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
-import shutil
-import tempfile
 import uuid
 from typing import TYPE_CHECKING, Any
 
@@ -110,8 +108,7 @@ async def promote_asset(job: JobRun) -> None:
         await _quarantine(job, asset_id, f"profile {asset['profile']!r} is not configured")
         return
     storage = rindle.storages[asset["storage"]]
-    workdir = await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "rindle-promote-")
-    try:
+    async with anyio.TemporaryDirectory(prefix="rindle-promote-") as workdir:
         path = os.path.join(workdir, "original")
         await storage.download(asset["storage_key"], path)
         sha256, head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
@@ -132,8 +129,6 @@ async def promote_asset(job: JobRun) -> None:
             # A direct upload's URL stays valid until the session deadline: keep the bytes
             # that were checked at a key no client can write, and never read the upload again.
             await storage.put(original, path, content_type=sniffed)
-    finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
     if reason is not None:
         await _quarantine(job, asset_id, reason)
         return

@@ -14,8 +14,6 @@ from __future__ import annotations
 
 import logging
 import os
-import shutil
-import tempfile
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING
 
@@ -101,16 +99,13 @@ async def process_variant(job: JobRun) -> None:
             await states.transition(uow, VARIANT, row["id"], "queued", "processing")
     storage = rindle.storages[row["storage"]]
     key = security.variant_key(profile.name, str(asset_id), name, digest, variant.extension)
-    workdir = await anyio.to_thread.run_sync(tempfile.mkdtemp, None, "rindle-render-")
-    try:
+    async with anyio.TemporaryDirectory(prefix="rindle-render-") as workdir:
         source = os.path.join(workdir, "original")
         await storage.download(row["source_key"], source)
         result = await rindle.processing.run(
             images.render, source, workdir, msgspec.structs.asdict(variant), profile.max_pixels,
             timeout=max(1.0, job.kind.timeout - 10))
         info = await storage.put(key, result["path"], content_type=variant.content_type)
-    finally:
-        await anyio.to_thread.run_sync(shutil.rmtree, workdir, True)
     accepted = False
     async with job.complete() as uow:
         current = await uow.conn.fetchrow(

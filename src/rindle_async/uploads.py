@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import anyio
 
 from . import security, states
+from .assets import asset_uuid
 from .errors import (
     InvalidTransition,
     NotFound,
@@ -88,10 +89,7 @@ def _part_size(byte_size: int, part_size: int | None) -> int:
 
 async def _session(rindle: Rindle, session_id: str) -> dict:
     """The session row joined with its asset's profile and storage."""
-    try:
-        sid = uuid.UUID(str(session_id))
-    except ValueError:
-        raise ValidationError(f"session_id {session_id!r} is not a UUID") from None
+    sid = asset_uuid(session_id, "session_id")
     row = await rindle.pool.fetchrow(
         f"SELECT s.*, a.profile, a.storage, a.state AS asset_state FROM {rindle.schema}.upload_sessions s"
         f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id WHERE s.id = $1", sid)
