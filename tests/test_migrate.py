@@ -14,7 +14,7 @@ import pytest
 from rindle_async import ConfigurationError
 from rindle_async.db import migrate as migrations
 
-EXPECTED_TABLES = {"assets", "variants", "attachments", "upload_sessions", "processing_runs",
+EXPECTED_TABLES = {"assets", "variants", "attachments", "upload_sessions", "processing_runs", "instance",
                    "jobs", "migrations"}
 
 

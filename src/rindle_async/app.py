@@ -175,6 +175,7 @@ class Rindle:
         """
         async with self.pool.acquire() as conn:
             applied = await migrations.migrate(conn, self.schema)
+            await self.ledger.load_instance(conn)
         if self._relay is not None:
             self._relay.wake()
         return applied

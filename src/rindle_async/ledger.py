@@ -55,15 +55,24 @@ class Ledger:
         self.kinds = kinds
         self.queue = queue
         self.routes = dict(routes or {})
-        self.job_prefix = f"{queue}:{schema}:"
+        self.instance: str | None = None  # read from the schema on first use
 
     def queue_for(self, kind: str) -> str:
         """The arq queue that serves ``kind``."""
         return self.routes.get(kind, self.queue)
 
     def job_id(self, row_id: int) -> str:
-        """The arq job id of ledger row ``row_id``."""
-        return f"{self.job_prefix}{row_id}"
+        """The arq job id of ledger row ``row_id``: queue, schema, schema instance, row."""
+        if self.instance is None:
+            raise RuntimeError("the ledger's schema instance is not loaded yet")
+        return f"{self.queue}:{self.schema}:{self.instance}:{row_id}"
+
+    async def load_instance(self, conn: asyncpg.Connection | asyncpg.Pool) -> str:
+        """Read (once) the id that makes this schema's job ids unique across re-creations."""
+        if self.instance is None:
+            instance = await conn.fetchval(f"SELECT id FROM {self.schema}.instance LIMIT 1")
+            self.instance = str(instance)[:8]
+        return self.instance
 
     async def stage(self, conn: asyncpg.Connection, kind: str, args: Mapping[str, Any], *,
                     dedupe_key: str | None = None, run_after: datetime | None = None) -> int | None:
@@ -96,6 +105,7 @@ class Ledger:
         batch: rows claimed per transaction.
         """
         sent = 0
+        await self.load_instance(pool)
         while True:
             async with pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
@@ -123,6 +133,7 @@ class Ledger:
         batch: rows examined per transaction.
         """
         resent, after = 0, 0
+        await self.load_instance(pool)
         while True:
             async with pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(

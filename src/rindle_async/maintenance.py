@@ -314,8 +314,11 @@ async def requeue_variant(uow: UnitOfWork, row: Any, digest: str) -> None:
     if row["state"] == "missing":
         changes["storage_key"] = None  # its object is gone: nothing to serve meanwhile
     await queue_render(uow, row["id"], row["asset_id"], row["name"], row["state"], **changes)
-    if row["asset_state"] in ("ready", "degraded"):
-        await states.transition(uow, ASSET, row["asset_id"], row["asset_state"], "processing")
+    # read under lock: an earlier variant of the same asset may have moved it already
+    asset_state = await uow.conn.fetchval(
+        f"SELECT state FROM {uow.ledger.schema}.assets WHERE id = $1 FOR UPDATE", row["asset_id"])
+    if asset_state in ("ready", "degraded"):
+        await states.transition(uow, ASSET, row["asset_id"], asset_state, "processing")
 
 
 # -- storage verification ---------------------------------------------------------------

@@ -100,7 +100,7 @@ VARIANT = StateMachine(
         "queued": ("processing", "failed", "cancelled", "purged"),
         "processing": ("ready", "failed", "cancelled", "purged"),
         "ready": ("stale", "missing", "purged"),
-        "stale": ("queued", "purged"),
+        "stale": ("queued", "missing", "purged"),
         "missing": ("queued", "purged"),
         "failed": ("queued", "purged"),
         "cancelled": ("queued", "purged"),

@@ -95,6 +95,14 @@ CREATE INDEX upload_sessions_open_deadline_idx ON __SCHEMA__.upload_sessions (ex
 CREATE INDEX upload_sessions_closed_idx ON __SCHEMA__.upload_sessions (state, state_changed_at)
     WHERE state IN ('failed', 'aborted', 'expired');
 
+-- One row: this schema's identity, part of every arq job id, so a schema that is
+-- dropped and made again never reuses the job ids (and stale results) of the old one.
+CREATE TABLE __SCHEMA__.instance (
+    id          uuid PRIMARY KEY DEFAULT gen_random_uuid(),
+    created_at  timestamptz NOT NULL DEFAULT now()
+);
+INSERT INTO __SCHEMA__.instance DEFAULT VALUES;
+
 -- The job ledger: a background effect is a row here, written in the transaction
 -- that causes it, sent to arq after commit, deleted by the job that succeeds.
 CREATE TABLE __SCHEMA__.jobs (
