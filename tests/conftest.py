@@ -155,6 +155,28 @@ async def run_worker(rindle: Rindle, redis_url: str, *, queue: str | None = None
     return worker
 
 
+@pytest.fixture
+def host_env(tmp_path, database_url, redis_url, schema, monkeypatch) -> dict[str, str]:
+    """The environment of ``tests/hostapp.py``, set in this process and returned for subprocesses."""
+    env = {"T_ROOT": str(tmp_path / "media"), "T_DATABASE_URL": database_url,
+           "T_REDIS_URL": redis_url, "T_SCHEMA": schema}
+    for name, value in env.items():
+        monkeypatch.setenv(name, value)
+    return env
+
+
+@pytest.fixture
+async def host(host_env, db) -> AsyncIterator[Rindle]:
+    """The host app's Rindle as its web process has it (relay on), migrated."""
+    from . import hostapp
+
+    rindle = hostapp.build()
+    await rindle.open()
+    await rindle.migrate()
+    yield rindle
+    await rindle.close()
+
+
 async def drain(rindle: Rindle, redis_url: str, *, rounds: int = 20) -> None:
     """Relay and run jobs until the ledger has nothing pending (jobs stage more jobs)."""
     for _ in range(rounds):

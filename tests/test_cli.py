@@ -16,31 +16,11 @@ import pytest
 from rindle_async import VerificationFailed
 from rindle_async.worker import HEARTBEAT_KEY
 
-from . import hostapp
 from .conftest import drain
 from .media import jpeg
 
 TESTS = pathlib.Path(__file__).resolve().parent
 COMMAND = pathlib.Path(sys.executable).parent / "rindle-async"
-
-
-@pytest.fixture
-def host_env(tmp_path, database_url, redis_url, schema, monkeypatch):
-    env = {"T_ROOT": str(tmp_path / "media"), "T_DATABASE_URL": database_url,
-           "T_REDIS_URL": redis_url, "T_SCHEMA": schema}
-    for name, value in env.items():
-        monkeypatch.setenv(name, value)
-    return env
-
-
-@pytest.fixture
-async def host(host_env, db):
-    """The host's Rindle as the web process has it (relay on), migrated."""
-    rindle = hostapp.build()
-    await rindle.open()
-    await rindle.migrate()
-    yield rindle
-    await rindle.close()
 
 
 @pytest.fixture

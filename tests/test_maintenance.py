@@ -35,7 +35,7 @@ async def test_a_stale_job_cannot_overwrite_newer_work(make_rindle, local_storag
     storage = NewerWorkFinishesFirst(local_storage._inner)
     rindle = await make_rindle(relay=False, storages={"media": storage},
                                profiles=[avatar_profile("media")])
-    asset = await rindle.upload("avatar", jpeg(120, 90))
+    await rindle.upload("avatar", jpeg(120, 90))
     await run_job(rindle, rindle.ledger.kinds["promote_asset"],
                   await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE kind = 'promote_asset'"))
     variant_id = await db.fetchval(f"SELECT id FROM {schema}.variants WHERE name = 'thumb'")

@@ -26,22 +26,12 @@ TESTS = pathlib.Path(__file__).resolve().parent
 
 
 @pytest.fixture
-def host_env(tmp_path, database_url, redis_url, schema, s3_endpoint, s3_bucket, monkeypatch):
-    env = {"T_ROOT": str(tmp_path / "media"), "T_DATABASE_URL": database_url,
-           "T_REDIS_URL": redis_url, "T_SCHEMA": schema, "T_S3": s3_endpoint, "T_BUCKET": s3_bucket}
-    for name, value in env.items():
+def host_env(host_env, s3_endpoint, s3_bucket, monkeypatch):
+    """The host app with its S3 profiles too."""
+    extra = {"T_S3": s3_endpoint, "T_BUCKET": s3_bucket}
+    for name, value in extra.items():
         monkeypatch.setenv(name, value)
-    return env
-
-
-@pytest.fixture
-async def host(host_env, db):
-    """The host's Rindle as the web process has it (relay on), migrated."""
-    rindle = hostapp.build()
-    await rindle.open()
-    await rindle.migrate()
-    yield rindle
-    await rindle.close()
+    return {**host_env, **extra}
 
 
 class WorkerProcess:
