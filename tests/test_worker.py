@@ -217,7 +217,20 @@ async def test_a_worker_killed_mid_render_is_replaced_and_the_job_reruns(host, w
     while not marker.exists():
         assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
         await asyncio.sleep(0.05)
+    pool_processes = [int(pid) for pid in subprocess.run(
+        ["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True).stdout.split()]
+    assert pool_processes  # the libvips pool (and its resource tracker)
     worker.stop(signal.SIGKILL)  # dies in the middle of a variant's upload
+    def alive(pid: int) -> bool:
+        try:
+            return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text().lower()
+        except FileNotFoundError:
+            return False
+
+    deadline = time.monotonic() + 10
+    while any(alive(pid) for pid in pool_processes):
+        assert time.monotonic() < deadline, "the dead worker's pool processes are still running"
+        await asyncio.sleep(0.1)
     worker.start()
     asset = await wait_for_state(host, asset.id, {"ready"}, timeout=90, log=tmp_path / "worker.log")
     assert {v.state for v in asset.variants.values()} == {"ready"}

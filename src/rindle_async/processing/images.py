@@ -8,6 +8,8 @@ quarantined or failed, never for a transient problem.
 from __future__ import annotations
 
 import os
+import threading
+import time
 from typing import Any
 
 import pyvips
@@ -25,9 +27,20 @@ class ImageRefused(Exception):
 
 
 def configure() -> None:
-    """Pool initializer: no operation cache (it only costs memory here), no risky loaders."""
+    """Pool initializer: no operation cache (it only costs memory here), no risky loaders,
+    and exit when the worker that started this process dies."""
     pyvips.cache_set_max(0)
     pyvips.block_untrusted_set(True)
+    parent = os.getppid()
+
+    def watch_parent() -> None:
+        # a spawned pool process holds both ends of its task pipe, so a parent killed
+        # with SIGKILL would leave it waiting forever
+        while os.getppid() == parent:
+            time.sleep(1.0)
+        os._exit(0)
+
+    threading.Thread(target=watch_parent, name="rindle-parent-watch", daemon=True).start()
 
 
 def _open(path: str, **options: Any) -> pyvips.Image:
