@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test services clean
+.PHONY: test services clean demo demo-check
 
 $(VENV)/.installed-test: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,21 @@ services: $(VENV)/.installed-test
 
 test: services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# `make demo` runs examples/starlette and its worker on embedded PostgreSQL and Redis (data
+# under var/) until Ctrl-C; `make demo-check` runs the same stack headless and checks an upload.
+# DEMO_ARGS passes options to scripts/demo.py, e.g. DEMO_ARGS="--framework aiohttp --port 8080".
+$(VENV)/.installed-demo: pyproject.toml
+	test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install -q --upgrade pip
+	$(PY) -m pip install -q -e '.[demo]'
+	touch $@
+
+demo: $(VENV)/.installed-demo
+	$(PY) scripts/demo.py $(DEMO_ARGS)
+
+demo-check: $(VENV)/.installed-demo
+	$(PY) scripts/demo.py --check $(DEMO_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .hypothesis build src/*.egg-info
