@@ -415,3 +415,21 @@ async def test_local_hides_temp_files_and_creates_its_root(tmp_path: pathlib.Pat
 def test_local_refuses_a_short_secret(tmp_path: pathlib.Path, secret: str | bytes) -> None:
     with pytest.raises(ConfigurationError, match="at least 16"):
         LocalStorage(root=tmp_path, base_url=BASE_URL, secret=secret)
+
+
+async def test_local_delete_removes_the_folders_it_empties(tmp_path):
+    from rindle_async.storage.local import LocalStorage
+
+    storage = LocalStorage(root=tmp_path / "root", base_url="http://x/rindle", secret="s" * 32)
+    await storage.open()
+    await storage.put("avatar/ab/one/variants/thumb.webp", b"1")
+    await storage.put("avatar/ab/one/original.png", b"2")
+    await storage.put("avatar/ab/two/original.png", b"3")
+    await storage.delete("avatar/ab/one/variants/thumb.webp")
+    assert not (tmp_path / "root/avatar/ab/one/variants").exists()
+    await storage.delete("avatar/ab/one/original.png")
+    assert not (tmp_path / "root/avatar/ab/one").exists()
+    assert (tmp_path / "root/avatar/ab/two/original.png").exists()  # a folder still in use stays
+    await storage.delete("avatar/ab/two/original.png")
+    assert [p.name for p in (tmp_path / "root").iterdir()] == []  # the root itself stays
+    await storage.close()

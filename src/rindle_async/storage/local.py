@@ -225,6 +225,7 @@ class LocalStorage:
             return
         except OSError as exc:
             self._fail("delete", key, exc)
+        await anyio.to_thread.run_sync(_prune, path.parent, self.root)
 
     async def list(self, prefix: str, *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
         """Every object whose key starts with ``prefix``, sorted by key, read page by page.
@@ -397,3 +398,14 @@ def _walk(folder: Path, key_prefix: str, name_prefix: str) -> Iterator[ObjectInf
             yield from _walk(Path(entry.path), f"{key_prefix}{entry.name}/", "")
         elif entry.is_file():
             yield _info(key_prefix + entry.name, entry.stat())
+
+
+def _prune(folder: Path, root: Path) -> None:
+    """Remove folders left empty by a delete, up to (not including) the root."""
+    root = root.resolve()
+    while folder != root and root in folder.parents:
+        try:
+            folder.rmdir()
+        except OSError:  # not empty (or already gone): stop
+            return
+        folder = folder.parent
