@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterable, Mapping
+from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from types import TracebackType
 from typing import Any
@@ -21,12 +21,12 @@ from .db.transaction import Database
 from .errors import ConfigurationError, RindleError
 from .events import BaseEvent, EventBus, Handler
 from .jobs import JobKind, arq_function
-from .processing.pool import ProcessingPool
-from .worker import builtin_job_kinds, worker_settings
 from .ledger import Ledger, LedgerSummary, Relay
 from .models import Asset, Attachment, UploadTicket
+from .processing.pool import ProcessingPool
 from .profiles import Profile, index_profiles
 from .storage.base import Part, PresignedRequest, Source, Storage
+from .worker import builtin_job_kinds, worker_settings
 
 
 class Rindle:
@@ -194,7 +194,7 @@ class Rindle:
         async with self.db.transaction(conn) as uow:
             yield uow.conn
 
-    def subscribe(self, handler: Handler, *event_types: type[BaseEvent]):
+    def subscribe(self, handler: Handler, *event_types: type[BaseEvent]) -> Callable[[], None]:
         """Deliver events (all, or only ``event_types``) to ``handler`` after commit.
 
         handler: a function or coroutine function taking one event; errors are logged.
