@@ -14,6 +14,7 @@ $(VENV)/.installed-test: pyproject.toml
 
 services: $(VENV)/.installed-test
 	PY=$(PY) scripts/services.sh
+	scripts/browser.sh
 
 test: services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)

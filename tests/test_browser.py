@@ -1,0 +1,320 @@
+"""The examples end to end, each as its own stack of subprocesses (migrate, worker, web app):
+the Starlette app driven through its page in headless Chromium, the aiohttp app through its
+HTTP API. The page's element contract is in examples/README.md."""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import os
+import secrets
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import asyncpg
+import httpx
+import pytest
+import pyvips
+from playwright.sync_api import Browser, Error as PlaywrightError, Page, expect, sync_playwright
+
+ROOT = Path(__file__).resolve().parent.parent
+EXAMPLES = ROOT / "examples"
+BIN = Path(sys.executable).parent
+#: The Chromium that scripts/browser.sh provides (Debian's package; Playwright downloads none).
+CHROMIUM = Path(os.environ.get("RINDLE_TEST_CHROMIUM", "/usr/bin/chromium"))
+#: Seconds for an upload to be rendered, or for a purge to delete the files.
+SETTLE = 30.0
+
+
+def variant_sizes(width: int, height: int) -> dict[str, tuple[int, int]]:
+    """What examples/*/media.py's avatar profile makes of a width x height original."""
+    scale = min(1.0, 800 / width, 800 / height)  # large: inside 800x800, never enlarged
+    return {"thumb": (128, 128), "large": (round(width * scale), round(height * scale))}
+
+
+def gradient(path: Path, width: int, height: int) -> Path:
+    """An image file whose format follows its suffix; a gradient, so a screenshot shows something."""
+    xyz = pyvips.Image.xyz(width, height)
+    x, y = xyz[0], xyz[1]
+    image = (x * (255 / width)).bandjoin([y * (255 / height), (x + y) * (255 / (width + height))])
+    image.cast("uchar").write_to_file(str(path))
+    return path
+
+
+def wait_until(condition: Callable[[], object], what: str, timeout: float = SETTLE) -> None:
+    deadline = time.monotonic() + timeout
+    while not condition():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"{what}: not within {timeout:.0f}s")
+        time.sleep(0.1)
+
+
+def files_of(media_root: Path, asset_id: str) -> list[Path]:
+    """The stored files of an asset (its storage keys contain its id)."""
+    return [path for path in media_root.rglob("*") if path.is_file() and asset_id in path.as_posix()]
+
+
+def wait_purged(media_root: Path, asset_id: str) -> None:
+    """Wait for the worker's purge to delete every file of a replaced or removed asset."""
+    wait_until(lambda: not files_of(media_root, asset_id), f"the purge of asset {asset_id}'s files")
+
+
+# -- the example stack -------------------------------------------------------------------
+
+@dataclass
+class ExampleStack:
+    """An example web app and its worker, running as subprocesses; their output is in ``logs``."""
+
+    base_url: str
+    media_root: Path
+    logs: Path
+    procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+
+    def check_alive(self) -> None:
+        for name, proc in self.procs.items():
+            if proc.poll() is not None:
+                raise AssertionError(f"the {name} exited with code {proc.returncode}")
+
+    def log_tails(self, lines: int = 25) -> str:
+        tails = []
+        for log in sorted(self.logs.glob("*.log")):
+            text = "\n".join(log.read_text(errors="replace").splitlines()[-lines:])
+            tails.append(f"----- {log} (last lines) -----\n{text}")
+        return "\n".join(tails)
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def stop(proc: subprocess.Popen, timeout: float = 10) -> None:
+    """SIGTERM, then SIGKILL for whatever is left of its process group (the worker's libvips pool)."""
+    if proc.poll() is None:
+        proc.terminate()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(timeout)
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(proc.pid, signal.SIGKILL)
+    proc.wait()
+
+
+def web_command(framework: str, port: int) -> list[str]:
+    if framework == "starlette":
+        return [sys.executable, "-m", "uvicorn", "app:app", "--host", "127.0.0.1", "--port", str(port)]
+    return [sys.executable, "-m", "aiohttp.web", "-H", "127.0.0.1", "-P", str(port), "app:create_app"]
+
+
+@pytest.fixture
+def example_database_url(database_url: str) -> Iterator[str]:
+    """A database of the example's own: media.py always uses schema and queue "rindle", as
+    tests/test_docs.py does, so the example gets its own database (and a private Redis)."""
+    name = f"rindle_browser_{uuid.uuid4().hex[:12]}"
+
+    async def run(statement: str) -> None:
+        conn = await asyncpg.connect(database_url)
+        try:
+            await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run(f"CREATE DATABASE {name}"))
+    parts = urlsplit(database_url)
+    yield urlunsplit((parts.scheme, parts.netloc, f"/{name}", parts.query, parts.fragment))
+    asyncio.run(run(f"DROP DATABASE IF EXISTS {name} WITH (FORCE)"))
+
+
+@pytest.fixture
+def start_example(example_database_url, private_redis, tmp_path) -> Iterator[Callable[[str], ExampleStack]]:
+    """``start_example("starlette")``: migrate, then start the worker and the web app; stopped afterwards."""
+    with contextlib.ExitStack() as cleanup:
+
+        def start(framework: str) -> ExampleStack:
+            folder = EXAMPLES / framework
+            port = free_port()
+            stack = ExampleStack(base_url=f"http://127.0.0.1:{port}", media_root=tmp_path / "media",
+                                 logs=tmp_path / "logs")
+            stack.logs.mkdir()
+            env = {name: value for name, value in os.environ.items() if not name.startswith("RINDLE_")}
+            env.update(RINDLE_DATABASE_URL=example_database_url, RINDLE_REDIS_URL=private_redis.url,
+                       RINDLE_MEDIA_ROOT=str(stack.media_root), RINDLE_BASE_URL=stack.base_url,
+                       RINDLE_SECRET=secrets.token_urlsafe(32), RINDLE_APP="media:rindle",
+                       RINDLE_PROCESSES="1", PYTHONUNBUFFERED="1",
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+            migrate = subprocess.run([sys.executable, "-m", "rindle_async.cli", "--app", "media:rindle",
+                                      "migrate"], cwd=folder, env=env, capture_output=True, text=True,
+                                     timeout=60)
+            assert migrate.returncode == 0, f"migrate failed:\n{migrate.stdout}{migrate.stderr}"
+            arq = [str(BIN / "arq")] if (BIN / "arq").exists() else [sys.executable, "-m", "arq"]
+            for name, log_name, argv in (("worker", "worker.log", [*arq, "rindle_async.WorkerSettings"]),
+                                         ("web app", "web.log", web_command(framework, port))):
+                log = cleanup.enter_context(open(stack.logs / log_name, "wb"))
+                proc = subprocess.Popen(argv, cwd=folder, env=env, stdout=log, stderr=subprocess.STDOUT,
+                                        process_group=0)
+                cleanup.callback(stop, proc)  # LIFO: the web app stops before the worker
+                stack.procs[name] = proc
+
+            def answers() -> bool:
+                stack.check_alive()
+                with contextlib.suppress(httpx.TransportError):
+                    return httpx.get(stack.base_url + "/", timeout=2).status_code == 200
+                return False
+
+            try:
+                wait_until(answers, f"the {framework} example answering {stack.base_url}/")
+            except AssertionError as exc:
+                raise AssertionError(f"{exc}\n{stack.log_tails()}") from None
+            return stack
+
+        yield start
+
+
+# -- Starlette: the page in headless Chromium --------------------------------------------
+
+@pytest.fixture
+def browser() -> Iterator[Browser]:
+    if not os.access(CHROMIUM, os.X_OK):
+        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/browser.sh (or set RINDLE_TEST_CHROMIUM)")
+    with sync_playwright() as playwright:
+        chromium = playwright.chromium.launch(
+            executable_path=str(CHROMIUM), headless=True,
+            args=["--no-sandbox"] if os.geteuid() == 0 else [])  # Chromium's sandbox refuses root
+        yield chromium
+        chromium.close()
+
+
+@contextlib.contextmanager
+def explained(page: Page, stack: ExampleStack, screenshot: Path) -> Iterator[None]:
+    """Turn a failure into one that shows a screenshot of the page and the children's logs."""
+    try:
+        yield
+    except (AssertionError, PlaywrightError) as exc:
+        try:
+            page.screenshot(path=str(screenshot), full_page=True)
+            shot = f"screenshot: {screenshot}; #error on the page: {page.locator('#error').text_content()!r}"
+        except PlaywrightError as error:
+            shot = f"no screenshot: {error}"
+        raise AssertionError(f"{exc}\n{shot}\n{stack.log_tails()}") from exc
+
+
+def expect_rendered(page: Page, sizes: dict[str, tuple[int, int]]) -> str:
+    """Wait for the upload to be stored, the asset ready and every variant loaded; check their sizes."""
+    state = page.locator("#state")
+    expect(state).to_have_text("ready", timeout=SETTLE * 1000)
+    expect(page.locator("#progress")).to_have_js_property("value", 100)
+    for name, size in sizes.items():
+        img = page.locator(f'#variants img[data-variant="{name}"][data-state="ready"][data-loaded="true"]')
+        expect(img).to_have_count(1, timeout=SETTLE * 1000)
+        assert img.evaluate("img => [img.naturalWidth, img.naturalHeight]") == list(size), name
+    expect(page.locator("#error")).to_be_empty()
+    return state.get_attribute("data-asset-id") or ""
+
+
+def test_starlette_page_in_chromium(start_example, browser, tmp_path):
+    stack = start_example("starlette")
+    first = gradient(tmp_path / "first.jpg", 1200, 900)
+    second = gradient(tmp_path / "second.png", 600, 800)
+    page = browser.new_page()
+    page_errors: list[str] = []
+    page.on("pageerror", lambda error: page_errors.append(str(error)))
+    with explained(page, stack, tmp_path / "failure.png"):
+        page.goto(stack.base_url + "/")
+        state = page.locator("#state")
+        expect(state).to_have_text("none")
+        expect(page.locator("#remove")).to_be_disabled()
+
+        page.set_input_files("#file", first)
+        first_id = expect_rendered(page, variant_sizes(1200, 900))
+        assert first_id and files_of(stack.media_root, first_id)
+
+        page.set_input_files("#file", second)  # the replacement purges the first
+        expect(state).not_to_have_attribute("data-asset-id", first_id, timeout=SETTLE * 1000)
+        second_id = expect_rendered(page, variant_sizes(600, 800))
+        wait_purged(stack.media_root, first_id)
+
+        page.click("#remove")
+        expect(state).to_have_text("none")
+        expect(state).to_have_attribute("data-asset-id", "")
+        expect(page.locator("#variants img")).to_have_count(0)
+        expect(page.locator("#remove")).to_be_disabled()
+        assert page.request.get(stack.base_url + "/api/avatar").json()["asset"] is None
+        wait_purged(stack.media_root, second_id)
+        assert page_errors == []
+
+
+# -- aiohttp: the same flow through the HTTP API -----------------------------------------
+
+def upload(client: httpx.Client, path: Path, content_type: str) -> dict:
+    """What the page does: initiate, PUT the bytes to the ticket's URL with its headers, complete."""
+    data = path.read_bytes()
+    started = client.post("/api/avatar/uploads", json={"filename": path.name, "content_type": content_type,
+                                                       "byte_size": len(data)})
+    assert started.status_code == 201, started.text
+    ticket = started.json()
+    stored = httpx.request(ticket["method"], ticket["url"], content=data, headers=ticket["headers"])
+    assert stored.is_success, stored.text
+    completed = client.post(f"/api/avatar/uploads/{ticket['session_id']}/complete")
+    assert completed.status_code == 200, completed.text
+    assert completed.json()["asset"]["id"] == ticket["asset_id"]
+    return completed.json()["asset"]
+
+
+def rendered(client: httpx.Client, stack: ExampleStack, asset_id: str) -> dict:
+    """Poll GET /api/avatar until the asset is ready, as the page does."""
+    seen: dict = {}
+
+    def ready() -> bool:
+        stack.check_alive()
+        seen.update(client.get("/api/avatar").json()["asset"])
+        assert seen["id"] == asset_id and seen["state"] not in ("degraded", "quarantined", "deleted"), seen
+        return seen["state"] == "ready"
+
+    try:
+        wait_until(ready, f"asset {asset_id} ready")
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; last seen: {seen}") from None
+    return seen
+
+
+def check_variants(asset: dict, sizes: dict[str, tuple[int, int]]) -> None:
+    loaders = {"thumb": "webpload_buffer", "large": "jpegload_buffer"}
+    assert [variant["name"] for variant in asset["variants"]] == list(sizes)
+    for variant in asset["variants"]:
+        fetched = httpx.get(variant["url"])
+        assert fetched.status_code == 200, (variant, fetched.text)
+        picture = pyvips.Image.new_from_buffer(fetched.content, "")
+        seen = (picture.width, picture.height, picture.get("vips-loader"))
+        assert seen == (*sizes[variant["name"]], loaders[variant["name"]]), variant
+        assert (variant["state"], variant["width"], variant["height"]) == ("ready", *seen[:2])
+
+
+def test_aiohttp_http_api(start_example, tmp_path):
+    stack = start_example("aiohttp")
+    first = gradient(tmp_path / "first.jpg", 1200, 900)
+    second = gradient(tmp_path / "second.png", 600, 800)
+    with httpx.Client(base_url=stack.base_url, headers={"X-Demo-User": "ann"}, timeout=15) as client:
+        try:
+            assert client.get("/api/avatar").json() == {"user": "ann", "asset": None}
+            first_id = upload(client, first, "image/jpeg")["id"]
+            check_variants(rendered(client, stack, first_id), variant_sizes(1200, 900))
+            assert files_of(stack.media_root, first_id)
+
+            second_id = upload(client, second, "image/png")["id"]
+            assert second_id != first_id
+            check_variants(rendered(client, stack, second_id), variant_sizes(600, 800))
+            wait_purged(stack.media_root, first_id)
+
+            assert client.delete("/api/avatar").json() == {"user": "ann", "asset": None}
+            assert client.get("/api/avatar").json() == {"user": "ann", "asset": None}
+            wait_purged(stack.media_root, second_id)
+        except AssertionError as exc:
+            raise AssertionError(f"{exc}\n{stack.log_tails()}") from exc
