@@ -147,3 +147,41 @@ async def test_purge_leaves_an_asset_that_is_not_tombstoned(rindle, db, schema, 
     assert await state(rindle, asset.id) == "validating"
     key = await db.fetchval(f"SELECT storage_key FROM {schema}.assets")
     assert await local_storage.head(key) is not None
+
+
+async def test_moving_assets_between_slots_in_one_transaction_keeps_them(rindle, db, schema):
+    x = await rindle.upload("avatar", png())
+    y = await rindle.upload("avatar", jpeg())
+    await rindle.attach(x.id, owner_type="user", owner_id="1", slot="avatar")
+    await rindle.attach(y.id, owner_type="user", owner_id="2", slot="avatar")
+    async with rindle.transaction() as conn:  # swap the two avatars
+        await rindle.attach(y.id, owner_type="user", owner_id="1", slot="avatar", conn=conn)
+        await rindle.attach(x.id, owner_type="user", owner_id="2", slot="avatar", conn=conn)
+    assert (await rindle.attachment("user", "1", "avatar")).asset_id == y.id
+    assert (await rindle.attachment("user", "2", "avatar")).asset_id == x.id
+    assert {await state(rindle, x.id), await state(rindle, y.id)} == {"validating"}
+    assert await purge_jobs(db, schema) == []
+    async with rindle.transaction() as conn:  # detach here, attach there: a move
+        await rindle.detach(owner_type="user", owner_id="2", slot="avatar", conn=conn)
+        await rindle.attach(x.id, owner_type="team", owner_id="9", slot="logo", conn=conn)
+    assert await state(rindle, x.id) == "validating" and await purge_jobs(db, schema) == []
+
+
+async def test_crossing_attaches_never_deadlock(rindle, db, schema):
+    for round_ in range(5):
+        x = await rindle.upload("avatar", png())
+        y = await rindle.upload("avatar", jpeg())
+        await rindle.attach(x.id, owner_type="user", owner_id=f"a{round_}", slot="avatar")
+        await rindle.attach(y.id, owner_type="user", owner_id=f"b{round_}", slot="avatar")
+        results = await asyncio.gather(
+            rindle.attach(y.id, owner_type="user", owner_id=f"a{round_}", slot="avatar"),
+            rindle.attach(x.id, owner_type="user", owner_id=f"b{round_}", slot="avatar"),
+            return_exceptions=True)
+        # as two separate requests, whichever commits first releases its old asset for good
+        errors = [r for r in results if isinstance(r, Exception)]
+        assert all(isinstance(e, ValidationError) and "is deleted" in str(e) for e in errors), errors
+        assert len(errors) == 1
+        held = {a.asset_id for a in (await rindle.attachments(
+            "user", [f"a{round_}", f"b{round_}"], "avatar")).values()}
+        for asset in (x, y):
+            assert (asset.id in held) == (await state(rindle, asset.id) != "deleted")

@@ -1,10 +1,13 @@
 """Attachments: an asset held by a host record in a named slot.
 
-Attaching to a taken slot replaces what was there; an asset that loses its last
-attachment (by replacement or detach) is tombstoned (``deleted``) and its purge
-job staged in the same transaction, so storage is cleaned after commit and never
-forgotten.  Changes to one slot are serialised with a transaction-scoped
-advisory lock, so concurrent attaches end with one attachment and no orphan.
+Attaching to a taken slot replaces what was there; an asset that is held by no
+attachment when the transaction commits (after a replacement or a detach) is
+tombstoned (``deleted``) and its purge job staged in that same transaction, so
+storage is cleaned after commit and never forgotten; moving an asset between
+slots inside one transaction does not tombstone it.  Changes to one slot are
+serialised with a transaction-scoped advisory lock, and the assets involved are
+locked in id order, so concurrent attaches end with one attachment per slot, no
+orphan and no deadlock.
 """
 
 from __future__ import annotations
@@ -45,10 +48,22 @@ async def _lock_slot(uow: UnitOfWork, owner_type: str, owner_id: str, slot: str)
     await uow.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
 
 
-async def release_asset(uow: UnitOfWork, asset_id: uuid.UUID) -> bool:
-    """Tombstone ``asset_id`` and stage its purge unless another attachment holds it.
+def release_at_commit(uow: UnitOfWork, asset_id: uuid.UUID) -> None:
+    """Decide just before commit whether an asset that lost an attachment is still held.
 
-    uow: the unit of work that just removed one of its attachments.
+    Deciding at commit, not at once, lets one transaction move an asset between slots
+    (detach it here, attach it there) without tombstoning it on the way.
+    """
+    async def release(uow: UnitOfWork) -> None:
+        await release_asset(uow, asset_id)
+
+    uow.before_commit.append(release)
+
+
+async def release_asset(uow: UnitOfWork, asset_id: uuid.UUID) -> bool:
+    """Tombstone ``asset_id`` and stage its purge unless an attachment holds it.
+
+    uow: the unit of work that removed one of its attachments.
     asset_id: the asset that lost an attachment.
     Returns whether the asset was tombstoned.
     """
@@ -81,8 +96,16 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
     asset_uuid = to_uuid(asset_id)
     schema = uow.ledger.schema
     await _lock_slot(uow, owner_type, owner, slot)
-    state = await uow.conn.fetchval(
-        f"SELECT state FROM {schema}.assets WHERE id = $1 FOR SHARE", asset_uuid)
+    current = await uow.conn.fetchrow(
+        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
+        owner_type, owner, slot)
+    # Lock the incoming and the outgoing asset in id order, so attaches that cross
+    # (X into A's slot while Y goes into B's) wait for each other instead of deadlocking.
+    involved = sorted({asset_uuid} | ({current["asset_id"]} if current is not None else set()))
+    locked = {r["id"]: r["state"] for r in await uow.conn.fetch(
+        f"SELECT id, state FROM {schema}.assets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
+        involved)}
+    state = locked.get(asset_uuid)
     if state is None:
         raise NotFound(f"asset {asset_id} does not exist")
     if state not in ATTACHABLE:
@@ -90,9 +113,6 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
                 "quarantined": "it was refused; see its reason",
                 "deleted": "it was detached and is being purged"}.get(state, "")
         raise ValidationError(f"asset {asset_id} is {state} and cannot be attached; {hint}")
-    current = await uow.conn.fetchrow(
-        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
-        owner_type, owner, slot)
     if current is not None and current["asset_id"] == asset_uuid:
         return Attachment.from_row(current)
     if current is not None:
@@ -101,7 +121,7 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
         f"INSERT INTO {schema}.attachments (id, asset_id, owner_type, owner_id, slot)"
         " VALUES ($1, $2, $3, $4, $5) RETURNING *", uuid.uuid4(), asset_uuid, owner_type, owner, slot)
     if current is not None:
-        await release_asset(uow, current["asset_id"])
+        release_at_commit(uow, current["asset_id"])
     return Attachment.from_row(row)
 
 
@@ -121,7 +141,7 @@ async def detach(uow: UnitOfWork, *, owner_type: str, owner_id: object, slot: st
         " RETURNING *", owner_type, owner, slot)
     if row is None:
         return None
-    await release_asset(uow, row["asset_id"])
+    release_at_commit(uow, row["asset_id"])
     return Attachment.from_row(row)
 
 

@@ -9,7 +9,7 @@ a savepoint, and its events are dropped if that savepoint rolls back.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from contextvars import ContextVar
 from datetime import datetime
@@ -40,6 +40,8 @@ class UnitOfWork:
         self.ledger = ledger
         self.events: list[BaseEvent] = []
         self.staged_jobs = 0
+        #: callbacks run inside the transaction just before it commits, in order
+        self.before_commit: list[Callable[[UnitOfWork], Awaitable[None]]] = []
 
     def emit(self, event: BaseEvent) -> None:
         """Queue ``event`` for delivery after commit."""
@@ -87,12 +89,13 @@ class Database:
             async with self._outermost(conn) as uow:
                 yield uow
             return
-        mark = len(uow.events)
+        marks = len(uow.events), len(uow.before_commit)
         try:
             async with conn.transaction():
                 yield uow
-        except BaseException:
-            del uow.events[mark:]
+        except BaseException:  # the savepoint rolled back: so does what it queued
+            del uow.events[marks[0]:]
+            del uow.before_commit[marks[1]:]
             raise
 
     @asynccontextmanager
@@ -103,6 +106,8 @@ class Database:
         try:
             async with conn.transaction():
                 yield uow
+                for callback in uow.before_commit:
+                    await callback(uow)
         finally:
             _in_transaction.reset(token)
             del self._open[id(conn)]
