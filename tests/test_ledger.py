@@ -57,6 +57,11 @@ async def wait_sent(db, schema, redis, rindle, job_id, timeout=5.0):
     return await wait_until(sent, timeout)
 
 
+async def listener_pids(db, schema):
+    return [r["pid"] for r in await db.fetch(
+        "SELECT pid FROM pg_stat_activity WHERE query = $1", f'LISTEN "{schema}_jobs"')]
+
+
 async def statuses(db, schema):
     return [tuple(r) for r in await db.fetch(f"SELECT id, status FROM {schema}.jobs ORDER BY id")]
 
@@ -75,7 +80,7 @@ async def test_rolled_back_transaction_leaves_no_row_and_no_job(make_rindle, db,
 async def test_commit_reaches_arq_promptly_through_notify(make_rindle, db, schema, redis):
     writer = await make_rindle(jobs=[NOOP], relay=False)
     await make_rindle(jobs=[NOOP], relay_interval=3600, migrate=False)  # listens, never sweeps
-    await asyncio.sleep(0.2)  # let the listener subscribe
+    await wait_until(lambda: listener_pids(db, schema))  # subscribed before the commit
     started = time.monotonic()
     [job_id] = await stage(writer)
     arrived = await wait_sent(db, schema, redis, writer, job_id)
@@ -154,18 +159,12 @@ def test_a_process_that_dies_after_commit_loses_nothing(tmp_path, database_url, 
 async def test_the_relay_listens_again_after_its_connection_is_cut(make_rindle, db, schema, redis):
     writer = await make_rindle(jobs=[NOOP], relay=False)
     await make_rindle(jobs=[NOOP], relay_interval=3600, migrate=False)  # only NOTIFY wakes it
-    channel = f"LISTEN \"{schema}_jobs\""
-
-    async def listener_pids():
-        return [r["pid"] for r in await db.fetch(
-            "SELECT pid FROM pg_stat_activity WHERE query = $1", channel)]
-
-    await wait_until(listener_pids)
-    [old_pid] = await listener_pids()
+    await wait_until(lambda: listener_pids(db, schema))
+    [old_pid] = await listener_pids(db, schema)
     await db.execute("SELECT pg_terminate_backend($1)", old_pid)
 
     async def new_listener():
-        pids = await listener_pids()
+        pids = await listener_pids(db, schema)
         return pids and pids != [old_pid]
 
     await wait_until(new_listener)
