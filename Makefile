@@ -5,11 +5,13 @@ PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
 .PHONY: test services clean demo demo-check
+.PRECIOUS: $(VENV)/.installed-%
 
-$(VENV)/.installed-test: pyproject.toml
+# .venv with the package and one extra installed: .installed-test, .installed-demo
+$(VENV)/.installed-%: pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[test]'
+	$(PY) -m pip install -q -e '.[$*]'
 	touch $@
 
 services: $(VENV)/.installed-test
@@ -22,12 +24,6 @@ test: services
 # `make demo` runs examples/starlette and its worker on embedded PostgreSQL and Redis (data
 # under var/) until Ctrl-C; `make demo-check` runs the same stack headless and checks an upload.
 # DEMO_ARGS passes options to scripts/demo.py, e.g. DEMO_ARGS="--framework aiohttp --port 8080".
-$(VENV)/.installed-demo: pyproject.toml
-	test -x $(PY) || $(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install -q --upgrade pip
-	$(PY) -m pip install -q -e '.[demo]'
-	touch $@
-
 demo: $(VENV)/.installed-demo
 	$(PY) scripts/demo.py $(DEMO_ARGS)
 

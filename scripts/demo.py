@@ -86,16 +86,21 @@ def is_process(pid: int, name: str, needle: str) -> bool:
         return False
 
 
+def postmaster_pid(pgdata: Path) -> tuple[int | None, bool]:
+    """The pid in pgdata's postmaster.pid (None without one), and whether that postgres runs."""
+    try:
+        pid = int((pgdata / "postmaster.pid").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return None, False
+    return pid, is_process(pid, "postgres", str(pgdata))
+
+
 def forget_stale_postmaster(pgdata: Path) -> None:
     """Remove postmaster.pid and socket locks left by a killed run (their pid may be reused by now)."""
-    pid_file = pgdata / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    if not is_process(pid, "postgres", str(pgdata)):
-        say(f"removing the stale {pid_file} of a postgres that is gone")
-        pid_file.unlink(missing_ok=True)
+    pid, running = postmaster_pid(pgdata)
+    if pid is not None and not running:
+        say(f"removing the stale {pgdata / 'postmaster.pid'} of a postgres that is gone")
+        (pgdata / "postmaster.pid").unlink(missing_ok=True)
         for lock in pgdata.glob(".s.PGSQL.*"):
             lock.unlink(missing_ok=True)
 
@@ -121,12 +126,8 @@ def start_postgres(pgdata: Path, stack: contextlib.ExitStack) -> str:
 
 
 def stop_postgres(pgdata: Path) -> None:
-    pid_file = pgdata / "postmaster.pid"
-    try:
-        pid = int(pid_file.read_text().split()[0])
-    except (OSError, ValueError, IndexError):
-        return
-    if not is_process(pid, "postgres", str(pgdata)):
+    pid, running = postmaster_pid(pgdata)
+    if not running:
         return
     from pgserver import pg_ctl  # type: ignore[attr-defined]  # re-exported with a star import
 
