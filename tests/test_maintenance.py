@@ -204,3 +204,34 @@ async def test_cron_functions_stage_ledger_jobs_and_the_tick_relays(media_rindle
                                         ("abort_incomplete_uploads", "{}", "pending")]
     assert await worker.relay_tick(ctx) == "sent 2, re-sent 0"
     assert await redis.exists(worker.HEARTBEAT_KEY.format(queue=rindle.ledger.queue))
+
+
+async def test_processes_opening_at_once_after_a_recipe_change_agree(make_rindle, local_storage,
+                                                                     db, schema, redis_url):
+    import asyncio
+
+    before = await make_rindle(relay=False, storages={"media": local_storage},
+                               profiles=[avatar_profile("media")])
+    assets = [await before.upload("avatar", jpeg(60, 40)) for _ in range(6)]
+    await drain(before, redis_url)
+    changed = avatar_profile("media", variants={
+        "thumb": Variant(width=20, height=20, fit="cover", format="png"),
+        "large": Variant(width=48, fit="inside", format="jpeg", quality=85),
+        "mini": Variant(width=10, height=10, fit="fill", format="webp")})
+    from rindle_async import Rindle
+
+    deploy = [Rindle(database_url=before.database_url, redis_url=redis_url, schema=schema,
+                     storages={"media": local_storage}, profiles=[changed], relay=False)
+              for _ in range(4)]
+    try:
+        await asyncio.gather(*(r.open() for r in deploy))  # a deploy: four processes start at once
+    finally:
+        for r in deploy:
+            await r.close()
+    rows = await db.fetch(f"SELECT name, state, count(*) AS n FROM {schema}.variants"
+                          " GROUP BY name, state ORDER BY name")
+    assert [tuple(r) for r in rows] == [("large", "ready", 6), ("mini", "queued", 6),
+                                        ("thumb", "stale", 6)]
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs WHERE kind = 'process_variant'"
+                             " AND status = 'pending'") == 6
+    assert {(await before.get_asset(a.id)).state for a in assets} == {"processing"}

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING, Any
 from . import states
 from .assets import asset_uuid
 from .db import migrate
-from .errors import NotFound, ValidationError
+from .errors import InvalidTransition, NotFound, ValidationError
 from .events import CleanupRun
 from .promotion import plan_variants, queue_render
 from .states import ASSET, UPLOAD_SESSION, VARIANT
@@ -246,9 +246,12 @@ async def reconcile_profiles(rindle: Rindle) -> Report:
                 f" WHERE a.profile = $1 AND v.name = $2 AND v.state = 'ready'"
                 f" AND v.recipe_digest <> $3", profile.name, name, digest)
             for row in rows:
-                async with rindle.db.transaction() as uow:
-                    await states.transition(uow, VARIANT, row["id"], "ready", "stale",
-                                            reason="the profile's recipe changed")
+                try:
+                    async with rindle.db.transaction() as uow:
+                        await states.transition(uow, VARIANT, row["id"], "ready", "stale",
+                                                reason="the profile's recipe changed")
+                except InvalidTransition:
+                    continue  # another process (opening at the same deploy) got there first
                 report.add("stale", str(row["id"]))
         if not profile.variants:
             continue
@@ -259,9 +262,14 @@ async def reconcile_profiles(rindle: Rindle) -> Report:
             profile.name, list(profile.variants), len(profile.variants))
         for row in lacking:
             async with rindle.db.transaction() as uow:
+                # locked, so processes opening at once plan each variant once
+                state = await uow.conn.fetchval(
+                    f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE", row["id"])
+                if state not in ("ready", "degraded", "processing"):
+                    continue
                 planned = await plan_variants(uow, rindle, row["id"], profile.name)
-                if planned and row["state"] != "processing":
-                    await states.transition(uow, ASSET, row["id"], row["state"], "processing")
+                if planned and state != "processing":
+                    await states.transition(uow, ASSET, row["id"], state, "processing")
             report.counts["planned"] = report.counts.get("planned", 0) + planned
     return report
 
