@@ -20,6 +20,7 @@ import msgspec
 
 from . import security, states
 from .assets import asset_uuid
+from .errors import InvalidTransition
 from .states import ASSET
 
 if TYPE_CHECKING:
@@ -101,8 +102,11 @@ async def promote_asset(job: JobRun) -> None:
     if asset is None or asset["state"] not in ("validating", "analyzing"):
         return  # gone, or promoted or refused by an earlier delivery of this job
     if asset["state"] == "validating":
-        async with rindle.db.transaction() as uow:
-            await states.transition(uow, ASSET, asset_id, "validating", "analyzing")
+        try:
+            async with rindle.db.transaction() as uow:
+                await states.transition(uow, ASSET, asset_id, "validating", "analyzing")
+        except InvalidTransition:
+            return  # another delivery of this promotion took it first
     profile = rindle.profiles.get(asset["profile"])
     if profile is None:
         await _quarantine(job, asset_id, f"profile {asset['profile']!r} is not configured")
@@ -129,20 +133,29 @@ async def promote_asset(job: JobRun) -> None:
             # A direct upload's URL stays valid until the session deadline: keep the bytes
             # that were checked at a key no client can write, and never read the upload again.
             await storage.put(original, path, content_type=sniffed)
-    if reason is not None:
-        await _quarantine(job, asset_id, reason)
+    try:
+        if reason is not None:
+            await _quarantine(job, asset_id, reason)
+            return
+        await _promote(job, asset_id, profile.name, sniffed, size, sha256, metadata, original)
+    except InvalidTransition:
+        log.info("asset %s was handled by another delivery of its promotion", asset_id)
         return
+    if original != asset["storage_key"]:
+        await storage.delete(asset["storage_key"])
+
+
+async def _promote(job: JobRun, asset_id: object, profile_name: str, sniffed: str, size: int,
+                   sha256: str, metadata: dict[str, Any], original: str) -> None:
     async with job.complete() as uow:
         await states.transition(uow, ASSET, asset_id, "analyzing", "promoting")
         await states.transition(
             uow, ASSET, asset_id, "promoting", "available", content_type=sniffed, byte_size=size,
             sha256=sha256, width=metadata.get("width"), height=metadata.get("height"),
             metadata=msgspec.json.encode(metadata).decode(), storage_key=original)
-        planned = await plan_variants(uow, rindle, asset_id, profile.name)
+        planned = await plan_variants(uow, job.rindle, asset_id, profile_name)
         await states.transition(uow, ASSET, asset_id, "available",
                                 "processing" if planned else "ready")
-    if original != asset["storage_key"]:
-        await storage.delete(asset["storage_key"])
 
 
 def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | None:

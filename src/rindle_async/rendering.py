@@ -22,7 +22,7 @@ import msgspec
 
 from . import security, states
 from .assets import asset_uuid
-from .errors import RindleError
+from .errors import InvalidTransition, RindleError
 from .states import ASSET, VARIANT
 
 if TYPE_CHECKING:
@@ -95,8 +95,12 @@ async def process_variant(job: JobRun) -> None:
         raise RecipeMismatch(f"this worker renders {name!r} as recipe {digest}, the row wants "
                              f"{row['recipe_digest']}; are workers running different profiles?")
     if row["state"] == "queued":
-        async with rindle.db.transaction() as uow:
-            await states.transition(uow, VARIANT, row["id"], "queued", "processing")
+        try:
+            async with rindle.db.transaction() as uow:
+                await states.transition(uow, VARIANT, row["id"], "queued", "processing")
+        except InvalidTransition:
+            return  # another delivery of this render took it first
+
     storage = rindle.storages[row["storage"]]
     key = security.variant_key(profile.name, str(asset_id), name, digest, variant.extension)
     async with anyio.TemporaryDirectory(prefix="rindle-render-") as workdir:
