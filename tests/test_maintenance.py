@@ -235,3 +235,26 @@ async def test_processes_opening_at_once_after_a_recipe_change_agree(make_rindle
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs WHERE kind = 'process_variant'"
                              " AND status = 'pending'") == 6
     assert {(await before.get_asset(a.id)).state for a in assets} == {"processing"}
+
+
+async def test_cleanup_leaves_an_asset_attached_after_the_run_read_it(media_rindle, db, schema,
+                                                                     redis_url, monkeypatch):
+    """Cleanup reads its candidates first and acts later: an attach in between wins."""
+    from datetime import timedelta
+
+    rindle = await media_rindle()
+    asset = await rindle.upload("avatar", jpeg(80, 60))
+    await drain(rindle, redis_url)
+    await db.execute(f"UPDATE {schema}.assets SET created_at = now() - interval '2 days'")
+    real_tombstone = maintenance._tombstone
+
+    async def attach_first(uow, asset_id, reason, **options):
+        # another request attaches the asset (and commits) between the read and the tombstone
+        await rindle.attach(str(asset_id), owner_type="user", owner_id="1", slot="avatar")
+        return await real_tombstone(uow, asset_id, reason, **options)
+
+    monkeypatch.setattr(maintenance, "_tombstone", attach_first)
+    report = await maintenance.cleanup_orphans(rindle, dry_run=False, grace=timedelta(hours=1))
+    assert report.counts == {"skipped_changed": 1}
+    assert (await rindle.get_asset(asset.id)).state == "ready"
+    assert await rindle.url(asset.id, variant="thumb")

@@ -64,9 +64,21 @@ async def _emit(rindle: Rindle, report: Report) -> Report:
     return report
 
 
-async def _tombstone(uow: UnitOfWork, asset_id: uuid.UUID, state: str, reason: str) -> None:
+async def _tombstone(uow: UnitOfWork, asset_id: uuid.UUID, reason: str, *,
+                     only_from: tuple[str, ...] | None = None) -> bool:
+    """Tombstone an asset and stage its purge, re-checked under lock; False when it no longer
+    qualifies (attached, or moved on, since the run read it)."""
+    schema = uow.ledger.schema
+    state = await uow.conn.fetchval(f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE",
+                                    asset_id)
+    if state is None or state == "deleted" or (only_from is not None and state not in only_from):
+        return False
+    if await uow.conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {schema}.attachments WHERE asset_id = $1)", asset_id):
+        return False
     await states.transition(uow, ASSET, asset_id, state, "deleted", reason=reason)
     await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
+    return True
 
 
 # -- abort ------------------------------------------------------------------------------
@@ -90,21 +102,26 @@ async def abort_incomplete_uploads(rindle: Rindle, *, dry_run: bool = False,
         f" WHERE s.state = ANY($1::text[]) AND s.expires_at < $2 ORDER BY s.expires_at",
         list(OPEN_STATES), now or _now())
     for done, row in enumerate(rows, 1):
-        report.add("sessions_expired", str(row["id"]))
-        if row["asset_state"] == "staged":
-            report.add("assets_tombstoned", str(row["asset_id"]))
-        if row["multipart_upload_id"]:
-            report.add("multipart_aborted", row["multipart_upload_id"])
+        tombstoned = row["asset_state"] == "staged"
         if not dry_run:
-            async with rindle.db.transaction() as uow:
-                await states.transition(uow, UPLOAD_SESSION, row["id"], row["state"], "expired",
-                                        reason="the upload deadline passed")
-                if row["asset_state"] == "staged":
-                    await _tombstone(uow, row["asset_id"], "staged",
-                                     "its upload session expired before verification")
+            try:
+                async with rindle.db.transaction() as uow:
+                    await states.transition(uow, UPLOAD_SESSION, row["id"], row["state"], "expired",
+                                            reason="the upload deadline passed")
+                    tombstoned = await _tombstone(uow, row["asset_id"],
+                                                  "its upload session expired before verification",
+                                                  only_from=("staged",))
+            except InvalidTransition:  # the session moved on since it was read (e.g. verified)
+                report.add("skipped_changed", str(row["id"]))
+                continue
             if row["multipart_upload_id"]:
                 await rindle.storages[row["storage"]].abort_multipart(
                     row["storage_key"], row["multipart_upload_id"])
+        report.add("sessions_expired", str(row["id"]))
+        if tombstoned:
+            report.add("assets_tombstoned", str(row["asset_id"]))
+        if row["multipart_upload_id"]:
+            report.add("multipart_aborted", row["multipart_upload_id"])
         if progress:
             progress(done, len(rows))
     return await _emit(rindle, report)
@@ -148,12 +165,15 @@ async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
         f" ORDER BY a.id", list(KEEPABLE), cutoff, list(OPEN_STATES), now)
     for row in doomed:
         what = "session_assets" if row["why"] == "session" else "unattached_assets"
-        report.add(what, str(row["id"]))
         if not dry_run:
             async with rindle.db.transaction() as uow:
-                await _tombstone(uow, row["id"], row["state"],
-                                 "cleanup: its upload failed" if what == "session_assets"
-                                 else f"cleanup: unattached for longer than {grace}")
+                done = await _tombstone(uow, row["id"],
+                                        "cleanup: its upload failed" if what == "session_assets"
+                                        else f"cleanup: unattached for longer than {grace}")
+            if not done:  # attached (or gone) since the run read it
+                report.add("skipped_changed", str(row["id"]))
+                continue
+        report.add(what, str(row["id"]))
     unpurged = await rindle.pool.fetch(
         f"SELECT a.id FROM {schema}.assets a WHERE a.state = 'deleted' AND NOT EXISTS ("
         f" SELECT 1 FROM {schema}.jobs j WHERE j.kind = 'purge_storage'"
@@ -352,11 +372,20 @@ async def verify_storage(rindle: Rindle, *, dry_run: bool = False,
     for done, row in enumerate(variants, 1):
         report.counts["checked"] = report.counts.get("checked", 0) + 1
         if await rindle.storages[row["storage"]].head(row["storage_key"]) is None:
-            report.add("variants_missing", str(row["id"]))
             if not dry_run:
                 async with rindle.db.transaction() as uow:
-                    await states.transition(uow, VARIANT, row["id"], None, "missing",
-                                            reason="verify-storage: the object is gone")
+                    current = await uow.conn.fetchrow(
+                        f"SELECT state, storage_key FROM {schema}.variants WHERE id = $1 FOR UPDATE",
+                        row["id"])
+                    still = (current is not None and current["storage_key"] == row["storage_key"]
+                             and VARIANT.allows(current["state"], "missing"))
+                    if still:
+                        await states.transition(uow, VARIANT, row["id"], current["state"], "missing",
+                                                reason="verify-storage: the object is gone")
+                if not still:  # re-rendered or purged since the run read it
+                    report.add("skipped_changed", str(row["id"]))
+                    continue
+            report.add("variants_missing", str(row["id"]))
         if progress:
             progress(done, total)
     for done, row in enumerate(originals, len(variants) + 1):
