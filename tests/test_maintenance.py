@@ -159,6 +159,10 @@ async def test_a_recipe_change_marks_stale_and_regenerates(make_rindle, local_st
     assert urlsplit(stale_url).path == urlsplit(old_url).path  # the stale object is still served
     report = await maintenance.regenerate_variants(after, variant="thumb")
     assert report.counts == {"requeued": 1}
+    assert (await after.get_asset(asset.id)).variants["thumb"].state == "queued"
+    rerendering = await after.url(asset.id, variant="thumb")  # still the previous object
+    assert urlsplit(rerendering).path == urlsplit(old_url).path
+    assert (await after.urls([asset.id], variant="thumb"))[asset.id] is not None
     await drain(after, redis_url)
     asset = await after.get_asset(asset.id)
     assert asset.state == "ready"

@@ -3,8 +3,9 @@
 A URL is computed from one row read and the adapter's local signing; no request
 goes to the store.  Quarantined and deleted assets never get one; a variant
 that is not rendered yet raises :class:`NotReady` unless the caller accepts the
-original (``fallback="original"``); a ``stale`` variant is served while its
-replacement renders.
+original (``fallback="original"``); a ``stale`` variant is served, and keeps
+being served while its replacement renders (the row keeps the previous object's
+key until the new one is ready).
 """
 
 from __future__ import annotations
@@ -24,8 +25,9 @@ if TYPE_CHECKING:
 #: Asset states whose original has passed promotion and may be served.
 SERVABLE = frozenset({"available", "processing", "ready", "degraded"})
 FORBIDDEN = frozenset({"quarantined", "deleted"})
-#: Variant states that have an object to serve.
-RENDERED = frozenset({"ready", "stale"})
+#: Variant states that may have an object to serve: ready, stale, and a re-render in
+#: progress (queued, processing, or failed again), which keeps serving the previous object.
+RENDERED = frozenset({"ready", "stale", "queued", "processing", "failed"})
 DISPOSITIONS = ("inline", "attachment")
 
 
