@@ -112,3 +112,20 @@ async def test_events_wait_for_the_outermost_commit_and_die_with_a_rollback(make
     assert [(e.asset_id, e.to_state) for e in seen] == [(str(ids[0]), "validating")]
     states = {r["id"]: r["state"] for r in await db.fetch(f"SELECT id, state FROM {schema}.assets")}
     assert states == {ids[0]: "validating", ids[1]: "staged"}
+
+
+async def test_a_hook_may_call_rindle_even_with_a_one_connection_pool(media_rindle, make_rindle,
+                                                                      local_storage):
+    from .media import avatar_profile, png
+
+    rindle = await make_rindle(relay=False, pool_size=1, storages={"media": local_storage},
+                               profiles=[avatar_profile("media")])
+    seen = []
+
+    async def look_up(event):  # needs a connection of its own
+        seen.append((await rindle.get_asset(event.asset_id)).state)
+
+    rindle.subscribe(look_up, UploadCompleted)
+    async with asyncio.timeout(10):
+        await rindle.upload("avatar", png())
+    assert seen == ["validating"]

@@ -78,6 +78,8 @@ class Database:
             async with self.pool.acquire() as pooled:
                 async with self._outermost(pooled) as uow:
                     yield uow
+            # after the connection went back: a hook that calls Rindle needs one of its own
+            await self._after_commit(uow)
             return
         uow = self._open.get(id(conn))
         if uow is None:
@@ -88,6 +90,7 @@ class Database:
                     "`async with rindle.transaction(conn) as conn:` instead")
             async with self._outermost(conn) as uow:
                 yield uow
+            await self._after_commit(uow)
             return
         marks = len(uow.events), len(uow.before_commit)
         try:
@@ -111,7 +114,9 @@ class Database:
         finally:
             _in_transaction.reset(token)
             del self._open[id(conn)]
-        # Reached only when the transaction committed.
+
+    async def _after_commit(self, uow: UnitOfWork) -> None:
+        """Wake the relay and deliver the events of a committed unit of work."""
         if uow.staged_jobs and self.relay is not None:
             self.relay.wake()
         if uow.events:
