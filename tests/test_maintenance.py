@@ -262,3 +262,22 @@ async def test_cleanup_leaves_an_asset_attached_after_the_run_read_it(media_rind
     assert report.counts == {"skipped_changed": 1}
     assert (await rindle.get_asset(asset.id)).state == "ready"
     assert await rindle.url(asset.id, variant="thumb")
+
+
+async def test_renders_not_done_at_a_recipe_change_use_the_new_recipe(make_rindle, local_storage,
+                                                                       db, schema, redis_url):
+    before = await make_rindle(relay=False, storages={"media": local_storage},
+                               profiles=[avatar_profile("media")])
+    asset = await before.upload("avatar", jpeg(80, 60))
+    await run_job(before, before.ledger.kinds["promote_asset"],
+                  await db.fetchval(f"SELECT id FROM {schema}.jobs"))  # variants queued, not rendered
+    changed = avatar_profile("media", variants={
+        "thumb": Variant(width=20, height=20, fit="cover", format="png"),
+        "large": Variant(width=48, fit="inside", format="jpeg", quality=85)})
+    after = await make_rindle(relay=False, migrate=False, storages={"media": local_storage},
+                              profiles=[changed])
+    wanted = await db.fetchval(f"SELECT recipe_digest FROM {schema}.variants WHERE name = 'thumb'")
+    assert wanted == changed.recipe_digests()["thumb"]
+    await drain(after, redis_url)
+    thumb = (await after.get_asset(asset.id)).variants["thumb"]
+    assert (thumb.state, thumb.width, thumb.content_type) == ("ready", 20, "image/png")

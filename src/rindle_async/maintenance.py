@@ -273,6 +273,7 @@ async def reconcile_profiles(rindle: Rindle) -> Report:
                 except InvalidTransition:
                     continue  # another process (opening at the same deploy) got there first
                 report.add("stale", str(row["id"]))
+            await _repoint_pending(rindle, report, profile.name, name, digest)
         if not profile.variants:
             continue
         lacking = await rindle.pool.fetch(
@@ -292,6 +293,24 @@ async def reconcile_profiles(rindle: Rindle) -> Report:
                     await states.transition(uow, ASSET, row["id"], state, "processing")
             report.counts["planned"] = report.counts.get("planned", 0) + planned
     return report
+
+
+async def _repoint_pending(rindle: Rindle, report: Report, profile: str, name: str,
+                           digest: str) -> None:
+    """Renders not finished yet want the new recipe: re-point them (and re-stage one for a
+    render in flight, whose old-recipe result will be dropped as stale work)."""
+    schema = rindle.schema
+    async with rindle.db.transaction() as uow:
+        rows = await uow.conn.fetch(
+            f"UPDATE {schema}.variants v SET recipe_digest = $3, updated_at = now()"
+            f" FROM {schema}.assets a WHERE a.id = v.asset_id AND a.profile = $1 AND v.name = $2"
+            f" AND v.state IN ('planned', 'queued', 'processing') AND v.recipe_digest <> $3"
+            f" RETURNING v.id, v.asset_id, v.state", profile, name, digest)
+        for row in rows:
+            report.add("repointed", str(row["id"]))
+            if row["state"] == "processing":
+                await uow.stage("process_variant", {"asset_id": str(row["asset_id"]), "variant": name},
+                                dedupe_key=f"render:{row['id']}")
 
 
 async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
