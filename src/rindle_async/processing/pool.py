@@ -1,9 +1,11 @@
-"""A process pool for libvips work with a hard per-call timeout.
+"""Processes for libvips work, with a hard per-call timeout that hurts no other call.
 
-Processes are started with ``spawn``: forking a process that already loaded
-libvips can hang.  libvips can only be interrupted between tiles, so a call
-that overruns its timeout has its process killed; the pool is then replaced and
-the call fails with :class:`RenderTimeout` (a failed try, retried by the job).
+Each slot is a one-process ``ProcessPoolExecutor`` started with ``spawn``
+(forking a process that already loaded libvips can hang).  libvips can only be
+interrupted between tiles, so a call that overruns its timeout has its process
+killed; only that slot is replaced, and the call fails with
+:class:`RenderTimeout` (a failed try, retried by the job).  Calls running in the
+other slots go on undisturbed.
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ def default_size() -> int:
 
 
 class ProcessingPool:
-    """Runs functions from ``processing.images`` in spawned processes.
+    """Runs functions from ``processing.images`` in spawned processes, one call per process.
 
     size: number of processes (default: cores - 1, at least 1).
     """
@@ -43,47 +45,61 @@ class ProcessingPool:
         if not isinstance(size, int) or size < 1:
             raise ConfigurationError(f"processing pool size={size!r} must be a positive int")
         self.size = size
-        self._executor: ProcessPoolExecutor | None = None
+        self._idle: list[ProcessPoolExecutor] = []
+        self._busy: set[ProcessPoolExecutor] = set()
+        self._slots: asyncio.Semaphore | None = None
 
-    def _pool(self) -> ProcessPoolExecutor:
-        if self._executor is None:
-            from . import images  # loads libvips: only where work is really done
+    def _new_slot(self) -> ProcessPoolExecutor:
+        from . import images  # loads libvips: only where work is really done
 
-            self._executor = ProcessPoolExecutor(
-                max_workers=self.size, mp_context=multiprocessing.get_context("spawn"),
-                initializer=images.configure)
-        return self._executor
+        return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=images.configure)
 
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
-        """Call ``fn(*args)`` in a pool process; kill it if it overruns ``timeout`` seconds.
+        """Call ``fn(*args)`` in a pool process; kill that process if it overruns ``timeout``.
 
         fn: a module-level function of ``processing.images``.
         args: picklable arguments.
         timeout: seconds before the process is killed.
         """
-        executor = self._pool()
-        future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
-        try:
-            async with asyncio.timeout(timeout):
-                return await future
-        except TimeoutError:
-            self._kill(executor)
-            raise RenderTimeout(f"{fn.__name__} ran longer than {timeout:g}s; its process was "
-                                "killed") from None
-        except BrokenProcessPool:
-            self._kill(executor)  # a process died (e.g. a libvips crash); start afresh
-            raise
-
-    def _kill(self, executor: ProcessPoolExecutor) -> None:
-        if self._executor is executor:
-            self._executor = None
-        for process in list((executor._processes or {}).values()):  # no public way to kill one
-            process.kill()
-        executor.shutdown(wait=False, cancel_futures=True)
-        log.warning("processing pool replaced after a killed or crashed process")
+        if self._slots is None:
+            self._slots = asyncio.Semaphore(self.size)
+        async with self._slots:
+            executor = self._idle.pop() if self._idle else self._new_slot()
+            self._busy.add(executor)
+            future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
+            try:
+                async with asyncio.timeout(timeout):
+                    return await future  # an error raised by fn leaves the process healthy
+            except TimeoutError:
+                raise RenderTimeout(f"{fn.__name__} ran longer than {timeout:g}s; its process "
+                                    "was killed") from None
+            except BrokenProcessPool:
+                log.warning("a processing pool process died (e.g. a libvips crash); replacing it")
+                raise
+            finally:
+                self._busy.discard(executor)
+                if _finished_cleanly(future):
+                    self._idle.append(executor)
+                else:  # timed out, crashed or cancelled: the process may still be busy
+                    _kill(executor)
 
     def close(self) -> None:
-        """Stop the processes."""
-        executor, self._executor = self._executor, None
-        if executor is not None:
-            executor.shutdown(wait=True, cancel_futures=True)
+        """Stop every process."""
+        executors, self._idle = [*self._idle, *self._busy], []
+        self._busy.clear()
+        for executor in executors:
+            _kill(executor)
+
+
+def _finished_cleanly(future: asyncio.Future[Any]) -> bool:
+    """Whether the call returned or raised in a process that is still usable."""
+    if not future.done() or future.cancelled():
+        return False
+    return not isinstance(future.exception(), BrokenProcessPool)
+
+
+def _kill(executor: ProcessPoolExecutor) -> None:
+    for process in list((executor._processes or {}).values()):  # no public way to kill one
+        process.kill()
+    executor.shutdown(wait=False, cancel_futures=True)
