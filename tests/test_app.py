@@ -104,3 +104,28 @@ async def test_open_twice_is_refused(make_rindle):
     rindle = await make_rindle(relay=False)
     with pytest.raises(RindleError, match="already open"):
         await rindle.open()
+
+
+async def test_a_failed_open_closes_what_it_opened_and_can_be_retried(database_url, redis_url,
+                                                                     schema, tmp_path, db):
+    class FlakyStorage(LocalStorage):
+        failures = 1
+
+        async def open(self) -> None:
+            if FlakyStorage.failures:
+                FlakyStorage.failures -= 1
+                raise OSError("the volume is not mounted yet")
+            await super().open()
+
+    rindle = Rindle(database_url=database_url, redis_url=redis_url, schema=schema, relay=True,
+                    storages={"local": FlakyStorage(root=tmp_path, base_url="http://x/r",
+                                                    secret="s" * 32)})
+    with pytest.raises(OSError, match="not mounted"):
+        await rindle.open()
+    assert not rindle.is_open
+    await rindle.open()  # a retry works: nothing was left half open
+    try:
+        await rindle.migrate()
+        assert rindle.is_open
+    finally:
+        await rindle.close()

@@ -108,6 +108,13 @@ class Rindle:
         """Open the database pool, the arq client and the relay (``async with`` does this)."""
         if self._db is not None:
             raise RindleError("this Rindle is already open")
+        try:
+            await self._open()
+        except BaseException:
+            await self.close()  # whatever did open is closed again; open() may be retried
+            raise
+
+    async def _open(self) -> None:
         pool = self._given_pool or await asyncpg.create_pool(
             self.database_url, min_size=1, max_size=self._pool_size)
         # No ping: a Redis that is down must not stop the host; jobs wait in the ledger.
