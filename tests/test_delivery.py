@@ -169,3 +169,14 @@ async def test_urls_for_a_page_of_50_assets_costs_two_queries_and_no_storage_cal
     finally:
         await rindle.close()
         await pool.close()
+
+
+async def test_urls_maps_an_asset_of_a_retired_profile_to_none(media_rindle, redis_url, db, schema):
+    rindle = await media_rindle()
+    kept = await ready_asset(rindle, redis_url)
+    retired = await ready_asset(rindle, redis_url, jpeg(40, 30))
+    await db.execute(f"UPDATE {schema}.assets SET profile = 'retired' WHERE id = $1::uuid", retired.id)
+    urls = await rindle.urls([kept.id, retired.id], variant="thumb")
+    assert urls[kept.id] and urls[retired.id] is None
+    with pytest.raises(ValidationError, match="unknown profile 'retired'"):
+        await rindle.url(retired.id)

@@ -299,3 +299,36 @@ async def test_the_guard_catches_storage_calls_inside_a_transaction(media_rindle
             await local_storage.head("x")
     assert not in_transaction()
     assert await local_storage.head("x") is None
+
+
+async def test_a_multipart_verify_that_fails_midway_can_be_retried(media_rindle, s3_storage, db,
+                                                                   schema):
+    from rindle_async import StorageError
+
+    class HeadFailsOnce(type(s3_storage)):
+        failed = False
+
+        async def head(self, key):
+            if not HeadFailsOnce.failed:
+                HeadFailsOnce.failed = True
+                raise StorageError("head timed out")
+            return await self._inner.head(key)
+
+    storage = HeadFailsOnce(s3_storage._inner)
+    rindle = await media_rindle(storage, max_bytes=20 * 1024 * 1024)
+    body = png() + bytes(5 * 1024 * 1024)
+    ticket = await rindle.initiate_upload("avatar", filename="big.png", content_type="image/png",
+                                          byte_size=len(body), multipart=True,
+                                          part_size=5 * 1024 * 1024)
+    parts = []
+    async with httpx.AsyncClient() as client:
+        for number in (1, 2):
+            request = await rindle.presign_part(ticket.session_id, number)
+            chunk = body[(number - 1) * ticket.part_size:number * ticket.part_size]
+            response = await client.put(request.url, content=chunk)
+            parts.append(Part(part_number=number, etag=response.headers["ETag"]))
+    with pytest.raises(StorageError, match="head timed out"):
+        await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "verifying"
+    asset = await rindle.verify_upload(ticket.session_id, parts=parts)  # the retry completes it
+    assert (asset.state, asset.byte_size) == ("validating", len(body))

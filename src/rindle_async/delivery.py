@@ -123,7 +123,8 @@ async def urls(rindle: Rindle, asset_ids: Iterable[object], *, variant: str | No
     ttl: seconds the URLs stay valid (default: each profile's url_ttl).
     fallback: ``"original"`` to use the original where the variant is not rendered.
     Returns asset id -> URL, with None for assets that are missing, not ready,
-    quarantined or deleted, so one bad asset does not break a page.
+    quarantined or deleted, or whose profile is no longer configured, so one bad
+    asset does not break a page.
     """
     if fallback not in (None, "original"):
         raise ValidationError(f"fallback={fallback!r} must be None or 'original'")
@@ -133,6 +134,8 @@ async def urls(rindle: Rindle, asset_ids: Iterable[object], *, variant: str | No
     out: dict[str, str | None] = {}
     for asset_id in ids:
         row = by_id.get(asset_id)
+        if row is not None and row["profile"] not in rindle.profiles:
+            row = None  # its profile is no longer configured: nothing to sign it with
         try:
             out[str(asset_id)] = None if row is None else await _sign(
                 rindle, row, variant, ttl=ttl, disposition=None, filename=None, fallback=fallback)

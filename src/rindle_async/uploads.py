@@ -246,6 +246,16 @@ async def tombstone_staged(uow: UnitOfWork, asset_id: object) -> None:
     await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
 
 
+async def _claim(rindle: Rindle, session: dict) -> bool:
+    """Move an open session to verifying; False when a concurrent call moved it first."""
+    try:
+        async with rindle.db.transaction() as uow:
+            await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "verifying")
+    except InvalidTransition:
+        return False
+    return True
+
+
 async def _object_checksum(storage: Storage, key: str, algorithm: str) -> str:
     digest = hashlib.new(algorithm)
     async for chunk in storage.get(key):
@@ -273,22 +283,26 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
                                  f"{session['expires_at'].isoformat()}; start a new upload")
     storage = _storage(rindle, session["storage"])
     key = session["storage_key"]
-    if session["strategy"] == "multipart" and session["state"] != "verifying":
-        if not parts:
-            raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
-                                  "(part_number and etag of every uploaded part)")
-        await storage.complete_multipart(key, session["multipart_upload_id"], list(parts))
+    if session["strategy"] == "multipart":
+        if session["state"] != "verifying":
+            if not parts:
+                raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
+                                      "(part_number and etag of every uploaded part)")
+            # claimed before completing, so a retry after a failure below finds it verifying
+            if not await _claim(rindle, session):
+                return await verify_upload(rindle, session_id, parts=parts)
+            session["state"] = "verifying"
+        if parts:
+            try:
+                await storage.complete_multipart(key, session["multipart_upload_id"], list(parts))
+            except NotFound:
+                pass  # completed by an earlier call; the stored object decides below
     info = await storage.head(key)
     if info is None:
         raise VerificationFailed(f"upload session {session_id}: nothing is stored at the ticket's "
                                  "URL yet; send the file with the ticket, then verify")
-    if session["state"] != "verifying":
-        try:
-            async with rindle.db.transaction() as uow:
-                await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"],
-                                        "verifying")
-        except InvalidTransition:  # a concurrent verify moved it; go by the row
-            return await verify_upload(rindle, session_id)
+    if session["state"] != "verifying" and not await _claim(rindle, session):
+        return await verify_upload(rindle, session_id)  # a concurrent verify moved it
     profile = find_profile(rindle.profiles, session["profile"])
     reason = None
     if info.size != session["byte_size"]:
