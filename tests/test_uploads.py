@@ -39,6 +39,19 @@ async def send(storage, ticket, body: bytes) -> None:
     await storage.put(key, body, content_type=signed.content_type, max_bytes=signed.max_bytes)
 
 
+async def send_parts(rindle, ticket, body: bytes) -> list[Part]:
+    """What a multipart client does: PUT each part to a freshly minted URL, keep the ETags."""
+    parts = []
+    async with httpx.AsyncClient() as client:
+        for number in range(1, -(-len(body) // ticket.part_size) + 1):
+            request = await rindle.presign_part(ticket.session_id, number)
+            chunk = body[(number - 1) * ticket.part_size:number * ticket.part_size]
+            response = await client.put(request.url, content=chunk)
+            assert response.status_code == 200
+            parts.append(Part(part_number=number, etag=response.headers["ETag"]))
+    return parts
+
+
 async def counts(db, schema):
     return {table: await db.fetchval(f"SELECT count(*) FROM {schema}.{table}")
             for table in ("assets", "upload_sessions", "jobs")}
@@ -97,14 +110,7 @@ async def test_multipart_upload_on_s3(media_rindle, s3_storage, db, schema):
                                           byte_size=len(body), multipart=True,
                                           part_size=5 * 1024 * 1024)
     assert ticket.url is None and ticket.upload_id and ticket.part_size == 5 * 1024 * 1024
-    parts = []
-    async with httpx.AsyncClient() as client:
-        for number in (1, 2):
-            request = await rindle.presign_part(ticket.session_id, number)
-            chunk = body[(number - 1) * ticket.part_size:number * ticket.part_size]
-            response = await client.put(request.url, content=chunk)
-            assert response.status_code == 200
-            parts.append(Part(part_number=number, etag=response.headers["ETag"]))
+    parts = await send_parts(rindle, ticket, body)
     with pytest.raises(ValidationError, match="part_number=3 is outside 1..2"):
         await rindle.presign_part(ticket.session_id, 3)
     with pytest.raises(ValidationError, match="pass parts="):
@@ -320,13 +326,7 @@ async def test_a_multipart_verify_that_fails_midway_can_be_retried(media_rindle,
     ticket = await rindle.initiate_upload("avatar", filename="big.png", content_type="image/png",
                                           byte_size=len(body), multipart=True,
                                           part_size=5 * 1024 * 1024)
-    parts = []
-    async with httpx.AsyncClient() as client:
-        for number in (1, 2):
-            request = await rindle.presign_part(ticket.session_id, number)
-            chunk = body[(number - 1) * ticket.part_size:number * ticket.part_size]
-            response = await client.put(request.url, content=chunk)
-            parts.append(Part(part_number=number, etag=response.headers["ETag"]))
+    parts = await send_parts(rindle, ticket, body)
     with pytest.raises(StorageError, match="head timed out"):
         await rindle.verify_upload(ticket.session_id, parts=parts)
     assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "verifying"
