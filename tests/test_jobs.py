@@ -154,3 +154,20 @@ def test_job_kind_validation():
     kind = JobKind(name="x", handler=lambda job: None, backoff=2, max_backoff=10)
     assert 2 <= kind.delay(1) <= 2.5 and 8 <= kind.delay(3) <= 10
     assert 10 <= kind.delay(9) <= 12.5
+
+
+async def test_an_error_can_ask_for_a_longer_pause(make_rindle, db, schema):
+    from arq import Retry
+
+    class Busy(ConnectionError):
+        retry_after = 90.0
+
+    async def busy(job):
+        raise Busy("the other side asked us to wait")
+
+    kind = JobKind(name="busy", handler=busy, tries=3, backoff=0.01)
+    rindle = await make_rindle(jobs=[kind], relay=False)
+    job_id = await stage_one(rindle, "busy")
+    with pytest.raises(Retry) as info:
+        await run_job(rindle, kind, job_id)
+    assert info.value.defer_score == 90_000

@@ -181,7 +181,8 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int) -> str:
                 await uow.conn.execute(
                     f"UPDATE {rindle.schema}.jobs SET error = $2 WHERE id = $1", job_id, error)
                 await _finish_run(uow, rindle.schema, job.run_id, "retrying", error)
-            delay = kind.delay(job.attempt)
+            # an error may ask for a longer pause (e.g. workers of two deploys disagreeing)
+            delay = max(kind.delay(job.attempt), getattr(exc, "retry_after", 0.0))
             log.warning("job %s %s attempt %d/%d failed, retrying in %.1fs: %s",
                         kind.name, job_id, job.attempt, kind.tries, delay, error)
             raise Retry(defer=delay) from exc

@@ -39,6 +39,7 @@ class RecipeMismatch(RindleError):
     """This worker's profile wants another recipe than the row (a deploy in progress)."""
 
     retryable = True
+    retry_after = 60.0  # give a rolling deploy minutes, not seconds, before the tries run out
 
 
 async def settle_asset(uow: UnitOfWork, asset_id: object) -> str | None:
