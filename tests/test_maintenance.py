@@ -191,6 +191,7 @@ async def test_worker_settings_per_queue(make_rindle, local_storage):
         "rindle_relay_tick", "rindle_abort_incomplete_uploads", "rindle_cleanup_orphans"}
     assert [f.name for f in render.functions] == ["process_variant"] and render.cron_jobs == []
     assert render.job_timeout == 305
+    assert render.max_jobs == 6  # two per render process
     with pytest.raises(ConfigurationError, match="queue 'paint' serves no job kind"):
         rindle.worker_settings(queue="paint")
 

@@ -138,7 +138,9 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         "on_shutdown": on_shutdown,
         "cron_jobs": [],
         "keep_result": 3600,
-        "max_jobs": 10,
+        # a few jobs beyond the render processes: more would only wait for a process, and
+        # that wait counts against their timeout
+        "max_jobs": max(4, 2 * (processes or rindle.processing.size)),
         # also the in-progress lease: a job whose worker died reruns this + 10 s later
         "job_timeout": max((k.timeout for k in kinds), default=60.0) + 5,
     }
