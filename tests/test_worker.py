@@ -189,20 +189,23 @@ async def test_replace_and_detach_purge_the_objects(host, worker, tmp_path):
                       if p.is_file() and asset_id in str(p))
 
     assert len(objects(first.id)) == 5 and len(objects(second.id)) == 5
+    async def purged(asset_id: str) -> bool:
+        """The purge deletes the objects first and drops the rows once storage confirmed."""
+        deadline = time.monotonic() + 30
+        while time.monotonic() < deadline:
+            rows = await host.pool.fetchval(
+                f"SELECT count(*) FROM {host.schema}.assets WHERE id = $1::uuid", asset_id)
+            if rows == 0:
+                return objects(asset_id) == []
+            await asyncio.sleep(0.1)
+        return False
+
     await host.attach(first.id, owner_type="user", owner_id="1", slot="avatar")
     await host.attach(second.id, owner_type="user", owner_id="1", slot="avatar")  # replaces first
-    deadline = time.monotonic() + 30
-    while objects(first.id) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert objects(first.id) == []
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets WHERE id = $1::uuid",
-                                    first.id) == 0
+    assert await purged(first.id), objects(first.id)
     assert len(objects(second.id)) == 5
     await host.detach(owner_type="user", owner_id="1", slot="avatar")
-    deadline = time.monotonic() + 30
-    while objects(second.id) and time.monotonic() < deadline:
-        await asyncio.sleep(0.1)
-    assert objects(second.id) == []
+    assert await purged(second.id), objects(second.id)
     assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets") == 0
 
 
