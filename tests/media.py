@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import inspect
+import os
+import pathlib
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -126,3 +128,8 @@ def media_rindle(make_rindle, local_storage) -> Callable:
                                  profiles=profiles or [avatar_profile("media", **profile_options)])
 
     return make
+
+
+def stored_files(root) -> list[pathlib.Path]:
+    """Every file under ``root``; safe while a worker deletes files and prunes folders."""
+    return [pathlib.Path(folder, name) for folder, _, names in os.walk(root) for name in names]

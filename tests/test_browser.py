@@ -25,6 +25,8 @@ import pytest
 import pyvips
 from playwright.sync_api import Browser, Error as PlaywrightError, Page, expect, sync_playwright
 
+from .media import stored_files
+
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = ROOT / "examples"
 BIN = Path(sys.executable).parent
@@ -59,7 +61,7 @@ def wait_until(condition: Callable[[], object], what: str, timeout: float = SETT
 
 def files_of(media_root: Path, asset_id: str) -> list[Path]:
     """The stored files of an asset (its storage keys contain its id)."""
-    return [path for path in media_root.rglob("*") if path.is_file() and asset_id in path.as_posix()]
+    return [path for path in stored_files(media_root) if asset_id in path.as_posix()]
 
 
 def wait_purged(media_root: Path, asset_id: str) -> None:

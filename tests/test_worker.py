@@ -20,7 +20,7 @@ import pytest
 import pyvips
 
 from . import hostapp
-from .media import jpeg, png
+from .media import jpeg, png, stored_files
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -185,8 +185,7 @@ async def test_replace_and_detach_purge_the_objects(host, worker, tmp_path):
     root = pathlib.Path(os.environ["T_ROOT"])
 
     def objects(asset_id: str) -> list[str]:
-        return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                      if p.is_file() and asset_id in str(p))
+        return sorted(str(p.relative_to(root)) for p in stored_files(root) if asset_id in str(p))
 
     assert len(objects(first.id)) == 5 and len(objects(second.id)) == 5
     async def purged(asset_id: str) -> bool:
@@ -246,5 +245,5 @@ async def test_a_worker_killed_mid_render_is_replaced_and_the_job_reruns(host, w
     for variant, attempt, _ in killed:
         assert (variant, attempt + 1, "succeeded") in outcomes
     root = pathlib.Path(os.environ["T_ROOT"])
-    variant_files = sorted(p.name for p in root.rglob("*") if p.is_file() and "/variants/" in str(p))
+    variant_files = sorted(p.name for p in stored_files(root) if "/variants/" in str(p))
     assert len(variant_files) == 4  # one object per variant: the rerun wrote the same key
