@@ -185,7 +185,7 @@ def start_example(example_database_url, private_redis, tmp_path) -> Iterator[Cal
 @pytest.fixture
 def browser() -> Iterator[Browser]:
     if not os.access(CHROMIUM, os.X_OK):
-        pytest.skip(f"no Chromium at {CHROMIUM}: run scripts/browser.sh (or set RINDLE_TEST_CHROMIUM)")
+        pytest.fail(f"no Chromium at {CHROMIUM}: run scripts/browser.sh (or set RINDLE_TEST_CHROMIUM)")
     with sync_playwright() as playwright:
         chromium = playwright.chromium.launch(
             executable_path=str(CHROMIUM), headless=True,
