@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import os
-import socket
-import subprocess
-import time
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from urllib.parse import urlsplit, urlunsplit
@@ -19,6 +16,8 @@ from arq.connections import RedisSettings
 from arq.worker import Worker
 
 from rindle_async import Rindle
+
+from .servers import RedisProcess
 
 BASE_DATABASE_URL = os.environ.get("RINDLE_TEST_DATABASE_URL",
                                    "postgresql://postgres@127.0.0.1:5432/postgres")
@@ -56,36 +55,6 @@ def database_url(worker_id: str, testrun_uid: str) -> Iterator[str]:
 def redis_url(worker_id: str) -> str:
     """A Redis database for this test process (tests keep to their own queue and keys)."""
     return _with_path(BASE_REDIS_URL, f"/{1 + _worker_number(worker_id) % 15}")
-
-
-class RedisProcess:
-    """A private redis-server that keeps nothing on disk: killing it loses everything."""
-
-    def __init__(self, directory: str) -> None:
-        with socket.socket() as probe:
-            probe.bind(("127.0.0.1", 0))
-            self.port = probe.getsockname()[1]
-        self.directory = directory
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-        self.process: subprocess.Popen | None = None
-
-    def start(self) -> None:
-        self.process = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", self.directory], stdout=subprocess.DEVNULL)
-        deadline = time.monotonic() + 10
-        while time.monotonic() < deadline:
-            with socket.socket() as probe:
-                if probe.connect_ex(("127.0.0.1", self.port)) == 0:
-                    return
-            time.sleep(0.02)
-        raise RuntimeError(f"redis-server did not start on port {self.port}")
-
-    def kill(self) -> None:
-        if self.process is not None:
-            self.process.kill()
-            self.process.wait()
-            self.process = None
 
 
 @pytest.fixture

@@ -71,7 +71,7 @@ async def test_host_transaction_flushes_jobs_on_commit_and_nothing_on_rollback(
         await conn.execute(f"INSERT INTO {schema}.users VALUES (1, 'ann')")
         async with rindle.db.transaction(conn) as uow:
             job_id = await uow.stage("noop", {})
-    key = job_key_prefix + rindle.ledger.job_id(job_id)
+    key = job_key_prefix + rindle.ledger.job_id(job_id, "noop")
     while not await redis.exists(key):
         assert time.monotonic() - started < 2, "a local commit should wake the relay at once"
         await asyncio.sleep(0.005)

@@ -353,8 +353,7 @@ async def test_requeue_an_asset_with_failed_variants(cli, host, redis_url):
     assert await state_of(host, "assets", asset.id) == "processing"
     assert {await state_of(host, "variants", i) for i in ids} == {"queued"}
     staged = [j for j in await jobs(host, "process_variant") if j["status"] != "discarded"]
-    assert sorted((j["args"]["asset_id"], j["args"]["variant"]) for j in staged) == [
-        (asset.id, name) for name in sorted(rows)]
+    assert [j["args"] for j in staged] == [{"asset_id": asset.id}]  # one render of all four
 
     await drain(host, redis_url)  # the file is still truncated: the renders fail again
     assert await state_of(host, "assets", asset.id) == "degraded"
@@ -373,8 +372,7 @@ async def test_requeue_one_asset_and_what_it_refuses(cli, host, redis_url):
     live = await cli("requeue", asset.id, "-v")
     assert (live.returncode, live.stdout) == (
         0, f"requeue (live): requeued=1\n  requeued: {large['id']}\n")
-    assert [j["args"] for j in await jobs(host, "process_variant")] == [
-        {"asset_id": asset.id, "variant": "large"}]
+    assert [j["args"] for j in await jobs(host, "process_variant")] == [{"asset_id": asset.id}]
     await drain(host, redis_url)
     assert await state_of(host, "variants", large["id"]) == "ready"
     assert await state_of(host, "assets", asset.id) == "ready"

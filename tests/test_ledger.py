@@ -34,7 +34,7 @@ async def stage(rindle, n=1, **options):
 
 
 async def job_keys(redis, rindle, ids):
-    return [await redis.exists(job_key_prefix + rindle.ledger.job_id(i)) for i in ids]
+    return [await redis.exists(job_key_prefix + rindle.ledger.job_id(i, "noop")) for i in ids]
 
 
 async def wait_until(predicate, timeout=5.0, step=0.01):
@@ -48,7 +48,7 @@ async def wait_until(predicate, timeout=5.0, step=0.01):
 
 async def wait_sent(db, schema, redis, rindle, job_id, timeout=5.0):
     """Wait until the relay has sent the job and committed it as enqueued."""
-    key = job_key_prefix + rindle.ledger.job_id(job_id)
+    key = job_key_prefix + rindle.ledger.job_id(job_id, "noop")
 
     async def sent():
         status = await db.fetchval(f"SELECT status FROM {schema}.jobs WHERE id = $1", job_id)
@@ -146,7 +146,7 @@ def test_a_process_that_dies_after_commit_loses_nothing(tmp_path, database_url, 
                     return await statuses(db, schema) == [(1, "enqueued")]
 
                 await wait_until(sent)
-                assert await redis.exists(job_key_prefix + fresh.ledger.job_id(1))
+                assert await redis.exists(job_key_prefix + fresh.ledger.job_id(1, "noop"))
                 assert await redis.zcard(f"q-{schema}") == 1
         finally:
             await db.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -211,7 +211,7 @@ async def test_reconciler_resends_a_job_that_finished_in_arq_without_the_ledger(
     [job_id] = await stage(rindle)
     await rindle.flush_jobs()
     # arq ran out of its own tries (e.g. the worker kept dying): a result, no job, row enqueued
-    key = rindle.ledger.job_id(job_id)
+    key = rindle.ledger.job_id(job_id, "noop")
     await redis.delete(job_key_prefix + key)
     await redis.zrem(rindle.ledger.queue, key)
     await redis.set("arq:result:" + key, b"x")
@@ -248,7 +248,7 @@ async def test_run_after_defers_the_arq_job(make_rindle, redis):
     when = datetime.now(timezone.utc) + timedelta(minutes=10)
     [job_id] = await stage(rindle, 1, run_after=when)
     await rindle.flush_jobs()
-    score = await redis.zscore(rindle.ledger.queue, rindle.ledger.job_id(job_id))
+    score = await redis.zscore(rindle.ledger.queue, rindle.ledger.job_id(job_id, "noop"))
     assert abs(score / 1000 - when.timestamp()) < 1
 
 

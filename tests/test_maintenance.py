@@ -8,8 +8,8 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from rindle_async import CleanupRun, ConfigurationError, Variant, states
-from rindle_async import maintenance
+from rindle_async import CleanupRun, ConfigurationError, Variant, maintenance, states
+from rindle_async.dispatch import DISPATCHER
 from rindle_async.jobs import run_job
 
 from .conftest import drain
@@ -39,7 +39,7 @@ async def test_a_stale_job_cannot_overwrite_newer_work(make_rindle, local_storag
     await run_job(rindle, rindle.ledger.kinds["promote_asset"],
                   await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE kind = 'promote_asset'"))
     variant_id = await db.fetchval(f"SELECT id FROM {schema}.variants WHERE name = 'thumb'")
-    job_id = await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE args->>'variant' = 'thumb'")
+    job_id = await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE kind = 'process_variant'")
     assert await run_job(rindle, rindle.ledger.kinds["process_variant"], job_id) == "succeeded"
     row = await db.fetchrow(f"SELECT state, storage_key, recipe_digest FROM {schema}.variants"
                             " WHERE id = $1", variant_id)
@@ -191,7 +191,9 @@ async def test_worker_settings_per_queue(make_rindle, local_storage):
         "rindle_relay_tick", "rindle_abort_incomplete_uploads", "rindle_cleanup_orphans"}
     assert [f.name for f in render.functions] == ["process_variant"] and render.cron_jobs == []
     assert render.job_timeout == 305
-    assert render.max_jobs == 6  # two per render process
+    lanes = render.ctx[DISPATCHER].lanes
+    assert lanes["render"].capacity == 6  # two per render process: each has its next job ready
+    assert render.max_jobs > sum(lane.capacity for lane in lanes.values())  # the lanes decide
     with pytest.raises(ConfigurationError, match="queue 'paint' serves no job kind"):
         rindle.worker_settings(queue="paint")
 

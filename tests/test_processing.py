@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 import asyncio
 
 import pytest
@@ -39,6 +41,7 @@ async def test_a_timeout_kills_only_its_own_process(pool, tmp_path):
 async def test_a_refused_image_leaves_the_process_in_service(pool, tmp_path):
     bogus = tmp_path / "bogus.jpg"
     bogus.write_bytes(b"not an image at all")
+    before = await pool.run(os.getpid, timeout=60, lane="analysis")
     with pytest.raises(images.ImageRefused, match="libvips cannot read the file"):
-        await pool.run(images.analyze, str(bogus), 1_000_000, timeout=60)
-    assert len(pool._idle) == 1  # reused, not killed
+        await pool.run(images.analyze, str(bogus), 1_000_000, timeout=60, lane="analysis")
+    assert await pool.run(os.getpid, timeout=60, lane="analysis") == before  # reused, not killed

@@ -34,12 +34,14 @@ async def test_duplicate_renders_end_ready_not_failed(media_rindle, db, schema):
     asset = await rindle.upload("avatar", jpeg(90, 60))
     await run_job(rindle, rindle.ledger.kinds["promote_asset"],
                   await db.fetchval(f"SELECT id FROM {schema}.jobs"))
-    first = await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE args->>'variant' = 'thumb'")
+    first = await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE kind = 'process_variant'")
     await rindle.flush_jobs()
-    second = await stage(rindle, "process_variant", {"asset_id": asset.id, "variant": "thumb"})
+    second = await stage(rindle, "process_variant", {"asset_id": asset.id})
     kind = rindle.ledger.kinds["process_variant"]
     results = await asyncio.gather(run_job(rindle, kind, first), run_job(rindle, kind, second))
     assert set(results) == {"succeeded"}
-    thumb = (await rindle.get_asset(asset.id)).variants["thumb"]
+    asset = await rindle.get_asset(asset.id)
+    assert asset.state == "ready"
+    thumb = asset.variants["thumb"]
     assert (thumb.state, thumb.width, thumb.height) == ("ready", 32, 32)
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs WHERE status = 'discarded'") == 0

@@ -8,7 +8,11 @@ ends inside :meth:`JobRun.complete`, whose transaction deletes the ledger row
 together with the handler's own state change.  A retryable failure becomes
 ``arq.Retry`` with exponential backoff; the last failure (or one that is not
 retryable) runs the kind's ``on_discard`` hook and marks the row discarded, in
-one transaction.
+one transaction.  Counting an attempt is one statement; so is finishing a job
+whose handler did not complete it itself.
+
+An attempt's timeout does not run while the job waits for a processing slot
+(:meth:`JobRun.paused`): a job admitted behind others loses nothing by waiting.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ import msgspec
 from arq import Retry
 from arq.worker import Function, func
 
+from .dispatch import holding_slot
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -46,6 +51,7 @@ class JobKind:
     backoff: seconds before the second attempt; doubles each try.
     max_backoff: upper bound of the delay between attempts.
     on_discard: ``async def on_discard(uow, job, error) -> None``, run in the discard transaction.
+    lane: the worker slots it runs in: "render" (sized by the processing pool) or "default".
     """
 
     name: str
@@ -55,8 +61,12 @@ class JobKind:
     backoff: float = 2.0
     max_backoff: float = 600.0
     on_discard: Callable[[UnitOfWork, JobRun, str], Awaitable[None]] | None = None
+    lane: str = "default"
 
     def __post_init__(self) -> None:
+        if self.lane not in ("default", "render"):
+            raise ConfigurationError(f"JobKind {self.name!r}: lane={self.lane!r} must be 'default' "
+                                     "or 'render'")
         if self.tries < 1:
             raise ConfigurationError(f"JobKind {self.name!r}: tries={self.tries} must be at least 1")
         if self.timeout <= 0:
@@ -80,28 +90,52 @@ class JobRun:
         self.attempt = attempt
         self.run_id = run_id
         self.completed = False
+        self._deadline: anyio.CancelScope | None = None
 
     @property
     def last_attempt(self) -> bool:
         return self.attempt >= self.kind.tries
 
     @asynccontextmanager
+    async def paused(self) -> AsyncIterator[None]:
+        """Stop this attempt's timeout while the block runs (e.g. waiting for a pool process)."""
+        scope = self._deadline
+        if scope is None:
+            yield
+            return
+        remaining = scope.deadline - anyio.current_time()
+        scope.deadline = float("inf")
+        try:
+            yield
+        finally:
+            scope.deadline = anyio.current_time() + remaining
+
+    @asynccontextmanager
     async def complete(self) -> AsyncIterator[UnitOfWork]:
         """A transaction that also removes this job from the ledger when it commits."""
-        schema = self.rindle.schema
         async with self.rindle.db.transaction() as uow:
             yield uow
-            await uow.conn.execute(f"DELETE FROM {schema}.jobs WHERE id = $1", self.id)
-            await _finish_run(uow, schema, self.run_id, "succeeded", None)
+            await uow.conn.execute(_succeed_sql(self.rindle.schema), self.id, self.run_id)
         self.completed = True
+
+
+def _finish_run_sql(schema: str) -> str:
+    """Close processing run $1 with outcome $2 and error $3."""
+    return (f"UPDATE {schema}.processing_runs SET outcome = $2, error = $3, finished_at = now(),"
+            " duration_ms = (extract(epoch FROM now() - started_at) * 1000)::int WHERE id = $1")
+
+
+def _succeed_sql(schema: str) -> str:
+    """Delete job $1 and close its run $2 as succeeded: one statement."""
+    return (f"WITH done AS (DELETE FROM {schema}.jobs WHERE id = $1)"
+            f" UPDATE {schema}.processing_runs SET outcome = 'succeeded', error = NULL,"
+            " finished_at = now(), duration_ms = (extract(epoch FROM now() - started_at) * 1000)::int"
+            " WHERE id = $2")
 
 
 async def _finish_run(uow: UnitOfWork, schema: str, run_id: int, outcome: str,
                       error: str | None) -> None:
-    await uow.conn.execute(
-        f"UPDATE {schema}.processing_runs SET outcome = $2, error = $3, finished_at = now(),"
-        " duration_ms = (extract(epoch FROM now() - started_at) * 1000)::int WHERE id = $1",
-        run_id, outcome, error)
+    await uow.conn.execute(_finish_run_sql(schema), run_id, outcome, error)
 
 
 def describe(exc: BaseException) -> str:
@@ -113,26 +147,25 @@ def describe(exc: BaseException) -> str:
 
 
 async def _begin(rindle: Rindle, kind: JobKind, job_id: int) -> JobRun | None:
-    """Count the attempt and open its processing run; None if the job is gone."""
+    """Count the attempt and open its processing run, in one statement; None if the job is gone.
+
+    A run of the job still "running" here died with its worker: it is closed as abandoned.
+    """
     schema = rindle.schema
-    async with rindle.db.transaction() as uow:
-        row = await uow.conn.fetchrow(
-            f"UPDATE {schema}.jobs SET attempts = attempts + 1, status = 'enqueued',"
-            " enqueued_at = coalesce(enqueued_at, now())"
-            " WHERE id = $1 AND status IN ('pending', 'enqueued') RETURNING attempts, args", job_id)
-        if row is None:
-            return None
-        # An attempt still "running" here died with its worker.
-        await uow.conn.execute(
-            f"UPDATE {schema}.processing_runs SET outcome = 'abandoned', finished_at = now(),"
-            " error = 'the worker stopped before the attempt finished'"
-            " WHERE job_id = $1 AND outcome = 'running'", job_id)
-        args = msgspec.json.decode(row["args"])
-        run_id = await uow.conn.fetchval(
-            f"INSERT INTO {schema}.processing_runs (job_id, kind, asset_id, variant, attempt)"
-            " VALUES ($1, $2, $3::uuid, $4, $5) RETURNING id",
-            job_id, kind.name, args.get("asset_id"), args.get("variant"), row["attempts"])
-    return JobRun(rindle, kind, job_id, args, row["attempts"], run_id)
+    row = await rindle.pool.fetchrow(
+        f"WITH job AS (UPDATE {schema}.jobs SET attempts = attempts + 1, status = 'enqueued',"
+        "   enqueued_at = coalesce(enqueued_at, now())"
+        "   WHERE id = $1 AND status IN ('pending', 'enqueued') RETURNING attempts, args),"
+        f" abandoned AS (UPDATE {schema}.processing_runs SET outcome = 'abandoned',"
+        "   finished_at = now(), error = 'the worker stopped before the attempt finished'"
+        "   WHERE job_id = $1 AND outcome = 'running' AND EXISTS (SELECT 1 FROM job)),"
+        f" run AS (INSERT INTO {schema}.processing_runs (job_id, kind, asset_id, variant, attempt)"
+        "   SELECT $1, $2, (args->>'asset_id')::uuid, args->>'variant', attempts FROM job RETURNING id)"
+        " SELECT job.attempts, job.args, run.id AS run_id FROM job, run", job_id, kind.name)
+    if row is None:
+        return None
+    return JobRun(rindle, kind, job_id, msgspec.json.decode(row["args"]), row["attempts"],
+                  row["run_id"])
 
 
 async def _discard(job: JobRun, error: str) -> None:
@@ -166,21 +199,21 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int) -> str:
         return "discarded"
     started = time.monotonic()
     try:
-        with anyio.fail_after(kind.timeout):
+        with anyio.fail_after(kind.timeout) as job._deadline:
             await kind.handler(job)
-        if not job.completed:
-            async with job.complete():
-                pass
+        if not job.completed:  # nothing of its own to commit: one statement
+            await rindle.pool.execute(_succeed_sql(rindle.schema), job.id, job.run_id)
+            job.completed = True
     except Exception as exc:
         error = describe(exc)
         if job.completed:
             log.exception("job %s %s failed after completing", kind.name, job_id)
             return "succeeded"
         if getattr(exc, "retryable", True) and not job.last_attempt:
-            async with rindle.db.transaction() as uow:
-                await uow.conn.execute(
-                    f"UPDATE {rindle.schema}.jobs SET error = $2 WHERE id = $1", job_id, error)
-                await _finish_run(uow, rindle.schema, job.run_id, "retrying", error)
+            schema = rindle.schema
+            await rindle.pool.execute(
+                f"WITH noted AS (UPDATE {schema}.jobs SET error = $3 WHERE id = $4) "
+                + _finish_run_sql(schema), job.run_id, "retrying", error, job_id)
             # an error may ask for a longer pause (e.g. workers of two deploys disagreeing)
             delay = max(kind.delay(job.attempt), getattr(exc, "retry_after", 0.0))
             log.warning("job %s %s attempt %d/%d failed, retrying in %.1fs: %s",
@@ -193,11 +226,17 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int) -> str:
 
 
 def arq_function(kind: JobKind) -> Function:
-    """The arq function that serves ``kind`` (the worker's ctx holds ``rindle``)."""
+    """The arq function that serves ``kind`` (the worker's ctx holds ``rindle``).
+
+    When ctx holds a dispatcher (``rindle.worker_settings`` workers), the job's lane
+    slot is held while it runs and freed the moment it ends.
+    """
 
     async def coroutine(ctx: dict[str, Any], job_id: int) -> str:
-        return await run_job(ctx["rindle"], kind, job_id)
+        with holding_slot(ctx):
+            return await run_job(ctx["rindle"], kind, job_id)
 
     coroutine.__qualname__ = coroutine.__name__ = kind.name
-    # arq's own limits sit above ours so the ledger, not arq, decides when to give up.
-    return func(coroutine, name=kind.name, max_tries=kind.tries + 2, timeout=kind.timeout + 5)
+    # arq's own limits sit above ours so the ledger, not arq, decides when to give up; an
+    # attempt may run its own timeout plus at most as long again waiting for a process.
+    return func(coroutine, name=kind.name, max_tries=kind.tries + 2, timeout=2 * kind.timeout + 10)

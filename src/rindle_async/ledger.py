@@ -4,7 +4,9 @@ A job is staged as a row of ``jobs`` inside the transaction that causes it; the
 insert fires ``NOTIFY``, which PostgreSQL delivers only on commit.  The relay
 claims pending rows with ``FOR UPDATE SKIP LOCKED``, sends each to arq with a
 job id derived from the row id (so a second send is a no-op) and marks it
-enqueued.  The reconciler re-sends enqueued rows that Redis no longer knows, so
+enqueued.  A batch is sent in one pipelined round trip, followed by an
+announcement on each queue's wake-up channel, so idle workers start at once
+(see ``dispatch.py``).  The reconciler re-sends enqueued rows that Redis no longer knows, so
 a Redis that loses everything loses no work.  Rows leave the ledger when their
 job succeeds (deleted in the job's own transaction) or give up (``discarded``).
 """
@@ -21,7 +23,8 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 import msgspec
 from arq.connections import ArqRedis
-from arq.constants import in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.constants import expires_extra_ms, in_progress_key_prefix, job_key_prefix, result_key_prefix
+from arq.jobs import serialize_job
 
 from .errors import ConfigurationError, ValidationError
 
@@ -29,6 +32,20 @@ if TYPE_CHECKING:
     from .jobs import JobKind
 
 log = logging.getLogger("rindle_async.ledger")
+
+#: arq's ``enqueue_job`` for one job, without its three round trips: nothing is written
+#: while the job or its result exists (so a second send is a no-op), as in arq.
+_ENQUEUE = """
+if redis.call('EXISTS', KEYS[1], KEYS[2]) > 0 then return 0 end
+redis.call('PSETEX', KEYS[1], ARGV[3], ARGV[1])
+redis.call('ZADD', KEYS[3], ARGV[2], ARGV[4])
+return 1
+"""
+
+
+def wake_channel(queue: str) -> str:
+    """The pub/sub channel on which sends to ``queue`` are announced (payload: the lanes)."""
+    return f"rindle:wake:{queue}"
 
 
 @dataclass(frozen=True)
@@ -61,11 +78,19 @@ class Ledger:
         """The arq queue that serves ``kind``."""
         return self.routes.get(kind, self.queue)
 
-    def job_id(self, row_id: int) -> str:
-        """The arq job id of ledger row ``row_id``: queue, schema, schema instance, row."""
+    def lane_for(self, kind: str) -> str:
+        """The worker lane that runs ``kind`` ("render" or "default")."""
+        job_kind = self.kinds.get(kind)
+        return job_kind.lane if job_kind is not None else "default"
+
+    def job_id(self, row_id: int, kind: str) -> str:
+        """The arq job id of ledger row ``row_id``: queue, schema, schema instance, kind, row.
+
+        The kind is part of the id so a worker can admit jobs by lane before reading them.
+        """
         if self.instance is None:
             raise RuntimeError("the ledger's schema instance is not loaded yet")
-        return f"{self.queue}:{self.schema}:{self.instance}:{row_id}"
+        return f"{self.queue}:{self.schema}:{self.instance}:{kind}:{row_id}"
 
     async def load_instance(self, conn: asyncpg.Connection | asyncpg.Pool) -> str:
         """Read (once) the id that makes this schema's job ids unique across re-creations."""
@@ -145,7 +170,7 @@ class Ledger:
                 after = rows[-1]["id"]
                 async with arq.pipeline(transaction=False) as pipe:
                     for r in rows:
-                        job_id = self.job_id(r["id"])
+                        job_id = self.job_id(r["id"], r["kind"])
                         pipe.exists(in_progress_key_prefix + job_id)
                         pipe.exists(job_key_prefix + job_id)
                         pipe.zscore(r["queue"], job_id)
@@ -155,7 +180,7 @@ class Ledger:
                 if lost:
                     # Leftovers (a result of a run that never finished the row, a job key
                     # without a queue entry) would make arq refuse the same job id.
-                    await arq.delete(*[prefix + self.job_id(r["id"]) for r in lost
+                    await arq.delete(*[prefix + self.job_id(r["id"], r["kind"]) for r in lost
                                        for prefix in (job_key_prefix, result_key_prefix)])
                     await self._send(arq, lost)
                     await conn.execute(
@@ -167,11 +192,20 @@ class Ledger:
         return resent
 
     async def _send(self, arq: ArqRedis, rows: list[asyncpg.Record]) -> None:
-        now = datetime.now(timezone.utc)
-        for r in rows:
-            await arq.enqueue_job(r["kind"], r["id"], _job_id=self.job_id(r["id"]),
-                                  _queue_name=r["queue"],
-                                  _defer_until=r["run_after"] if r["run_after"] > now else None)
+        """Enqueue ``rows`` the way arq's ``enqueue_job`` does, in one round trip, and announce them."""
+        now_ms = int(datetime.now(timezone.utc).timestamp() * 1000)
+        lanes: dict[str, set[str]] = {}
+        async with arq.pipeline(transaction=False) as pipe:
+            for r in rows:
+                job_id = self.job_id(r["id"], r["kind"])
+                score = max(now_ms, int(r["run_after"].timestamp() * 1000))
+                payload = serialize_job(r["kind"], (r["id"],), {}, None, now_ms)
+                pipe.eval(_ENQUEUE, 3, job_key_prefix + job_id, result_key_prefix + job_id, r["queue"],
+                          payload, score, score - now_ms + expires_extra_ms, job_id)
+                lanes.setdefault(r["queue"], set()).add(self.lane_for(r["kind"]))
+            for queue, names in lanes.items():
+                pipe.publish(wake_channel(queue), ",".join(sorted(names)))
+            await pipe.execute()
 
     async def summary(self, conn: asyncpg.Connection) -> LedgerSummary:
         """Counts by status and the oldest pending and enqueued ages."""

@@ -8,6 +8,7 @@ Storage I/O happens between transactions, never inside one.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import uuid
 from collections.abc import Callable
@@ -20,7 +21,7 @@ from .assets import asset_uuid
 from .db import migrate
 from .errors import InvalidTransition, NotFound, ValidationError
 from .events import CleanupRun
-from .promotion import plan_variants, queue_render
+from .promotion import plan_variants, queue_render, stage_render
 from .states import ASSET, UPLOAD_SESSION, VARIANT
 from .uploads import OPEN_STATES
 
@@ -309,8 +310,7 @@ async def _repoint_pending(rindle: Rindle, report: Report, profile: str, name: s
         for row in rows:
             report.add("repointed", str(row["id"]))
             if row["state"] == "processing":
-                await uow.stage("process_variant", {"asset_id": str(row["asset_id"]), "variant": name},
-                                dedupe_key=f"render:{row['id']}")
+                await stage_render(uow, row["asset_id"])
 
 
 async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
@@ -341,15 +341,21 @@ async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
         f" AND ($2::text IS NULL OR a.profile = $2) AND ($3::text IS NULL OR v.name = $3)"
         f" AND ($4::uuid IS NULL OR a.id = $4) ORDER BY v.asset_id, v.name",
         list(states_), profile, variant, uuid.UUID(asset_id) if asset_id else None)
-    for done, row in enumerate(rows, 1):
-        config = rindle.profiles.get(row["profile"])
-        if config is None or row["name"] not in config.variants:
-            report.add("skipped_not_in_profile", str(row["id"]))
-            continue
-        report.add("requeued", str(row["id"]))
-        if not dry_run:
-            async with rindle.db.transaction() as uow:
-                await requeue_variant(uow, row, config.recipe_digests()[row["name"]])
+    done = 0
+    for _, grouped in itertools.groupby(rows, key=lambda r: r["asset_id"]):
+        group, wanted = list(grouped), []
+        for row in group:
+            config = rindle.profiles.get(row["profile"])
+            if config is None or row["name"] not in config.variants:
+                report.add("skipped_not_in_profile", str(row["id"]))
+            else:
+                report.add("requeued", str(row["id"]))
+                wanted.append((row, config.recipe_digests()[row["name"]]))
+        if wanted and not dry_run:
+            async with rindle.db.transaction() as uow:  # one render job for the asset's variants
+                for row, digest in wanted:
+                    await requeue_variant(uow, row, digest)
+        done += len(group)
         if progress:
             progress(done, len(rows))
     return await _emit(rindle, report)

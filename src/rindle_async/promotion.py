@@ -20,7 +20,7 @@ import msgspec
 
 from . import security, states
 from .assets import asset_uuid
-from .errors import InvalidTransition
+from .errors import InvalidTransition, NotFound
 from .states import ASSET
 
 if TYPE_CHECKING:
@@ -48,7 +48,7 @@ def _digest_and_head(path: str) -> tuple[str, bytes, int]:
 
 async def plan_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
                         names: list[str] | None = None) -> int:
-    """Create the asset's missing variant rows and stage one render each; return how many.
+    """Create the asset's missing variant rows, queued, and stage their render; return how many.
 
     uow: the unit of work of the promotion (or of a regeneration).
     rindle: the opened Rindle.
@@ -56,31 +56,49 @@ async def plan_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, profi
     profile_name: its profile.
     names: only these variants (default: every variant of the profile).
     """
+    missing = await missing_variants(uow, rindle, asset_id, profile_name, names)
+    if missing:
+        await _queue_new(uow, rindle, asset_id, profile_name, missing)
+    return len(missing)
+
+
+async def missing_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
+                           names: list[str] | None = None) -> list[str]:
+    """The variants of the profile (or ``names``) the asset has no row for yet."""
     profile = rindle.profiles[profile_name]
-    digests = profile.recipe_digests()
     existing = {r["name"] for r in await uow.conn.fetch(
         f"SELECT name FROM {rindle.schema}.variants WHERE asset_id = $1", asset_id)}
-    planned = 0
-    for name in names if names is not None else sorted(profile.variants):
-        if name in existing:
-            continue
-        row = await states.insert(uow, states.VARIANT, "planned", id=uuid.uuid4(),
-                                  asset_id=asset_id, name=name, recipe_digest=digests[name])
-        await queue_render(uow, row["id"], asset_id, name, "planned")
-        planned += 1
-    return planned
+    return [name for name in (names if names is not None else sorted(profile.variants))
+            if name not in existing]
+
+
+async def _queue_new(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
+                     names: list[str]) -> None:
+    digests = rindle.profiles[profile_name].recipe_digests()
+    rows = [await states.insert(uow, states.VARIANT, "planned", id=uuid.uuid4(), asset_id=asset_id,
+                                name=name, recipe_digest=digests[name]) for name in names]
+    await states.transition_many(uow, states.VARIANT, [r["id"] for r in rows], "planned", "queued")
+    await stage_render(uow, asset_id)
 
 
 async def queue_render(uow: UnitOfWork, variant_id: object, asset_id: object, name: str,
                        from_state: str, **changes: Any) -> None:
-    """Move a variant to queued and stage its render (one pending render per variant).
+    """Move a variant to queued and stage its asset's render (one pending render per asset).
 
     changes: other columns written with the transition (e.g. the new ``recipe_digest``).
     """
     await states.transition(uow, states.VARIANT, variant_id, from_state, "queued", reason=None,
                             **changes)
-    await uow.stage("process_variant", {"asset_id": str(asset_id), "variant": name},
-                    dedupe_key=f"render:{variant_id}")
+    await stage_render(uow, asset_id)
+
+
+async def stage_render(uow: UnitOfWork, asset_id: object) -> int | None:
+    """Stage the render of an asset's queued variants: one pending render job per asset.
+
+    The job renders every variant of the asset that is queued when it runs, from one decode.
+    """
+    return await uow.stage("process_variant", {"asset_id": str(asset_id)},
+                           dedupe_key=f"render:{asset_id}")
 
 
 async def _quarantine(job: JobRun, asset_id: object, reason: str) -> None:
@@ -94,27 +112,59 @@ async def promote_asset(job: JobRun) -> None:
 
     job: the running ledger job; ``job.args["asset_id"]`` names the asset.
     """
-    from .processing import images  # loads libvips, in workers only
-
-    rindle, schema = job.rindle, job.rindle.schema
+    rindle = job.rindle
     asset_id = asset_uuid(job.args["asset_id"])
-    asset = await rindle.pool.fetchrow(f"SELECT * FROM {schema}.assets WHERE id = $1", asset_id)
-    if asset is None or asset["state"] not in ("validating", "analyzing"):
+    asset = await _claim(rindle, asset_id)
+    if asset is None:
         return  # gone, or promoted or refused by an earlier delivery of this job
-    if asset["state"] == "validating":
-        try:
-            async with rindle.db.transaction() as uow:
-                await states.transition(uow, ASSET, asset_id, "validating", "analyzing")
-        except InvalidTransition:
-            return  # another delivery of this promotion took it first
     profile = rindle.profiles.get(asset["profile"])
     if profile is None:
         await _quarantine(job, asset_id, f"profile {asset['profile']!r} is not configured")
         return
     storage = rindle.storages[asset["storage"]]
+    checked = await _check_bytes(rindle, storage, profile, asset)
+    try:
+        if checked.reason is not None:
+            await _quarantine(job, asset_id, checked.reason)
+            return
+        await _promote(job, asset_id, profile.name, checked)
+    except InvalidTransition:
+        log.info("asset %s was handled by another delivery of its promotion", asset_id)
+        return
+    if checked.original != asset["storage_key"]:
+        await storage.delete(asset["storage_key"])
+
+
+async def _claim(rindle: Rindle, asset_id: object) -> Any:
+    """Move a validating asset to analyzing and return its row; an analyzing one (a retry)
+    is returned as it is; None when there is nothing to promote."""
+    try:
+        async with rindle.db.transaction() as uow:
+            return await states.transition(uow, ASSET, asset_id, "validating", "analyzing")
+    except InvalidTransition as exc:
+        if exc.actual != "analyzing":
+            return None  # promoted, refused or deleted meanwhile
+    except NotFound:
+        return None
+    return await rindle.pool.fetchrow(f"SELECT * FROM {rindle.schema}.assets WHERE id = $1", asset_id)
+
+
+class _Checked:
+    """What promotion learnt from the bytes: a refusal, or what to promote."""
+
+    def __init__(self, reason: str | None, original: str, sniffed: str | None, size: int,
+                 metadata: dict[str, Any]) -> None:
+        self.reason, self.original, self.sniffed, self.size = reason, original, sniffed, size
+        self.metadata = metadata
+
+
+async def _check_bytes(rindle: Rindle, storage: Any, profile: Any, asset: Any) -> _Checked:
+    """Read the stored bytes (outside any transaction): type, size, pixels; keep them safe."""
+    from .processing import images  # loads libvips, in workers only
+
+    upload_key = asset["storage_key"]
     async with anyio.TemporaryDirectory(prefix="rindle-promote-") as workdir:
-        path = os.path.join(workdir, "original")
-        await storage.download(asset["storage_key"], path)
+        path = await _readable_copy(storage, upload_key, asset, workdir)
         sha256, head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
         sniffed = security.sniff(head)
         reason = _refusal(profile, asset, sniffed, size)
@@ -122,40 +172,43 @@ async def promote_asset(job: JobRun) -> None:
         if reason is None and sniffed in IMAGE_TYPES:
             try:
                 metadata.update(await rindle.processing.run(
-                    images.analyze, path, profile.max_pixels, timeout=ANALYZE_TIMEOUT))
+                    images.analyze, path, profile.max_pixels, timeout=ANALYZE_TIMEOUT, lane="analysis"))
             except images.ImageRefused as exc:
                 reason = str(exc)
-        original = asset["storage_key"]
+        original = upload_key
         if reason is None:
-            original = security.new_storage_key(profile.name, asset_id,
+            original = security.new_storage_key(profile.name, asset["id"],
                                                 security.extension_for(sniffed))
-        if original != asset["storage_key"]:
+        if original != upload_key:
             # A direct upload's URL stays valid until the session deadline: keep the bytes
             # that were checked at a key no client can write, and never read the upload again.
             await storage.put(original, path, content_type=sniffed)
-    try:
-        if reason is not None:
-            await _quarantine(job, asset_id, reason)
-            return
-        await _promote(job, asset_id, profile.name, sniffed, size, sha256, metadata, original)
-    except InvalidTransition:
-        log.info("asset %s was handled by another delivery of its promotion", asset_id)
-        return
-    if original != asset["storage_key"]:
-        await storage.delete(asset["storage_key"])
+    return _Checked(reason, original, sniffed, size, metadata)
 
 
-async def _promote(job: JobRun, asset_id: object, profile_name: str, sniffed: str, size: int,
-                   sha256: str, metadata: dict[str, Any], original: str) -> None:
+async def _readable_copy(storage: Any, key: str, asset: Any, workdir: str) -> str:
+    """A local file with the object's bytes: the stored file itself when the store is local
+    and no client can write the key any more (proxied uploads), else a downloaded copy."""
+    local_path = getattr(storage, "local_path", None)
+    if local_path is not None and not security.is_upload_key(key):
+        return await local_path(key)
+    path = os.path.join(workdir, "original")
+    await storage.download(key, path)
+    return path
+
+
+async def _promote(job: JobRun, asset_id: object, profile_name: str, checked: _Checked) -> None:
+    metadata = checked.metadata
     async with job.complete() as uow:
-        await states.transition(uow, ASSET, asset_id, "analyzing", "promoting")
-        await states.transition(
-            uow, ASSET, asset_id, "promoting", "available", content_type=sniffed, byte_size=size,
-            sha256=sha256, width=metadata.get("width"), height=metadata.get("height"),
-            metadata=msgspec.json.encode(metadata).decode(), storage_key=original)
-        planned = await plan_variants(uow, job.rindle, asset_id, profile_name)
-        await states.transition(uow, ASSET, asset_id, "available",
-                                "processing" if planned else "ready")
+        missing = await missing_variants(uow, job.rindle, asset_id, profile_name)
+        await states.walk(
+            uow, ASSET, asset_id,
+            ("analyzing", "promoting", "available", "processing" if missing else "ready"),
+            content_type=checked.sniffed, byte_size=checked.size, sha256=metadata["sha256"],
+            width=metadata.get("width"), height=metadata.get("height"),
+            metadata=msgspec.json.encode(metadata).decode(), storage_key=checked.original)
+        if missing:
+            await _queue_new(uow, job.rindle, asset_id, profile_name, missing)
 
 
 def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | None:

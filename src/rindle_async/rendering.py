@@ -1,33 +1,44 @@
 """Rendering variants: the ``process_variant`` job and the asset's settling.
 
-A variant row's ``recipe_digest`` is the recipe it wants (set when it is
-queued) and, once ready, the recipe of the stored object.  The job renders the
-recipe in the processing pool, uploads it under a key that contains the digest
-(so a new recipe never overwrites the object a live URL points at), and only
-then, under lock, re-checks that the asset is still live and the row still
-wants that digest before marking it ready.  A stale job's object is deleted
-instead.  When no variant is left pending, the asset settles as ready, or
-degraded if any variant failed.
+One job renders every queued variant of one asset, from one decode of the
+original (``processing.images.render_variants``), in three phases:
+
+1. claim (one transaction): variants the profile no longer has are cancelled,
+   the others move to ``processing``;
+2. render and store (no transaction): one pool call, then one upload per
+   variant under a key that contains its recipe digest, so a new recipe never
+   overwrites the object a live URL points at;
+3. accept (one transaction), under lock: a variant becomes ``ready`` only if the
+   asset is still live and the row still wants that digest; a variant whose own
+   recipe failed becomes ``failed``; the asset settles as ready, or degraded if
+   any variant failed.  Objects of work that went stale are deleted.
+
+Each variant keeps its own row, state, digest, key and failure: one that fails
+does not fail the others, and a retry (a storage error, a killed process)
+renders only what is still ``processing``.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import anyio
 import msgspec
 
 from . import security, states
 from .assets import asset_uuid
-from .errors import InvalidTransition, RindleError
+from .errors import RindleError, StorageError
 from .states import ASSET, VARIANT
 
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
     from .jobs import JobRun
+    from .profiles import Profile
+    from .storage.base import Storage
 
 log = logging.getLogger("rindle_async.rendering")
 LIVE = frozenset({"available", "processing", "ready", "degraded"})
@@ -42,105 +53,204 @@ class RecipeMismatch(RindleError):
     retry_after = 60.0  # give a rolling deploy minutes, not seconds, before the tries run out
 
 
-async def settle_asset(uow: UnitOfWork, asset_id: object) -> str | None:
+@dataclass(frozen=True)
+class Planned:
+    """One variant this attempt renders."""
+
+    id: Any
+    name: str
+    digest: str
+
+
+@dataclass
+class Work:
+    """What a render attempt claimed, and what came of it."""
+
+    asset_id: Any
+    profile: Profile
+    storage_name: str
+    source_key: str
+    variants: list[Planned]
+    mismatched: list[str]
+    stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> key, size, ...
+    refused: dict[str, str] = field(default_factory=dict)  # name -> why its recipe failed
+    transient: list[BaseException] = field(default_factory=list)  # worth another try
+
+
+async def settle_asset(uow: UnitOfWork, asset_id: object,
+                       known: tuple[str, set[str]] | None = None) -> str | None:
     """Move a processing asset to ready or degraded once no variant is pending.
 
     uow: the unit of work that just changed a variant.
     asset_id: the asset.
+    known: the asset's state and its variants' states, when the caller holds them locked.
     Returns the asset's new state, or None when it did not change.
     """
-    schema = uow.ledger.schema
-    state = await uow.conn.fetchval(f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE",
-                                    asset_id)
-    if state != "processing":
+    if known is None:
+        schema = uow.ledger.schema
+        state = await uow.conn.fetchval(
+            f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE", asset_id)
+        variant_states = {r["state"] for r in await uow.conn.fetch(
+            f"SELECT DISTINCT state FROM {schema}.variants WHERE asset_id = $1", asset_id)}
+    else:
+        state, variant_states = known
+    if state != "processing" or variant_states & PENDING:
         return None
-    counts = {r["state"] for r in await uow.conn.fetch(
-        f"SELECT DISTINCT state FROM {schema}.variants WHERE asset_id = $1", asset_id)}
-    if counts & PENDING:
-        return None
-    target = "degraded" if counts & BAD else "ready"
+    target = "degraded" if variant_states & BAD else "ready"
     await states.transition(uow, ASSET, asset_id, "processing", target)
     return target
 
 
-async def _row(job: JobRun, asset_id: object, name: str):
-    schema = job.rindle.schema
-    return await job.rindle.pool.fetchrow(
-        f"SELECT v.id, v.state, v.recipe_digest, a.state AS asset_state, a.profile, a.storage,"
-        f" a.storage_key AS source_key FROM {schema}.variants v JOIN {schema}.assets a"
-        f" ON a.id = v.asset_id WHERE v.asset_id = $1 AND v.name = $2", asset_id, name)
-
-
 async def process_variant(job: JobRun) -> None:
-    """Render one variant and mark it ready, unless the work went stale meanwhile.
+    """Render every queued variant of one asset from one decode; each keeps its own outcome.
 
-    job: the running ledger job; ``job.args`` holds ``asset_id`` and ``variant``.
+    job: the running ledger job; ``job.args["asset_id"]`` names the asset.
     """
+    work = await _claim(job, asset_uuid(job.args["asset_id"]))
+    if work is None:
+        return  # purged, refused, or already handled by an earlier delivery
+    if work.variants:
+        await _render_and_store(job, work)
+        await _accept(job, work)
+    if work.transient:
+        raise work.transient[0]
+    if work.mismatched:
+        digests = work.profile.recipe_digests()
+        raise RecipeMismatch(
+            f"this worker renders {', '.join(repr(n) for n in work.mismatched)} with recipe(s) "
+            f"{', '.join(digests[n] for n in work.mismatched)}, which the rows do not want; are "
+            "workers running different profiles?")
+
+
+async def _claim(job: JobRun, asset_id: object) -> Work | None:
+    rindle, schema = job.rindle, job.rindle.schema
+    async with rindle.db.transaction() as uow:
+        rows = await uow.conn.fetch(
+            f"SELECT a.state AS asset_state, a.profile, a.storage, a.storage_key AS source_key,"
+            f" v.id, v.name, v.state, v.recipe_digest FROM {schema}.assets a"
+            f" JOIN {schema}.variants v ON v.asset_id = a.id"
+            f" WHERE a.id = $1 AND v.state IN ('queued', 'processing') ORDER BY v.name"
+            f" FOR UPDATE OF a, v", asset_id)
+        if not rows or rows[0]["asset_state"] not in LIVE:
+            return None
+        first = rows[0]
+        profile = rindle.profiles.get(first["profile"])
+        digests = profile.recipe_digests() if profile is not None else {}
+        retired = [r for r in rows if r["name"] not in digests]
+        for row in retired:
+            await states.transition(uow, VARIANT, row["id"], row["state"], "cancelled",
+                                    reason=f"variant {row['name']!r} is no longer in profile "
+                                           f"{first['profile']!r}")
+        if retired:
+            await settle_asset(uow, asset_id)
+        live = [r for r in rows if r["name"] in digests]
+        wanted = [r for r in live if r["recipe_digest"] == digests[r["name"]]]
+        queued = [r["id"] for r in wanted if r["state"] == "queued"]
+        await states.transition_many(uow, VARIANT, queued, "queued", "processing")
+    if profile is None:
+        return None
+    return Work(asset_id=asset_id, profile=profile, storage_name=first["storage"],
+                source_key=first["source_key"],
+                variants=[Planned(r["id"], r["name"], r["recipe_digest"]) for r in wanted],
+                mismatched=[r["name"] for r in live if r not in wanted])
+
+
+async def _render_and_store(job: JobRun, work: Work) -> None:
     from .processing import images  # loads libvips, in workers only
 
-    rindle = job.rindle
-    asset_id, name = asset_uuid(job.args["asset_id"]), job.args["variant"]
-    row = await _row(job, asset_id, name)
-    if row is None or row["asset_state"] not in LIVE or row["state"] not in ("queued", "processing"):
-        return  # purged, refused, or already handled by an earlier delivery
-    profile = rindle.profiles.get(row["profile"])
-    variant = profile.variants.get(name) if profile is not None else None
-    if variant is None:
-        async with job.complete() as uow:
-            await states.transition(uow, VARIANT, row["id"], row["state"], "cancelled",
-                                    reason=f"variant {name!r} is no longer in profile {row['profile']!r}")
-            await settle_asset(uow, asset_id)
-        return
-    digest = profile.recipe_digests()[name]
-    if digest != row["recipe_digest"]:
-        raise RecipeMismatch(f"this worker renders {name!r} as recipe {digest}, the row wants "
-                             f"{row['recipe_digest']}; are workers running different profiles?")
-    if row["state"] == "queued":
-        try:
-            async with rindle.db.transaction() as uow:
-                await states.transition(uow, VARIANT, row["id"], "queued", "processing")
-        except InvalidTransition:
-            return  # another delivery of this render took it first
-
-    storage = rindle.storages[row["storage"]]
-    key = security.variant_key(profile.name, str(asset_id), name, digest, variant.extension)
+    rindle, profile = job.rindle, work.profile
+    storage = rindle.storages[work.storage_name]
+    recipes = {v.name: msgspec.structs.asdict(profile.variants[v.name]) for v in work.variants}
     async with anyio.TemporaryDirectory(prefix="rindle-render-") as workdir:
-        source = os.path.join(workdir, "original")
-        await storage.download(row["source_key"], source)
-        result = await rindle.processing.run(
-            images.render, source, workdir, msgspec.structs.asdict(variant), profile.max_pixels,
-            timeout=max(1.0, job.kind.timeout - 10))
-        info = await storage.put(key, result["path"], content_type=variant.content_type)
-    accepted = False
-    async with job.complete() as uow:
-        current = await uow.conn.fetchrow(
-            f"SELECT v.state, v.recipe_digest, a.state AS asset_state FROM {rindle.schema}.variants v"
-            f" JOIN {rindle.schema}.assets a ON a.id = v.asset_id WHERE v.id = $1"
-            f" FOR UPDATE OF v, a", row["id"])
-        if (current is not None and current["asset_state"] in LIVE
-                and current["state"] == "processing" and current["recipe_digest"] == digest):
-            await states.transition(uow, VARIANT, row["id"], "processing", "ready", storage_key=key,
-                                    width=result["width"], height=result["height"],
-                                    byte_size=info.size, content_type=variant.content_type,
-                                    reason=None, generated_at=datetime.now(timezone.utc))
-            await settle_asset(uow, asset_id)
-            accepted = True
-    if not accepted:
+        source = await _source(storage, work.source_key, workdir)
+        outputs = await rindle.processing.run(
+            images.render_variants, source, workdir, recipes, profile.max_pixels,
+            timeout=job.kind.timeout - min(10.0, job.kind.timeout / 10), waiting=job.paused)
+        for planned in work.variants:
+            output = outputs[planned.name]
+            if "error" in output:
+                work.refused[planned.name] = output["error"]
+                continue
+            variant = profile.variants[planned.name]
+            key = security.variant_key(profile.name, str(work.asset_id), planned.name,
+                                       planned.digest, variant.extension)
+            try:
+                info = await storage.put(key, output["path"], content_type=variant.content_type)
+            except StorageError as exc:
+                work.transient.append(exc)
+                continue
+            work.stored[planned.name] = {"storage_key": key, "width": output["width"],
+                                         "height": output["height"], "byte_size": info.size,
+                                         "content_type": variant.content_type}
+
+
+async def _source(storage: Storage, key: str, workdir: str) -> str:
+    """A local file holding the original: the stored file itself when the store is local
+    (an original key is never written after promotion), else a downloaded copy."""
+    local_path = getattr(storage, "local_path", None)
+    if local_path is not None:
+        return await local_path(key)
+    path = os.path.join(workdir, "original")
+    await storage.download(key, path)
+    return path
+
+
+async def _accept(job: JobRun, work: Work) -> None:
+    rindle, schema = job.rindle, job.rindle.schema
+    finished = not work.transient and not work.mismatched
+    accepted: set[str] = set()
+    async with (job.complete() if finished else rindle.db.transaction()) as uow:
+        rows = await uow.conn.fetch(
+            f"SELECT v.id, v.state, v.recipe_digest, a.state AS asset_state FROM {schema}.variants v"
+            f" JOIN {schema}.assets a ON a.id = v.asset_id WHERE v.asset_id = $1"
+            f" FOR UPDATE OF v, a", work.asset_id)
+        now_states = {r["id"]: r["state"] for r in rows}
+        asset_state = rows[0]["asset_state"] if rows else None
+        for planned in work.variants:
+            row = next((r for r in rows if r["id"] == planned.id), None)
+            if (asset_state not in LIVE or row is None or row["state"] != "processing"
+                    or row["recipe_digest"] != planned.digest):
+                continue  # purged, re-pointed or finished by another delivery meanwhile
+            if planned.name in work.stored:
+                await states.transition(uow, VARIANT, planned.id, "processing", "ready", reason=None,
+                                        generated_at=datetime.now(timezone.utc),
+                                        **work.stored[planned.name])
+                now_states[planned.id] = "ready"
+                accepted.add(planned.name)
+            elif planned.name in work.refused:
+                await states.transition(uow, VARIANT, planned.id, "processing", "failed",
+                                        reason=work.refused[planned.name])
+                now_states[planned.id] = "failed"
+        if asset_state is not None:
+            await settle_asset(uow, work.asset_id, (asset_state, set(now_states.values())))
+    storage = rindle.storages[work.storage_name]
+    for name, stored in work.stored.items():
+        if name in accepted:
+            continue
         log.info("variant %s of asset %s went stale while rendering; its object is dropped", name,
-                 asset_id)
+                 work.asset_id)
         referenced = await rindle.pool.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {rindle.schema}.variants WHERE storage_key = $1)", key)
+            f"SELECT EXISTS (SELECT 1 FROM {schema}.variants WHERE storage_key = $1)",
+            stored["storage_key"])
         if not referenced:
-            await storage.delete(key)
+            await storage.delete(stored["storage_key"])
 
 
 async def variant_failed(uow: UnitOfWork, job: JobRun, error: str) -> None:
-    """``on_discard`` of process_variant: the variant fails with the error; the asset settles."""
-    asset_id, name = asset_uuid(job.args["asset_id"]), job.args["variant"]
-    row = await uow.conn.fetchrow(
-        f"SELECT id, state FROM {job.rindle.schema}.variants WHERE asset_id = $1 AND name = $2"
-        " FOR UPDATE", asset_id, name)
-    if row is None or not VARIANT.allows(row["state"], "failed"):
-        return
-    await states.transition(uow, VARIANT, row["id"], row["state"], "failed", reason=error)
+    """``on_discard`` of process_variant: the variants it was rendering fail with the error.
+
+    Queued variants fail too unless a newer render job of the asset is pending (it will
+    render them); the asset settles.
+    """
+    schema = job.rindle.schema
+    asset_id = asset_uuid(job.args["asset_id"])
+    rows = await uow.conn.fetch(
+        f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1"
+        " AND state IN ('queued', 'processing') FOR UPDATE", asset_id)
+    covered = await uow.conn.fetchval(
+        f"SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE dedupe_key = $1 AND status = 'pending'"
+        " AND id <> $2)", f"render:{asset_id}", job.id)
+    for row in rows:
+        if row["state"] == "processing" or not covered:
+            await states.transition(uow, VARIANT, row["id"], row["state"], "failed", reason=error)
     await settle_asset(uow, asset_id)

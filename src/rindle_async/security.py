@@ -134,6 +134,14 @@ def new_storage_key(profile: str, asset_id: str | uuid.UUID, extension: str | No
     return f"{prefix}/{role}{suffix}"
 
 
+def is_upload_key(key: str) -> bool:
+    """Whether ``key`` is a direct upload's landing key (a client may still write to it).
+
+    key: a key made by :func:`new_storage_key`.
+    """
+    return key.rpartition("/")[2].partition(".")[0] == "upload"
+
+
 def variant_key(profile: str, asset_id: str | uuid.UUID, variant_name: str, digest: str,
                 extension: str) -> str:
     """The storage key of a rendered variant, unique per recipe digest.

@@ -11,7 +11,7 @@ machine's initial states.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -147,35 +147,80 @@ async def transition(uow: UnitOfWork, machine: StateMachine, row_id: object, fro
     changes: other columns written in the same UPDATE (e.g. ``reason=``).
     Returns the updated row.
     """
-    schema = uow.ledger.schema
     if from_state is None:
         from_state = await uow.conn.fetchval(
-            f"SELECT state FROM {schema}.{machine.table} WHERE id = $1 FOR UPDATE", row_id)
+            f"SELECT state FROM {uow.ledger.schema}.{machine.table} WHERE id = $1 FOR UPDATE", row_id)
         if from_state is None:
             raise NotFound(f"{machine.name} {row_id} does not exist")
-    machine.check(row_id, from_state, to_state)
+    return await walk(uow, machine, row_id, (from_state, to_state), **changes)
+
+
+async def walk(uow: UnitOfWork, machine: StateMachine, row_id: object, path: Sequence[str],
+               **changes: Any) -> asyncpg.Record:
+    """Move one row along ``path`` (each step an edge) in one UPDATE; queue an event per step.
+
+    The states in between are passed through, not stored: nothing can read the row
+    between two steps of one transaction anyway.
+    uow: the unit of work whose transaction persists the change.
+    machine: ASSET, VARIANT or UPLOAD_SESSION.
+    row_id: the row's id.
+    path: the state the caller saw, then each state it moves through, the last one stored.
+    changes: other columns written in the same UPDATE.
+    Returns the updated row.
+    """
+    if len(path) < 2:
+        raise ValueError(f"a walk needs at least two states, got {list(path)}")
+    steps = list(zip(path, path[1:]))
+    for from_state, to_state in steps:
+        machine.check(row_id, from_state, to_state)
+    rows = await _update(uow, machine, "t.id = $1", row_id, path[0], path[-1], changes)
+    if not rows:
+        actual = await uow.conn.fetchval(
+            f"SELECT state FROM {uow.ledger.schema}.{machine.table} WHERE id = $1", row_id)
+        if actual is None:
+            raise NotFound(f"{machine.name} {row_id} does not exist")
+        raise InvalidTransition(machine.name, row_id, path[0], path[1], actual=actual)
+    for from_state, to_state in steps:
+        _emit(uow, machine, rows[0], from_state, to_state)
+    return rows[0]
+
+
+async def transition_many(uow: UnitOfWork, machine: StateMachine, row_ids: Sequence[object],
+                          from_state: str, to_state: str, **changes: Any) -> list[asyncpg.Record]:
+    """Move every row of ``row_ids`` still in ``from_state`` to ``to_state``, in one UPDATE.
+
+    Rows that moved on first are left alone and not returned (their writer won).
+    Returns the updated rows; one event is queued for each.
+    """
+    machine.check(row_ids[0] if row_ids else None, from_state, to_state)
+    if not row_ids:
+        return []
+    rows = await _update(uow, machine, "t.id = ANY($1)", list(row_ids), from_state, to_state, changes)
+    for row in rows:
+        _emit(uow, machine, row, from_state, to_state)
+    return rows
+
+
+async def _update(uow: UnitOfWork, machine: StateMachine, where: str, ids: object, from_state: str,
+                  to_state: str, changes: Mapping[str, Any]) -> list[asyncpg.Record]:
+    schema = uow.ledger.schema
     names = _columns(changes)
     sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=4))
-    join, returning = "", "t.*"
+    join, returning = " WHERE", "t.*"
     if machine.join:
         join = f" FROM {schema}.{machine.join} j WHERE j.id = t.asset_id AND"
         returning = "t.*, j.profile AS asset_profile, j.storage AS asset_storage"
-    else:
-        join = " WHERE"
-    row = await uow.conn.fetchrow(
+    return await uow.conn.fetch(
         f"UPDATE {schema}.{machine.table} t SET state = $3, updated_at = now(),"
-        f" state_changed_at = now(){sets}{join} t.id = $1 AND t.state = $2 RETURNING {returning}",
-        row_id, from_state, to_state, *changes.values())
-    if row is None:
-        actual = await uow.conn.fetchval(
-            f"SELECT state FROM {schema}.{machine.table} WHERE id = $1", row_id)
-        if actual is None:
-            raise NotFound(f"{machine.name} {row_id} does not exist")
-        raise InvalidTransition(machine.name, row_id, from_state, to_state, actual=actual)
+        f" state_changed_at = now(){sets}{join} {where} AND t.state = $2 RETURNING {returning}",
+        ids, from_state, to_state, *changes.values())
+
+
+def _emit(uow: UnitOfWork, machine: StateMachine, row: asyncpg.Record, from_state: str,
+          to_state: str) -> None:
     event = machine.event(row, from_state, to_state)
     if event is not None:
         uow.emit(event)
-    return row
 
 
 async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: Any) -> asyncpg.Record:

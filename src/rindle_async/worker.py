@@ -7,8 +7,11 @@ serves every job kind on the default queue.  ``RINDLE_QUEUE=name`` (or
 queue with ``Rindle(queues=...)``, so e.g. variant rendering can get its own
 pool of workers.  Cron (on the default queue's workers): the relay sweep and
 the reconciler every minute, abort of incomplete uploads at 01:00, cleanup of
-orphans at 02:00.  At startup a worker runs one relay sweep and one
-reconciliation.
+orphans at 02:00.  At startup a worker starts its processes, runs one relay
+sweep and one reconciliation.
+
+Jobs are handed to arq by a :class:`~rindle_async.dispatch.Dispatcher` (no
+polling latency, admission by lane); see ``dispatch.py``.
 """
 
 from __future__ import annotations
@@ -18,9 +21,11 @@ import os
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
-from arq.connections import RedisSettings
+import anyio
 from arq.cron import cron
+from redis.asyncio import ConnectionPool
 
+from .dispatch import DISPATCHER, Dispatcher, WorkerRedis, holding_slot
 from .jobs import JobKind
 from .processing.pool import ProcessingPool
 
@@ -29,14 +34,16 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rindle_async.worker")
 
-#: name -> (default tries, default timeout in seconds), as in DESIGN's job table.
+#: name -> (default tries, default timeout in seconds, lane), as in DESIGN's job table.
 DEFAULTS = {
-    "promote_asset": (3, 120.0),
-    "process_variant": (5, 300.0),
-    "purge_storage": (3, 300.0),
-    "cleanup_orphans": (3, 1800.0),
-    "abort_incomplete_uploads": (3, 600.0),
+    "promote_asset": (3, 120.0, "default"),
+    "process_variant": (5, 300.0, "render"),
+    "purge_storage": (3, 300.0, "default"),
+    "cleanup_orphans": (3, 1800.0, "default"),
+    "abort_incomplete_uploads": (3, 600.0, "default"),
 }
+#: Jobs of the default lane a worker runs at once (promotions, purges, maintenance, host kinds).
+DEFAULT_LANE_SLOTS = 8
 HEARTBEAT_KEY = "rindle:worker-heartbeat:{queue}"
 
 
@@ -55,10 +62,10 @@ def builtin_job_kinds(settings: dict[str, dict[str, Any]] | None = None) -> list
         "abort_incomplete_uploads": (maintenance.abort_incomplete_uploads_job, None),
     }
     kinds = []
-    for name, (tries, timeout) in DEFAULTS.items():
+    for name, (tries, timeout, lane) in DEFAULTS.items():
         handler, on_discard = handlers[name]
         kinds.append(JobKind(name=name, handler=handler, tries=tries, timeout=timeout,
-                             on_discard=on_discard))
+                             on_discard=on_discard, lane=lane))
     overrides = dict(settings or {})
     unknown = set(overrides) - set(DEFAULTS)
     if unknown:
@@ -72,16 +79,18 @@ def builtin_job_kinds(settings: dict[str, dict[str, Any]] | None = None) -> list
 async def relay_tick(ctx: dict[str, Any]) -> str:
     """Cron, every minute: send pending ledger rows and re-send what Redis lost."""
     rindle: Rindle = ctx["rindle"]
-    sent = await rindle.flush_jobs()
-    resent = await rindle.reconcile_jobs()
-    await rindle.arq.set(HEARTBEAT_KEY.format(queue=rindle.ledger.queue), "1", ex=180)
+    with holding_slot(ctx):
+        sent = await rindle.flush_jobs()
+        resent = await rindle.reconcile_jobs()
+        await rindle.arq.set(HEARTBEAT_KEY.format(queue=rindle.ledger.queue), "1", ex=180)
     return f"sent {sent}, re-sent {resent}"
 
 
 async def _stage(ctx: dict[str, Any], kind: str, args: dict[str, Any]) -> str:
     rindle: Rindle = ctx["rindle"]
-    async with rindle.db.transaction() as uow:
-        job_id = await uow.stage(kind, args, dedupe_key=f"cron:{kind}")
+    with holding_slot(ctx):
+        async with rindle.db.transaction() as uow:
+            job_id = await uow.stage(kind, args, dedupe_key=f"cron:{kind}")
     return f"staged {kind} as job {job_id}" if job_id else f"{kind} is already pending"
 
 
@@ -96,13 +105,15 @@ async def cron_cleanup_orphans(ctx: dict[str, Any]) -> str:
 
 
 def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int | None = None,
-                    **overrides: Any) -> type:
+                    concurrency: dict[str, int] | None = None, **overrides: Any) -> type:
     """An arq settings class serving ``rindle``'s jobs on one queue.
 
     rindle: the host's Rindle (opened by the worker at startup, closed at shutdown).
     queue: the arq queue to serve (default: the Rindle's default queue, with cron).
-    processes: size of the libvips process pool (default: cores - 1, at least 1).
-    overrides: other arq Worker settings (max_jobs, poll_delay, ...).
+    processes: libvips render processes (default: the Rindle's, i.e. every usable core).
+    concurrency: jobs run at once per lane: "render" (default 2 x processes, so each
+        process has its next job ready) and "default" (8: promotions, purges, maintenance).
+    overrides: other arq Worker settings (poll_delay, job_timeout, ...).
     """
     queue = queue or rindle.ledger.queue
     kinds = [k for k in rindle.ledger.kinds.values() if rindle.ledger.queue_for(k.name) == queue]
@@ -114,33 +125,43 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
                                  f"{', '.join(sorted(served_queues))}")
     from .jobs import arq_function
 
+    size = processes or rindle.processing.size
+    lanes = {"render": 2 * size, "default": DEFAULT_LANE_SLOTS, **(concurrency or {})}
+    dispatcher = Dispatcher(queue, lanes, {k.name: k.lane for k in kinds})
+
     async def on_startup(ctx: dict[str, Any]) -> None:
-        if processes is not None:
+        if processes is not None and processes != rindle.processing.size:
             rindle.processing = ProcessingPool(processes)
         if not rindle.is_open:
             await rindle.open()
         ctx["rindle"] = rindle
+        await anyio.to_thread.run_sync(rindle.processing.start)
         await rindle.arq.set(HEARTBEAT_KEY.format(queue=queue), "1", ex=180)
         sent, resent = await rindle.flush_jobs(), await rindle.reconcile_jobs()
         stale = await rindle.mark_stale_variants()
-        log.info("rindle worker on queue %s: %d job kind(s), %d pool process(es); startup sent %d, "
-                 "re-sent %d, marked %d stale variant(s)", queue, len(kinds), rindle.processing.size,
-                 sent, resent, stale)
+        log.info("rindle worker on queue %s: %d job kind(s), %d render process(es), lanes %s; "
+                 "startup sent %d, re-sent %d, marked %d stale variant(s)", queue, len(kinds),
+                 rindle.processing.size, lanes, sent, resent, stale)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
+        await dispatcher.close()
         await rindle.close()
 
     settings: dict[str, Any] = {
         "functions": [arq_function(kind) for kind in kinds],
         "queue_name": queue,
-        "redis_settings": RedisSettings.from_dsn(rindle.redis_url),
+        "redis_pool": WorkerRedis(ConnectionPool.from_url(rindle.redis_url), dispatcher=dispatcher,
+                                  default_queue_name=queue),
+        "ctx": {DISPATCHER: dispatcher},
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
         "cron_jobs": [],
-        "keep_result": 3600,
-        # a few jobs beyond the render processes: more would only wait for a process, and
-        # that wait counts against their timeout
-        "max_jobs": max(4, 2 * (processes or rindle.processing.size)),
+        # results are not read (the ledger is the record); kept a minute so a duplicate send is a no-op
+        "keep_result": 60,
+        # the dispatcher admits jobs by lane; arq's own limit only needs to stay out of its way
+        "max_jobs": dispatcher.capacity + 1,
+        # the dispatcher waits for work itself; arq must not add a sleep after each handover
+        "poll_delay": 0.005,
         # also the in-progress lease: a job whose worker died reruns this + 10 s later
         "job_timeout": max((k.timeout for k in kinds), default=60.0) + 5,
     }

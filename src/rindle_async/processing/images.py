@@ -124,3 +124,17 @@ def _save(image: pyvips.Image, output: str, recipe: dict[str, Any]) -> None:
         image.pngsave(output, keep=keep, compression=6)  # lossless: quality does not apply
     else:
         image.gifsave(output, keep=keep)
+
+
+def render_variants(source: str, dest_dir: str, recipes: dict[str, dict[str, Any]],
+                    max_pixels: int) -> dict[str, dict[str, Any]]:
+    """Render several variants of ``source``; name -> output, or {"error": ...} for one that failed.
+
+    (Provisional: one decode per variant; replaced by the decode-once renderer.)
+    """
+    results: dict[str, dict[str, Any]] = {}
+    for name, recipe in recipes.items():
+        folder = os.path.join(dest_dir, name)
+        os.makedirs(folder, exist_ok=True)
+        results[name] = render(source, folder, recipe, max_pixels)
+    return results

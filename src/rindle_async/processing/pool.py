@@ -1,11 +1,12 @@
 """Processes for libvips work, with a hard per-call timeout that hurts no other call.
 
 Each slot is a one-process ``ProcessPoolExecutor`` started with ``spawn``
-(forking a process that already loaded libvips can hang).  libvips can only be
-interrupted between tiles, so a call that overruns its timeout has its process
-killed; only that slot is replaced, and the call fails with
-:class:`RenderTimeout` (a failed try, retried by the job).  Calls running in the
-other slots go on undisturbed.
+(forking a process that already loaded libvips can hang).  Renders use ``size``
+slots; header analysis has a slot of its own, so a promotion never waits behind
+renders.  libvips can only be interrupted between tiles, so a call that overruns
+its timeout has its process killed; only that slot is replaced, and the call
+fails with :class:`RenderTimeout` (a failed try, retried by the job).  Calls
+running in the other slots go on undisturbed.
 """
 
 from __future__ import annotations
@@ -15,39 +16,68 @@ import logging
 import multiprocessing
 import os
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
+from contextlib import AbstractAsyncContextManager, nullcontext
 from typing import Any, TypeVar
 
 from ..errors import ConfigurationError
 
 log = logging.getLogger("rindle_async.processing")
 T = TypeVar("T")
+#: Processes kept for header analysis, apart from the render processes.
+ANALYSIS_SLOTS = 1
 
 
 class RenderTimeout(TimeoutError):
     """A libvips call ran past its timeout; its process was killed."""
 
 
+def usable_cores() -> int:
+    """CPUs this process may run on: its affinity, capped by a cgroup v2 CPU quota."""
+    try:
+        cores = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cores = os.cpu_count() or 1
+    try:
+        with open("/sys/fs/cgroup/cpu.max") as limits:
+            quota, period = limits.read().split()
+        if quota != "max":
+            cores = min(cores, max(1, int(int(quota) / int(period))))
+    except (OSError, ValueError):
+        pass
+    return max(1, cores)
+
+
 def default_size() -> int:
-    """Cores minus one, at least one."""
-    return max(1, (os.cpu_count() or 1) - 1)
+    """Every usable core: a worker is meant to have its machine (or its share) to itself.
+
+    A worker that shares its machine with the web app leaves a core free with
+    ``RINDLE_PROCESSES`` (see docs/workers.md).
+    """
+    return usable_cores()
+
+
+class _Lane:
+    def __init__(self, slots: int) -> None:
+        self.slots = slots
+        self.idle: list[ProcessPoolExecutor] = []
+        self.gate: asyncio.Semaphore | None = None
 
 
 class ProcessingPool:
     """Runs functions from ``processing.images`` in spawned processes, one call per process.
 
-    size: number of processes (default: cores - 1, at least 1).
+    size: render processes (default: every usable core); header analysis has one more.
     """
 
     def __init__(self, size: int | None = None) -> None:
         size = default_size() if size is None else size
-        if not isinstance(size, int) or size < 1:
+        if not isinstance(size, int) or isinstance(size, bool) or size < 1:
             raise ConfigurationError(f"processing pool size={size!r} must be a positive int")
         self.size = size
-        self._idle: list[ProcessPoolExecutor] = []
+        self._lanes = {"render": _Lane(size), "analysis": _Lane(ANALYSIS_SLOTS)}
         self._busy: set[ProcessPoolExecutor] = set()
-        self._slots: asyncio.Semaphore | None = None
 
     def _new_slot(self) -> ProcessPoolExecutor:
         from . import images  # loads libvips: only where work is really done
@@ -55,17 +85,39 @@ class ProcessingPool:
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
                                    initializer=images.configure)
 
-    async def run(self, fn: Callable[..., T], *args: Any, timeout: float) -> T:
+    def start(self) -> None:
+        """Start every process now (blocking, about a second), so the first calls do not wait."""
+        pending: list[tuple[_Lane, ProcessPoolExecutor, Future[int]]] = []
+        for lane in self._lanes.values():
+            for _ in range(lane.slots - len(lane.idle)):
+                executor = self._new_slot()
+                pending.append((lane, executor, executor.submit(os.getpid)))
+        for lane, executor, started in pending:
+            started.result(timeout=120)
+            lane.idle.append(executor)
+
+    async def run(self, fn: Callable[..., T], *args: Any, timeout: float, lane: str = "render",
+                  waiting: Callable[[], AbstractAsyncContextManager[Any]] | None = None) -> T:
         """Call ``fn(*args)`` in a pool process; kill that process if it overruns ``timeout``.
 
         fn: a module-level function of ``processing.images``.
         args: picklable arguments.
-        timeout: seconds before the process is killed.
+        timeout: seconds before the process is killed (counted once the call has a process).
+        lane: "render" or "analysis" (header reads, never queued behind renders).
+        waiting: a context manager entered while the call waits for a free process
+            (a job pauses its own timeout there).
         """
-        if self._slots is None:
-            self._slots = asyncio.Semaphore(self.size)
-        async with self._slots:
-            executor = self._idle.pop() if self._idle else self._new_slot()
+        slots = self._lanes[lane]
+        if slots.gate is None:
+            slots.gate = asyncio.Semaphore(slots.slots)
+        async with (waiting or nullcontext)():
+            await slots.gate.acquire()
+        try:
+            if slots.idle:
+                executor = slots.idle.pop()
+            else:  # a new process starts (about a second) before its call's timeout runs
+                executor = self._new_slot()
+                await asyncio.get_running_loop().run_in_executor(executor, os.getpid)
             self._busy.add(executor)
             future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
             try:
@@ -80,13 +132,18 @@ class ProcessingPool:
             finally:
                 self._busy.discard(executor)
                 if _finished_cleanly(future):
-                    self._idle.append(executor)
+                    slots.idle.append(executor)
                 else:  # timed out, crashed or cancelled: the process may still be busy
                     _kill(executor)
+        finally:
+            slots.gate.release()
 
     def close(self) -> None:
         """Stop every process."""
-        executors, self._idle = [*self._idle, *self._busy], []
+        executors = [*self._busy]
+        for slots in self._lanes.values():
+            executors += slots.idle
+            slots.idle = []
         self._busy.clear()
         for executor in executors:
             _kill(executor)

@@ -189,6 +189,14 @@ class LocalStorage:
                 remaining -= len(chunk)
                 yield chunk
 
+    async def local_path(self, key: str) -> str:
+        """The file that holds ``key``, to read in place instead of downloading a copy.
+
+        Only for keys nothing writes any more (promoted originals): the file is the object.
+        key: the object key
+        """
+        return str(await self._resolve(key))
+
     async def download(self, key: str, path: str | os.PathLike[str]) -> int:
         """Copy the object to a local file and return its size; NotFound if it is missing.
 
