@@ -17,7 +17,7 @@ from . import attachments, delivery, maintenance, uploads
 from .assets import get_asset
 from .db import check_schema_name
 from .db import migrate as migrations
-from .db.transaction import Database
+from .db.transaction import Database, keep_session
 from .errors import ConfigurationError, RindleError
 from .events import BaseEvent, EventBus, Handler
 from .jobs import JobKind, arq_function
@@ -116,7 +116,7 @@ class Rindle:
 
     async def _open(self) -> None:
         pool = self._given_pool or await asyncpg.create_pool(
-            self.database_url, min_size=1, max_size=self._pool_size)
+            self.database_url, min_size=1, max_size=self._pool_size, reset=keep_session)
         # No ping: a Redis that is down must not stop the host; jobs wait in the ledger.
         self._arq = ArqRedis(ConnectionPool.from_url(self.redis_url),
                              default_queue_name=self.ledger.queue)
@@ -198,7 +198,7 @@ class Rindle:
         Pass the yielded connection as ``conn=`` to Rindle calls to join the transaction.
         Nothing is sent or emitted if the block raises.
         """
-        async with self.db.transaction(conn) as uow:
+        async with self.db.transaction(conn, hosted=True) as uow:
             yield uow.conn
 
     def subscribe(self, handler: Handler, *event_types: type[BaseEvent]) -> Callable[[], None]:

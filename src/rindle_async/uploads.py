@@ -422,7 +422,7 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
                        f"{profile.name!r}") from exc
     try:
         async with rindle.db.transaction() as uow:
-            await states.insert(uow, ASSET, "validating", id=asset_id, profile=profile.name,
+            row = await states.insert(uow, ASSET, "validating", id=asset_id, profile=profile.name,
                                 storage=profile.storage, storage_key=key,
                                 filename=security.sanitize_filename(filename),
                                 content_type=sniffed, byte_size=info.size)
@@ -436,4 +436,4 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
         except StorageError:
             pass  # cleanup_orphans finds it under the asset's prefix
         raise
-    return await rindle.get_asset(str(asset_id))
+    return Asset.from_row(row)  # as committed: validating, no variants yet

@@ -57,6 +57,16 @@ class UnitOfWork:
         return job_id
 
 
+async def keep_session(conn: asyncpg.Connection) -> None:
+    """The ``reset`` of rindle_async's own pool: skip asyncpg's reset query on release.
+
+    asyncpg resets every connection it takes back (one more round trip each time).
+    rindle_async's own statements leave no session state behind (its advisory locks are
+    released in ``finally``, its LISTEN is undone before release), and connections that
+    ran host statements are reset explicitly (``Database.transaction(hosted=True)``).
+    """
+
+
 class Database:
     """The pool, and the units of work open on its connections."""
 
@@ -68,16 +78,23 @@ class Database:
         self._open: dict[int, UnitOfWork] = {}
 
     @asynccontextmanager
-    async def transaction(self, conn: asyncpg.Connection | None = None) -> AsyncIterator[UnitOfWork]:
+    async def transaction(self, conn: asyncpg.Connection | None = None, *,
+                          hosted: bool = False) -> AsyncIterator[UnitOfWork]:
         """Open a unit of work, on ``conn`` when given, else on a pooled connection.
 
         conn: a connection of the host's; inside ``rindle.transaction(conn)`` the
             work joins that transaction (as a savepoint).
+        hosted: the host runs its own statements in it; a pooled connection is then reset
+            (session settings, advisory locks, LISTEN) before it goes back to the pool.
         """
         if conn is None:
             async with self.pool.acquire() as pooled:
-                async with self._outermost(pooled) as uow:
-                    yield uow
+                try:
+                    async with self._outermost(pooled) as uow:
+                        yield uow
+                finally:
+                    if hosted:
+                        await pooled.reset()
             # after the connection went back: a hook that calls Rindle needs one of its own
             await self._after_commit(uow)
             return
