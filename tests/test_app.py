@@ -132,7 +132,7 @@ async def test_a_failed_open_closes_what_it_opened_and_can_be_retried(database_u
 
 
 async def test_a_host_transaction_leaves_no_session_state_in_the_pool(make_rindle):
-    rindle = await make_rindle(pool_size=1)  # one connection: the next user gets the same one
+    rindle = await make_rindle(pool_size=1, relay=False)  # one connection: the next user gets it
     async with rindle.transaction() as conn:
         await conn.execute("SET application_name = 'left-behind'")
         await conn.execute("SELECT pg_advisory_lock(4242)")
