@@ -243,3 +243,53 @@ def test_no_module_writes_a_state_column_around_the_machines():
     offenders = [str(path.relative_to(source)) for path in source.rglob("*.py")
                  if path.name != "states.py" and writes.search(path.read_text())]
     assert offenders == []
+
+
+async def test_a_walk_stores_the_last_state_and_announces_every_step(rindle, db, schema):
+    events = []
+    rindle.subscribe(events.append)
+    asset_id = await new_row(db, schema, ASSET, "analyzing")
+    async with rindle.db.transaction() as uow:
+        row = await states.walk(uow, ASSET, asset_id, ("analyzing", "promoting", "available", "ready"),
+                                width=7)
+    assert (row["state"], row["width"]) == ("ready", 7)
+    assert await state_of(db, schema, ASSET, asset_id) == "ready"
+    assert [(e.from_state, e.to_state) for e in events] == [
+        ("analyzing", "promoting"), ("promoting", "available"), ("available", "ready")]
+    other = await new_row(db, schema, ASSET, "analyzing")
+    with pytest.raises(InvalidTransition):  # analyzing -> ready skips the edges in between
+        async with rindle.db.transaction() as uow:
+            await states.walk(uow, ASSET, other, ("analyzing", "ready"))
+    with pytest.raises(InvalidTransition):  # the row is not where the walk starts
+        async with rindle.db.transaction() as uow:
+            await states.walk(uow, ASSET, other, ("promoting", "available"))
+    assert await state_of(db, schema, ASSET, other) == "analyzing"
+
+
+async def test_transition_many_moves_only_rows_still_in_the_state(rindle, db, schema):
+    events = []
+    rindle.subscribe(events.append, VariantStateChanged)
+    queued = [await new_row(db, schema, VARIANT, "queued") for _ in range(3)]
+    moved_on = await new_row(db, schema, VARIANT, "failed")
+    async with rindle.db.transaction() as uow:
+        rows = await states.transition_many(uow, VARIANT, [*queued, moved_on], "queued", "processing")
+    assert sorted(r["id"] for r in rows) == sorted(queued)
+    assert [await state_of(db, schema, VARIANT, i) for i in queued] == ["processing"] * 3
+    assert await state_of(db, schema, VARIANT, moved_on) == "failed"
+    assert sorted(e.variant_id for e in events) == sorted(str(i) for i in queued)
+
+
+async def test_insert_many_creates_rows_walked_from_an_initial_state(rindle, db, schema):
+    events = []
+    rindle.subscribe(events.append, VariantStateChanged)
+    asset_id = await new_row(db, schema, ASSET, "processing")
+    rows = [{"id": uuid.uuid4(), "asset_id": asset_id, "name": name, "recipe_digest": "d"}
+            for name in ("a", "b")]
+    async with rindle.db.transaction() as uow:
+        created = await states.insert_many(uow, VARIANT, rows, ("planned", "queued"))
+    assert {r["state"] for r in created} == {"queued"}
+    assert [(e.variant, e.from_state, e.to_state) for e in events] == [
+        ("a", "planned", "queued"), ("b", "planned", "queued")]
+    with pytest.raises(ValueError, match="starts in one of planned"):
+        async with rindle.db.transaction() as uow:
+            await states.insert_many(uow, VARIANT, rows, ("queued", "processing"))

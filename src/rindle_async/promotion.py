@@ -75,9 +75,9 @@ async def missing_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, pr
 async def _queue_new(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
                      names: list[str]) -> None:
     digests = rindle.profiles[profile_name].recipe_digests()
-    rows = [await states.insert(uow, states.VARIANT, "planned", id=uuid.uuid4(), asset_id=asset_id,
-                                name=name, recipe_digest=digests[name]) for name in names]
-    await states.transition_many(uow, states.VARIANT, [r["id"] for r in rows], "planned", "queued")
+    await states.insert_many(uow, states.VARIANT, [
+        {"id": uuid.uuid4(), "asset_id": asset_id, "name": name, "recipe_digest": digests[name]}
+        for name in names], path=("planned", "queued"))
     await stage_render(uow, asset_id)
 
 

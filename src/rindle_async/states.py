@@ -239,3 +239,42 @@ async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: A
     return await uow.conn.fetchrow(
         f"INSERT INTO {uow.ledger.schema}.{machine.table} (state, {', '.join(names)})"
         f" VALUES ($1, {placeholders}) RETURNING *", state, *values.values())
+
+
+async def insert_many(uow: UnitOfWork, machine: StateMachine, rows: Sequence[Mapping[str, Any]],
+                      path: Sequence[str]) -> list[asyncpg.Record]:
+    """Create ``rows`` in one INSERT, each in ``path[0]`` (an initial state) walked to ``path[-1]``.
+
+    An event is queued for every step of every row, as if each had been inserted and then
+    moved along ``path`` in the same transaction.
+    uow: the unit of work whose transaction persists the rows.
+    machine: ASSET, VARIANT or UPLOAD_SESSION.
+    rows: the rows' columns (the same names in every row, ``id`` included).
+    path: an initial state, then each state the rows move through; the last is stored.
+    Returns the inserted rows, in the order given.
+    """
+    if path[0] not in machine.initial:
+        raise ValueError(f"a new {machine.name} starts in one of {', '.join(sorted(machine.initial))},"
+                         f" not {path[0]!r}")
+    steps = list(zip(path, path[1:]))
+    for from_state, to_state in steps:
+        machine.check(None, from_state, to_state)
+    if not rows:
+        return []
+    names = _columns(rows[0])
+    width = len(names)
+    values = ", ".join(
+        "($1, " + ", ".join(f"${2 + r * width + c}" for c in range(width)) + ")" for r in range(len(rows)))
+    params = [row[name] for row in rows for name in names]
+    schema = uow.ledger.schema
+    insert = (f"INSERT INTO {schema}.{machine.table} (state, {', '.join(names)}) VALUES {values}"
+              " RETURNING *")
+    if machine.join:
+        insert = (f"WITH t AS ({insert}) SELECT t.*, j.profile AS asset_profile,"
+                  f" j.storage AS asset_storage FROM t JOIN {schema}.{machine.join} j ON j.id = t.asset_id")
+    order = {row["id"]: i for i, row in enumerate(rows)}
+    created = sorted(await uow.conn.fetch(insert, path[-1], *params), key=lambda r: order[r["id"]])
+    for row in created:
+        for from_state, to_state in steps:
+            _emit(uow, machine, row, from_state, to_state)
+    return created

@@ -28,6 +28,17 @@ Source = Union[bytes, bytearray, memoryview, str, os.PathLike, AsyncIterable[byt
 CHUNK_SIZE = 64 * 1024
 
 
+def too_large(key: str, max_bytes: int) -> TooLarge:
+    """The error for data over ``max_bytes`` bound for ``key``."""
+    return TooLarge(f"{key!r}: the data is larger than the allowed {max_bytes} bytes; "
+                    f"send a smaller file or raise the profile's max_bytes")
+
+
+def unreadable_source(key: str, exc: OSError) -> ValidationError:
+    """The error for a source file (bound for ``key``) that cannot be opened."""
+    return ValidationError(f"cannot read the source file for {key!r}: {exc}")
+
+
 async def iter_source(data: Source, *, key: str, max_bytes: int | None = None,
                       chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
     """Yield ``data`` as chunks, raising TooLarge once more than ``max_bytes`` were seen.
@@ -43,8 +54,7 @@ async def iter_source(data: Source, *, key: str, max_bytes: int | None = None,
         nonlocal total
         total += len(chunk)
         if max_bytes is not None and total > max_bytes:
-            raise TooLarge(f"{key!r}: the data is larger than the allowed {max_bytes} bytes; "
-                           f"send a smaller file or raise the profile's max_bytes")
+            raise too_large(key, max_bytes)
         return chunk
 
     if isinstance(data, (bytes, bytearray, memoryview)):
@@ -53,7 +63,7 @@ async def iter_source(data: Source, *, key: str, max_bytes: int | None = None,
         try:
             file = await anyio.open_file(data, "rb")
         except OSError as exc:
-            raise ValidationError(f"cannot read the source file for {key!r}: {exc}") from exc
+            raise unreadable_source(key, exc) from exc
         async with file:
             while chunk := await file.read(chunk_size):
                 yield counted(chunk)
