@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test services clean demo demo-check
+.PHONY: test services clean demo demo-check bench
 .PRECIOUS: $(VENV)/.installed-%
 
 # .venv with the package and one extra installed: .installed-test, .installed-demo
@@ -20,6 +20,13 @@ services: $(VENV)/.installed-test
 
 test: services
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
+
+# `make bench` runs every benchmark under bench/ (about ten minutes on 2 cores); each prints
+# its table and writes bench/results/NAME.json. BENCHMARKS.md says what the figures mean.
+BENCHMARKS ?= pipeline ledger
+
+bench: services
+	for name in $(BENCHMARKS); do $(PY) bench/$$name.py || exit 1; done
 
 # `make demo` runs examples/starlette and its worker on embedded PostgreSQL and Redis (data
 # under var/) until Ctrl-C; `make demo-check` runs the same stack headless and checks an upload.
