@@ -203,9 +203,23 @@ def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) 
     elif crop:  # smaller variants derive from the whole frame; this one is cropped in _write
         width, options = frame[0], {"height": frame[1], "size": "force"}
     try:
-        return pyvips.Image.thumbnail(source, width, fail_on="warning", **options).copy_memory()
+        with open(source, "rb") as file:
+            reader = _reader(file)  # held until the decode ends: libvips calls back into it
+            # thumbnail_source drops its own fail_on (libvips 8.18): the loader gets it here
+            return pyvips.Image.thumbnail_source(reader, width, option_string="fail_on=warning",
+                                                 **options).copy_memory()
     except pyvips.Error as exc:
         raise ImageRefused(f"libvips could not decode the image: {_first_line(exc)}") from None
+
+
+def _reader(file: Any) -> pyvips.Source:
+    """``file`` as a libvips source that reads it.  Given a file name, libvips maps the file,
+    and every page of it a decode touches then counts in this process's resident set (the
+    whole original, for a JPEG); read into libvips' own buffers, it never does."""
+    source = pyvips.SourceCustom()
+    source.on_read(file.read)
+    source.on_seek(file.seek)
+    return source
 
 
 def _write(image: pyvips.Image, frame: tuple[int, int] | None, recipe: dict[str, Any],

@@ -1,0 +1,271 @@
+"""Memory benchmark: peak RSS of one render process, and what refusing a bomb costs.
+
+Each figure comes from a fresh spawned process, reading its own peak RSS
+(``getrusage(RUSAGE_SELF).ru_maxrss``) at the end of its work.  On Linux a
+spawned child starts with its parent's ``ru_maxrss`` (it is kept across the
+exec), so this parent stays small: it imports neither pyvips nor rindle_async
+until the memory figures are in, and generates the images in a child.  Each
+child also reports its ``VmHWM`` (its own peak, not inherited) as a check.
+
+- render: a process set up as a ``ProcessingPool`` slot is (spawned,
+  ``images.configure()`` as its initializer) running ``render_variants`` with the pipeline profile's two variants, 128x128
+  cover WebP q80 and 800x800 inside JPEG q85, on a generated photo-like JPEG of
+  ``--side`` x ``--side`` (10000 x 10000 by default);
+- bomb: the same kind of process refusing a 30000 x 30000 PNG (every row there,
+  zlib-packed to about 1 MB; one row with ``--smoke``) the way the worker does, with ``images.analyze``'s
+  header check; its time is the ``analyze`` call alone;
+- both again with ``images.py`` imported on its own, as a module outside the
+  package: what a pool process would cost if importing ``processing.images``
+  did not import all of ``rindle_async`` (its ``__init__`` imports the facade);
+- baselines in the same run: a spawned process that only imports pyvips (the
+  floor), and a bare ``pyvips.Image.thumbnail(source, 800)`` written to JPEG
+  (pyvips defaults, its operation cache on) of the same JPEG.
+
+The component figure: images/s of ``render_variants`` through a 2-process
+``ProcessingPool`` on ``--images`` 4000 x 3000 JPEGs, against two bare
+``thumbnail`` calls per image (the same two variants) in a 2-process spawn pool.
+
+    .venv/bin/python bench/memory.py [--side 10000] [--images 24] [--smoke] [--out DIR]
+"""
+
+from __future__ import annotations
+
+import asyncio
+import importlib.util
+import multiprocessing
+import os
+import resource
+import struct
+import sys
+import tempfile
+import time
+import zlib
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # report.py, also in spawned children
+
+from report import Report, arguments  # noqa: E402
+
+PIPELINE = {"thumb": {"width": 128, "height": 128, "fit": "cover", "format": "webp",
+                      "quality": 80, "keep_metadata": False, "background": (255, 255, 255)},
+            "large": {"width": 800, "height": 800, "fit": "inside", "format": "jpeg",
+                      "quality": 85, "keep_metadata": False, "background": (255, 255, 255)}}
+IMAGES_PY = Path(__file__).resolve().parents[1] / "src" / "rindle_async" / "processing" / "images.py"
+MAX_PIXELS = 200_000_000  # lets the 10000 x 10000 JPEG through; the bomb is over any profile's
+BOMB_MAX_PIXELS = 50_000_000  # the design's example profile
+
+
+def peak_rss_mb() -> tuple[float, float]:
+    """This process's peak resident set, in MiB: ``ru_maxrss`` and the kernel's ``VmHWM``."""
+    with open("/proc/self/status") as status:
+        hwm = next(int(line.split()[1]) for line in status if line.startswith("VmHWM:"))
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, hwm / 1024
+
+
+# -- what the spawned children run (module level, so spawn can pickle them) -------------------
+
+def images_module(alone: bool):
+    """``rindle_async.processing.images``, or with ``alone`` the same file imported by itself."""
+    if not alone:
+        from rindle_async.processing import images
+
+        return images
+    if "images_alone" not in sys.modules:
+        spec = importlib.util.spec_from_file_location("images_alone", IMAGES_PY)
+        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    return sys.modules["images_alone"]
+
+
+def configure_like_a_pool_process(alone: bool) -> None:
+    """The initializer ``ProcessingPool`` gives its processes."""
+    images_module(alone).configure()
+
+
+def import_pyvips() -> tuple[float, float]:
+    import pyvips  # noqa: F401
+
+    return peak_rss_mb()
+
+
+def bare_thumbnail(source: str, dest_dir: str) -> tuple[float, float]:
+    import pyvips
+
+    pyvips.Image.thumbnail(source, 800).write_to_file(os.path.join(dest_dir, "bare.jpg"), Q=85)
+    return peak_rss_mb()
+
+
+def render_pipeline(source: str, dest_dir: str, alone: bool) -> tuple[tuple[float, float], dict]:
+    rendered = images_module(alone).render_variants(source, dest_dir, PIPELINE, MAX_PIXELS)
+    return peak_rss_mb(), rendered
+
+
+def refuse_bomb(source: str, alone: bool) -> tuple[float, tuple[float, float], str]:
+    images = images_module(alone)
+    started = time.perf_counter()
+    try:
+        images.analyze(source, BOMB_MAX_PIXELS)
+        reason = "NOT REFUSED"
+    except images.ImageRefused as exc:
+        reason = str(exc)
+    return (time.perf_counter() - started) * 1000, peak_rss_mb(), reason
+
+
+def bare_two_thumbnails(source: str, dest_dir: str) -> None:
+    """One ``thumbnail`` per variant, saved with the options rindle saves with."""
+    import pyvips
+
+    pyvips.Image.thumbnail(source, 128, height=128, crop="centre").webpsave(
+        os.path.join(dest_dir, "thumb.webp"), Q=80, keep="none")
+    pyvips.Image.thumbnail(source, 800, height=800, size="down").jpegsave(
+        os.path.join(dest_dir, "large.jpg"), Q=85, keep="none", optimize_coding=True,
+        interlace=True)
+
+
+# -- the parent ----------------------------------------------------------------------------------
+
+def in_fresh_process(fn, *args, rindle: bool | None = None):
+    """``fn(*args)`` in a new spawned process; unless ``rindle`` is None, set up as a pool
+    process (``rindle=True``: with the package's images, ``False``: images.py alone)."""
+    setup = {} if rindle is None else {"initializer": configure_like_a_pool_process,
+                                       "initargs": (not rindle,)}
+    with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), **setup) as pool:
+        return pool.submit(fn, *args).result()
+
+
+def write_photos(paths: list[str], width: int, height: int) -> None:
+    """Photo-like JPEGs (see ``write_photo``), a different one at each path."""
+    for seed, path in enumerate(paths):
+        write_photo(path, width, height, seed)
+
+
+def write_photo(path: str, width: int, height: int, seed: int = 0) -> None:
+    """A photo-like JPEG: gradients under coarse and middle noise, fine grain at full size."""
+    import pyvips
+
+    pyvips.cache_set_max(0)
+    small_width, small_height = max(8, width // 4), max(8, height // 4)
+    xyz = pyvips.Image.xyz(small_width, small_height)
+    across, down = xyz[0] * (1.0 / small_width), xyz[1] * (1.0 / small_height)
+    bands = [across * gx + down * gy + 30
+             + pyvips.Image.perlin(small_width, small_height, cell_size=max(2, small_width // 6),
+                                   seed=seed * 10 + 3 * i) * 90
+             + pyvips.Image.perlin(small_width, small_height, cell_size=max(2, small_width // 60),
+                                   seed=seed * 10 + 3 * i + 1) * 40
+             for i, (gx, gy) in enumerate([(160, 40), (40, 140), (90, 90)])]
+    coarse = bands[0].bandjoin(bands[1:]).resize(width / small_width, kernel="linear")
+    grain = pyvips.Image.perlin(width, height, cell_size=3, seed=seed * 10 + 9) * 24
+    image = (coarse.crop(0, 0, width, height) + grain).cast("uchar")
+    image.copy(interpretation="srgb").jpegsave(path, Q=90)
+
+
+def write_bomb(path: str, side: int, rows: int) -> None:
+    """A greyscale PNG declaring side x side black pixels with ``rows`` rows of them present
+    (all of them: about 1 MB for 30000 x 30000, and seconds of zlib to pack)."""
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    packer, row, parts = zlib.compressobj(9), bytes(side + 1), []  # filter byte + the pixels
+    for _ in range(rows):
+        parts.append(packer.compress(row))
+    parts.append(packer.flush())
+    header = struct.pack(">IIBBBBB", side, side, 8, 0, 0, 0, 0)
+    Path(path).write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
+                           + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
+
+
+async def throughput(sources: list[str], folder: str, processes: int) -> tuple[float, float]:
+    """Images/s of bare thumbnail pairs (spawn pool) and of render_variants (ProcessingPool)."""
+    from rindle_async.processing import images
+    from rindle_async.processing.pool import ProcessingPool
+
+    loop = asyncio.get_running_loop()
+    dirs = [os.path.join(folder, f"out-{i}") for i in range(len(sources))]
+    for path in dirs:
+        os.makedirs(path, exist_ok=True)
+    bare = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+    pool = ProcessingPool(processes)
+
+    async def rate(run) -> float:
+        started = time.perf_counter()
+        await asyncio.gather(*(run(source, out) for source, out in zip(sources, dirs)))
+        return len(sources) / (time.perf_counter() - started)
+
+    def bare_run(source, out):
+        return loop.run_in_executor(bare, bare_two_thumbnails, source, out)
+
+    def ours_run(source, out):
+        return pool.run(images.render_variants, source, out, PIPELINE, MAX_PIXELS, timeout=120)
+
+    try:  # warm both pools first: process start-up is not what is measured
+        await asyncio.gather(*(bare_run(sources[0], dirs[0]) for _ in range(processes)))
+        await asyncio.gather(*(ours_run(sources[0], dirs[0]) for _ in range(processes)))
+        return await rate(bare_run), await rate(ours_run)
+    finally:
+        bare.shutdown()
+        pool.close()
+
+
+def main() -> None:
+    args = arguments(__doc__.splitlines()[0], side=10000, images=24, processes=2)
+    side, count, photo_size = args.side, args.images, (4000, 3000)
+    if args.smoke:
+        side, count, photo_size = 1500, 4, (800, 600)
+    report = Report("memory", f"Peak RSS of one render process ({side}x{side} JPEG) and of a "
+                    f"bomb refusal; render throughput", smoke=args.smoke)
+    parent_peak = peak_rss_mb()[0]
+    with tempfile.TemporaryDirectory(prefix="rindle-bench-memory-") as folder:
+        source, bomb = os.path.join(folder, "big.jpg"), os.path.join(folder, "bomb.png")
+        in_fresh_process(write_photo, source, side, side)
+        write_bomb(bomb, 30000, rows=1 if args.smoke else 30000)
+        floor, floor_hwm = in_fresh_process(import_pyvips)
+        report.row("spawned process, import pyvips only (floor)", floor, "MB",
+                   key="pyvips_import_rss_mb")
+        (bare, bare_hwm) = in_fresh_process(bare_thumbnail, source, folder)
+        report.row(f"bare thumbnail to 800 px, {side}x{side} JPEG (baseline)", bare, "MB",
+                   key="raw_thumbnail_peak_rss_mb_10k_jpeg")
+        (render_mb, render_hwm), rendered = in_fresh_process(render_pipeline, source, folder,
+                                                             False, rindle=True)
+        report.row(f"render_variants, pipeline profile, {side}x{side} JPEG", render_mb, "MB",
+                   baseline=bare, key="render_peak_rss_mb_10k_jpeg")
+        refuse_ms, (refuse_mb, refuse_hwm), reason = in_fresh_process(refuse_bomb, bomb, False,
+                                                                      rindle=True)
+        report.row("refuse a 30000x30000 PNG bomb (analyze), time", refuse_ms, "ms",
+                   key="bomb_refuse_ms", digits=2)
+        report.row("refuse a 30000x30000 PNG bomb, peak RSS", refuse_mb, "MB", baseline=floor,
+                   key="bomb_refuse_peak_rss_mb")
+        (alone_mb, _), _ = in_fresh_process(render_pipeline, source, folder, True, rindle=False)
+        report.row("  the same render, images.py imported alone", alone_mb, "MB", baseline=bare,
+                   key="render_peak_rss_mb_10k_jpeg_images_alone")
+        _, (alone_bomb_mb, _), _ = in_fresh_process(refuse_bomb, bomb, True, rindle=False)
+        report.row("  the same refusal, images.py imported alone", alone_bomb_mb, "MB",
+                   baseline=floor, key="bomb_refuse_peak_rss_mb_images_alone")
+        report.results["vmhwm_mb"] = {"pyvips_import": floor_hwm, "raw_thumbnail": bare_hwm,
+                                      "render": render_hwm, "bomb_refuse": refuse_hwm}
+        report.results["parent_rss_mb_before_children"] = parent_peak
+        report.note(f"each child's VmHWM (its own peak): floor {floor_hwm:.1f}, bare "
+                    f"{bare_hwm:.1f}, render {render_hwm:.1f}, bomb {refuse_hwm:.1f} MB; this "
+                    f"parent's ru_maxrss, which spawned children start from: {parent_peak:.1f} MB")
+        report.note(f"bomb: {os.path.getsize(bomb):,} bytes; refused with: {reason}")
+        report.note("variants: " + ", ".join(f"{name} {v['width']}x{v['height']}"
+                                             for name, v in rendered.items()))
+        report.results["jpeg_side"] = side  # the *_10k_jpeg keys hold this side's figures
+        report.results["render_under_100_mb"] = render_mb <= 100
+        report.results["bomb_under_50_ms_and_64_mb"] = refuse_ms < 50 and refuse_mb < 64
+
+        sources = [os.path.join(folder, f"photo-{i}.jpg") for i in range(count)]
+        in_fresh_process(write_photos, sources, *photo_size)
+        base, ours = asyncio.run(throughput(sources, folder, args.processes))
+        label = f"{count} JPEGs {photo_size[0]}x{photo_size[1]}, {args.processes} processes"
+        report.row(f"two bare thumbnails per image (baseline), {label}", base, "images/s",
+                   key="bare_two_thumbnails_images_per_s")
+        report.row(f"render_variants, {label}", ours, "images/s", baseline=base,
+                   key="render_variants_images_per_s")
+        report.ratio("render_variants_vs_bare_ratio", ours, base)
+        report.note("MB here is MiB (2^20 bytes): ru_maxrss / 1024")
+    print(report.finish(args.out))
+
+
+if __name__ == "__main__":
+    main()
