@@ -181,18 +181,18 @@ def test_variants_match_rendering_alone(kind, recipes, source, tmp_path):
     """Each variant has exactly the size the recipe rendered alone has, and nearly its pixels.
 
     The limits (MAE_LIMIT) are per channel on 0..255, about 25% above the largest figure
-    measured here (8 originals x 13 recipes, 104 variants, 62 of them resized in memory from
-    a larger frame; seeded noise and one libvips, so the figures repeat exactly).  Derived
-    variants against the same recipe rendered alone, by output format: png 0.19-1.25,
-    jpeg 0.97-2.35, webp 1.67-3.02, avif 1.16-3.32, gif 1.39-3.92; variants decoded on their
-    own (the largest, those with no frame twice their size, those equal to a decoded frame)
-    differ by 0.
+    measured here: 8 originals x 13 recipes = 104 variants, 66 of them taken from a frame in
+    memory (seeded noise and one libvips, so the figures repeat exactly).  Those resized from
+    a larger frame, against the same recipe rendered alone, by output format: png 0.19-1.25,
+    jpeg 0.97-2.35, webp 1.67-3.02, avif 1.16-3.32, gif 1.39-3.92.  Variants decoded on
+    their own, or equal to a decoded frame, differ by 0.
     - The resampling alone, measured by rendering every recipe as png: 1.86 at most (a
       48 px icon), the rest under 1.3.  It is a frame shrunk in memory from a base at least
       twice its size against a shrink-on-load decode (JPEG's DCT scaling, libwebp's scaler)
-      and a reduce; swapping lanczos3 for a linear kernel on a 128 px crop of the jpeg
-      original moves it by 1.36, a nearest-neighbour shrink by 6.0, shifting the crop by one
-      pixel by 6.1, and deriving from the cropped output instead of the frame by 17-41.
+      and a reduce.  For scale, on a 128 px crop of the jpeg original: a linear kernel for
+      lanczos3 moves it by 1.36, a nearest-neighbour shrink by 6.0, shifting the crop by one
+      pixel by 6.1; deriving from a cropped output instead of the frame moves variants by
+      17-41.
     - Lossy encoders make a small input difference larger (other blocks quantize, other
       palette entries and dither), and their own error is larger still: the file rendered
       alone against its lossless twin measures jpeg 1.6-11.3, webp 1.5-10.9, avif 0.9-6.5,
