@@ -254,6 +254,23 @@ def _fit(image: pyvips.Image, recipe: dict[str, Any]) -> pyvips.Image:
     return image
 
 
+def _save(image: pyvips.Image, output: str, recipe: dict[str, Any]) -> None:
+    fmt, quality = recipe["format"], recipe["quality"]
+    keep = "all" if recipe["keep_metadata"] else "none"
+    if fmt == "jpeg" and image.hasalpha():
+        image = image.flatten(background=list(recipe["background"]))
+    if fmt == "jpeg":
+        image.jpegsave(output, Q=quality, keep=keep, optimize_coding=True, interlace=True)
+    elif fmt == "webp":
+        image.webpsave(output, Q=quality, keep=keep)
+    elif fmt == "avif":
+        image.heifsave(output, Q=quality, keep=keep, compression="av1")
+    elif fmt == "png":
+        image.pngsave(output, keep=keep, compression=6)  # lossless: quality does not apply
+    else:
+        image.gifsave(output, keep=keep)
+
+
 def _frame_size(source: str, header: pyvips.Image, recipe: dict[str, Any]) -> tuple[int, int]:
     """The size ``thumbnail`` resizes ``source`` to for ``recipe``, auto-rotated, before any crop.
 
@@ -309,20 +326,3 @@ def _display_size(header: pyvips.Image) -> tuple[int, int]:
     if _orientation(header) in _SWAPPED:
         return header.height, header.width
     return header.width, header.height
-
-
-def _save(image: pyvips.Image, output: str, recipe: dict[str, Any]) -> None:
-    fmt, quality = recipe["format"], recipe["quality"]
-    keep = "all" if recipe["keep_metadata"] else "none"
-    if fmt == "jpeg" and image.hasalpha():
-        image = image.flatten(background=list(recipe["background"]))
-    if fmt == "jpeg":
-        image.jpegsave(output, Q=quality, keep=keep, optimize_coding=True, interlace=True)
-    elif fmt == "webp":
-        image.webpsave(output, Q=quality, keep=keep)
-    elif fmt == "avif":
-        image.heifsave(output, Q=quality, keep=keep, compression="av1")
-    elif fmt == "png":
-        image.pngsave(output, keep=keep, compression=6)  # lossless: quality does not apply
-    else:
-        image.gifsave(output, keep=keep)
