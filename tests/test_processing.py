@@ -19,36 +19,6 @@ RECIPE = {"width": 64, "height": 64, "fit": "cover", "format": "webp", "quality"
           "keep_metadata": False, "background": (255, 255, 255)}
 
 
-@pytest.fixture
-def pool():
-    pool = ProcessingPool(2)
-    yield pool
-    pool.close()
-
-
-async def test_a_timeout_kills_only_its_own_process(pool, tmp_path):
-    big = tmp_path / "big.png"  # slow enough to overrun a tiny timeout
-    pyvips.Image.gaussnoise(6000, 6000).cast("uchar").pngsave(str(big), compression=0)
-    small = tmp_path / "small.jpg"
-    pyvips.Image.black(300, 200).jpegsave(str(small))
-    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
-    slow = pool.run(images.render, str(big), str(tmp_path / "a"), RECIPE, 100_000_000, timeout=0.05)
-    quick = pool.run(images.render, str(small), str(tmp_path / "b"), RECIPE, 100_000_000, timeout=60)
-    results = await asyncio.gather(slow, quick, return_exceptions=True)
-    assert isinstance(results[0], RenderTimeout)
-    assert results[1]["width"] == 64  # the other call finished in its own process
-    again = await pool.run(images.analyze, str(small), 1_000_000, timeout=60)
-    assert (again["width"], again["height"]) == (300, 200)  # the pool goes on
-
-
-async def test_a_refused_image_leaves_the_process_in_service(pool, tmp_path):
-    bogus = tmp_path / "bogus.jpg"
-    bogus.write_bytes(b"not an image at all")
-    with pytest.raises(images.ImageRefused, match="libvips cannot read the file"):
-        await pool.run(images.analyze, str(bogus), 1_000_000, timeout=60)
-    assert len(pool._idle) == 1  # reused, not killed
-
-
 def recipe(width: int | None, height: int | None, fit: str, fmt: str, quality: int = 80,
            **fields) -> dict:
     return {"width": width, "height": height, "fit": fit, "format": fmt, "quality": quality,
@@ -334,3 +304,33 @@ def test_sizes_match_thumbnail_at_any_size_and_orientation(tmp_path):
             alone = pyvips.Image.new_from_file(rendered_alone(source, str(out), name, wanted))
             assert (variants[name]["width"], variants[name]["height"]) == (
                 alone.width, alone.height), (width, height, suffix, name)
+
+
+@pytest.fixture
+def pool():
+    pool = ProcessingPool(2)
+    yield pool
+    pool.close()
+
+
+async def test_a_timeout_kills_only_its_own_process(pool, tmp_path):
+    big = tmp_path / "big.png"  # slow enough to overrun a tiny timeout
+    pyvips.Image.gaussnoise(6000, 6000).cast("uchar").pngsave(str(big), compression=0)
+    small = tmp_path / "small.jpg"
+    pyvips.Image.black(300, 200).jpegsave(str(small))
+    (tmp_path / "a").mkdir(), (tmp_path / "b").mkdir()
+    slow = pool.run(images.render, str(big), str(tmp_path / "a"), RECIPE, 100_000_000, timeout=0.05)
+    quick = pool.run(images.render, str(small), str(tmp_path / "b"), RECIPE, 100_000_000, timeout=60)
+    results = await asyncio.gather(slow, quick, return_exceptions=True)
+    assert isinstance(results[0], RenderTimeout)
+    assert results[1]["width"] == 64  # the other call finished in its own process
+    again = await pool.run(images.analyze, str(small), 1_000_000, timeout=60)
+    assert (again["width"], again["height"]) == (300, 200)  # the pool goes on
+
+
+async def test_a_refused_image_leaves_the_process_in_service(pool, tmp_path):
+    bogus = tmp_path / "bogus.jpg"
+    bogus.write_bytes(b"not an image at all")
+    with pytest.raises(images.ImageRefused, match="libvips cannot read the file"):
+        await pool.run(images.analyze, str(bogus), 1_000_000, timeout=60)
+    assert len(pool._idle) == 1  # reused, not killed
