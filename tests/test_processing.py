@@ -276,7 +276,9 @@ def test_a_truncated_source_fails_to_decode_rather_than_render_grey(kind, source
     cut = tmp_path / f"cut{os.path.splitext(whole)[1]}"
     data = open(whole, "rb").read()
     cut.write_bytes(data[: len(data) * 2 // 3])
-    with pytest.raises(images.ImageRefused, match="libvips could not decode the image"):
+    # a WebP is read whole with its header, so its cut shows there; the others' when decoded
+    with pytest.raises(images.ImageRefused,
+                       match="libvips (could not decode the image|cannot read the file)"):
         images.render_variants(str(cut), str(tmp_path), PIPELINE, 100_000_000)
 
 
