@@ -7,13 +7,14 @@ exec), so this parent stays small: it imports neither pyvips nor rindle_async
 until the memory figures are in, and generates the images in a child.  Each
 child also reports its ``VmHWM`` (its own peak, not inherited) as a check.
 
-- render: a process set up as a ``ProcessingPool`` slot is (spawned,
-  ``images.configure()`` as its initializer) running ``render_variants`` with the pipeline profile's two variants, 128x128
-  cover WebP q80 and 800x800 inside JPEG q85, on a generated photo-like JPEG of
-  ``--side`` x ``--side`` (10000 x 10000 by default);
+- render: a process set up as a ``ProcessingPool`` slot is (spawned, with
+  ``images.configure()`` as its initializer) running ``render_variants`` with
+  the pipeline profile's two variants, 128x128 cover WebP q80 and 800x800
+  inside JPEG q85, on a generated photo-like JPEG of ``--side`` x ``--side``
+  (10000 x 10000 by default);
 - bomb: the same kind of process refusing a 30000 x 30000 PNG (every row there,
-  zlib-packed to about 1 MB; one row with ``--smoke``) the way the worker does, with ``images.analyze``'s
-  header check; its time is the ``analyze`` call alone;
+  zlib-packed to about 1 MB; one row with ``--smoke``) the way the worker does,
+  with ``images.analyze``'s header check; its time is the ``analyze`` call alone;
 - both again with ``images.py`` imported on its own, as a module outside the
   package: what a pool process would cost if importing ``processing.images``
   did not import all of ``rindle_async`` (its ``__init__`` imports the facade);
@@ -65,22 +66,20 @@ def peak_rss_mb() -> tuple[float, float]:
 
 # -- what the spawned children run (module level, so spawn can pickle them) -------------------
 
-def images_module(alone: bool):
-    """``rindle_async.processing.images``, or with ``alone`` the same file imported by itself."""
-    if not alone:
-        from rindle_async.processing import images
-
-        return images
-    if "images_alone" not in sys.modules:
-        spec = importlib.util.spec_from_file_location("images_alone", IMAGES_PY)
-        sys.modules[spec.name] = module = importlib.util.module_from_spec(spec)
-        spec.loader.exec_module(module)
-    return sys.modules["images_alone"]
+IMAGES = None  # in a child set up as a pool process: the images module it configured
 
 
 def configure_like_a_pool_process(alone: bool) -> None:
-    """The initializer ``ProcessingPool`` gives its processes."""
-    images_module(alone).configure()
+    """The initializer ``ProcessingPool`` gives its processes, on ``rindle_async``'s images
+    module or, with ``alone``, on the same file imported by itself (not as part of the package)."""
+    global IMAGES
+    if alone:
+        spec = importlib.util.spec_from_file_location("images_alone", IMAGES_PY)
+        sys.modules[spec.name] = IMAGES = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(IMAGES)
+    else:
+        from rindle_async.processing import images as IMAGES
+    IMAGES.configure()
 
 
 def import_pyvips() -> tuple[float, float]:
@@ -96,18 +95,17 @@ def bare_thumbnail(source: str, dest_dir: str) -> tuple[float, float]:
     return peak_rss_mb()
 
 
-def render_pipeline(source: str, dest_dir: str, alone: bool) -> tuple[tuple[float, float], dict]:
-    rendered = images_module(alone).render_variants(source, dest_dir, PIPELINE, MAX_PIXELS)
+def render_pipeline(source: str, dest_dir: str) -> tuple[tuple[float, float], dict]:
+    rendered = IMAGES.render_variants(source, dest_dir, PIPELINE, MAX_PIXELS)
     return peak_rss_mb(), rendered
 
 
-def refuse_bomb(source: str, alone: bool) -> tuple[float, tuple[float, float], str]:
-    images = images_module(alone)
+def refuse_bomb(source: str) -> tuple[float, tuple[float, float], str]:
     started = time.perf_counter()
     try:
-        images.analyze(source, BOMB_MAX_PIXELS)
+        IMAGES.analyze(source, BOMB_MAX_PIXELS)
         reason = "NOT REFUSED"
-    except images.ImageRefused as exc:
+    except IMAGES.ImageRefused as exc:
         reason = str(exc)
     return (time.perf_counter() - started) * 1000, peak_rss_mb(), reason
 
@@ -125,11 +123,11 @@ def bare_two_thumbnails(source: str, dest_dir: str) -> None:
 
 # -- the parent ----------------------------------------------------------------------------------
 
-def in_fresh_process(fn, *args, rindle: bool | None = None):
-    """``fn(*args)`` in a new spawned process; unless ``rindle`` is None, set up as a pool
-    process (``rindle=True``: with the package's images, ``False``: images.py alone)."""
-    setup = {} if rindle is None else {"initializer": configure_like_a_pool_process,
-                                       "initargs": (not rindle,)}
+def in_fresh_process(fn, *args, images: str | None = None):
+    """``fn(*args)`` in a new spawned process; set up as a pool process when ``images`` is
+    "package" (rindle_async's images module) or "alone" (images.py imported by itself)."""
+    setup = {} if images is None else {"initializer": configure_like_a_pool_process,
+                                       "initargs": (images == "alone",)}
     with ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), **setup) as pool:
         return pool.submit(fn, *args).result()
 
@@ -207,63 +205,71 @@ async def throughput(sources: list[str], folder: str, processes: int) -> tuple[f
         pool.close()
 
 
+def memory_figures(report: Report, folder: str, side: int, smoke: bool) -> None:
+    parent_peak = peak_rss_mb()[0]
+    source, bomb = os.path.join(folder, "big.jpg"), os.path.join(folder, "bomb.png")
+    in_fresh_process(write_photo, source, side, side)
+    write_bomb(bomb, 30000, rows=1 if smoke else 30000)
+    floor, floor_hwm = in_fresh_process(import_pyvips)
+    report.row("spawned process, import pyvips only (floor)", floor, "MB",
+               key="pyvips_import_rss_mb")
+    bare, bare_hwm = in_fresh_process(bare_thumbnail, source, folder)
+    report.row(f"bare thumbnail to 800 px, {side}x{side} JPEG (baseline)", bare, "MB",
+               key="raw_thumbnail_peak_rss_mb_10k_jpeg")
+    (render_mb, render_hwm), rendered = in_fresh_process(render_pipeline, source, folder,
+                                                         images="package")
+    report.row(f"render_variants, pipeline profile, {side}x{side} JPEG", render_mb, "MB",
+               baseline=bare, key="render_peak_rss_mb_10k_jpeg")
+    refuse_ms, (refuse_mb, refuse_hwm), reason = in_fresh_process(refuse_bomb, bomb,
+                                                                  images="package")
+    report.row("refuse a 30000x30000 PNG bomb (analyze), time", refuse_ms, "ms",
+               key="bomb_refuse_ms", digits=2)
+    report.row("refuse a 30000x30000 PNG bomb, peak RSS", refuse_mb, "MB", baseline=floor,
+               key="bomb_refuse_peak_rss_mb")
+    (alone_mb, _), _ = in_fresh_process(render_pipeline, source, folder, images="alone")
+    report.row("  the same render, images.py imported alone", alone_mb, "MB", baseline=bare,
+               key="render_peak_rss_mb_10k_jpeg_images_alone")
+    _, (alone_bomb_mb, _), _ = in_fresh_process(refuse_bomb, bomb, images="alone")
+    report.row("  the same refusal, images.py imported alone", alone_bomb_mb, "MB",
+               baseline=floor, key="bomb_refuse_peak_rss_mb_images_alone")
+    report.results.update({
+        "jpeg_side": side,  # the *_10k_jpeg keys hold this side's figures
+        "render_under_100_mb": render_mb <= 100,
+        "bomb_under_50_ms_and_64_mb": refuse_ms < 50 and refuse_mb < 64,
+        "vmhwm_mb": {"pyvips_import": floor_hwm, "raw_thumbnail": bare_hwm,
+                     "render": render_hwm, "bomb_refuse": refuse_hwm},
+        "parent_rss_mb_before_children": parent_peak})
+    report.note(f"each child's VmHWM (its own peak): floor {floor_hwm:.1f}, bare "
+                f"{bare_hwm:.1f}, render {render_hwm:.1f}, bomb {refuse_hwm:.1f} MB; this "
+                f"parent's ru_maxrss, which spawned children start from: {parent_peak:.1f} MB")
+    report.note(f"bomb: {os.path.getsize(bomb):,} bytes; refused with: {reason}")
+    report.note("variants: " + ", ".join(f"{name} {v['width']}x{v['height']}"
+                                         for name, v in rendered.items()))
+
+
+def throughput_figures(report: Report, folder: str, count: int, size: tuple[int, int],
+                       processes: int) -> None:
+    sources = [os.path.join(folder, f"photo-{i}.jpg") for i in range(count)]
+    in_fresh_process(write_photos, sources, *size)
+    base, ours = asyncio.run(throughput(sources, folder, processes))
+    label = f"{count} JPEGs {size[0]}x{size[1]}, {processes} processes"
+    report.row(f"two bare thumbnails per image (baseline), {label}", base, "images/s",
+               key="bare_two_thumbnails_images_per_s")
+    report.row(f"render_variants, {label}", ours, "images/s", baseline=base,
+               key="render_variants_images_per_s")
+    report.ratio("render_variants_vs_bare_ratio", ours, base)
+
+
 def main() -> None:
     args = arguments(__doc__.splitlines()[0], side=10000, images=24, processes=2)
-    side, count, photo_size = args.side, args.images, (4000, 3000)
-    if args.smoke:
-        side, count, photo_size = 1500, 4, (800, 600)
+    side, count, size = (1000, 2, (640, 480)) if args.smoke else (args.side, args.images,
+                                                                  (4000, 3000))
     report = Report("memory", f"Peak RSS of one render process ({side}x{side} JPEG) and of a "
                     f"bomb refusal; render throughput", smoke=args.smoke)
-    parent_peak = peak_rss_mb()[0]
     with tempfile.TemporaryDirectory(prefix="rindle-bench-memory-") as folder:
-        source, bomb = os.path.join(folder, "big.jpg"), os.path.join(folder, "bomb.png")
-        in_fresh_process(write_photo, source, side, side)
-        write_bomb(bomb, 30000, rows=1 if args.smoke else 30000)
-        floor, floor_hwm = in_fresh_process(import_pyvips)
-        report.row("spawned process, import pyvips only (floor)", floor, "MB",
-                   key="pyvips_import_rss_mb")
-        (bare, bare_hwm) = in_fresh_process(bare_thumbnail, source, folder)
-        report.row(f"bare thumbnail to 800 px, {side}x{side} JPEG (baseline)", bare, "MB",
-                   key="raw_thumbnail_peak_rss_mb_10k_jpeg")
-        (render_mb, render_hwm), rendered = in_fresh_process(render_pipeline, source, folder,
-                                                             False, rindle=True)
-        report.row(f"render_variants, pipeline profile, {side}x{side} JPEG", render_mb, "MB",
-                   baseline=bare, key="render_peak_rss_mb_10k_jpeg")
-        refuse_ms, (refuse_mb, refuse_hwm), reason = in_fresh_process(refuse_bomb, bomb, False,
-                                                                      rindle=True)
-        report.row("refuse a 30000x30000 PNG bomb (analyze), time", refuse_ms, "ms",
-                   key="bomb_refuse_ms", digits=2)
-        report.row("refuse a 30000x30000 PNG bomb, peak RSS", refuse_mb, "MB", baseline=floor,
-                   key="bomb_refuse_peak_rss_mb")
-        (alone_mb, _), _ = in_fresh_process(render_pipeline, source, folder, True, rindle=False)
-        report.row("  the same render, images.py imported alone", alone_mb, "MB", baseline=bare,
-                   key="render_peak_rss_mb_10k_jpeg_images_alone")
-        _, (alone_bomb_mb, _), _ = in_fresh_process(refuse_bomb, bomb, True, rindle=False)
-        report.row("  the same refusal, images.py imported alone", alone_bomb_mb, "MB",
-                   baseline=floor, key="bomb_refuse_peak_rss_mb_images_alone")
-        report.results["vmhwm_mb"] = {"pyvips_import": floor_hwm, "raw_thumbnail": bare_hwm,
-                                      "render": render_hwm, "bomb_refuse": refuse_hwm}
-        report.results["parent_rss_mb_before_children"] = parent_peak
-        report.note(f"each child's VmHWM (its own peak): floor {floor_hwm:.1f}, bare "
-                    f"{bare_hwm:.1f}, render {render_hwm:.1f}, bomb {refuse_hwm:.1f} MB; this "
-                    f"parent's ru_maxrss, which spawned children start from: {parent_peak:.1f} MB")
-        report.note(f"bomb: {os.path.getsize(bomb):,} bytes; refused with: {reason}")
-        report.note("variants: " + ", ".join(f"{name} {v['width']}x{v['height']}"
-                                             for name, v in rendered.items()))
-        report.results["jpeg_side"] = side  # the *_10k_jpeg keys hold this side's figures
-        report.results["render_under_100_mb"] = render_mb <= 100
-        report.results["bomb_under_50_ms_and_64_mb"] = refuse_ms < 50 and refuse_mb < 64
-
-        sources = [os.path.join(folder, f"photo-{i}.jpg") for i in range(count)]
-        in_fresh_process(write_photos, sources, *photo_size)
-        base, ours = asyncio.run(throughput(sources, folder, args.processes))
-        label = f"{count} JPEGs {photo_size[0]}x{photo_size[1]}, {args.processes} processes"
-        report.row(f"two bare thumbnails per image (baseline), {label}", base, "images/s",
-                   key="bare_two_thumbnails_images_per_s")
-        report.row(f"render_variants, {label}", ours, "images/s", baseline=base,
-                   key="render_variants_images_per_s")
-        report.ratio("render_variants_vs_bare_ratio", ours, base)
-        report.note("MB here is MiB (2^20 bytes): ru_maxrss / 1024")
+        memory_figures(report, folder, side, args.smoke)  # first: this process is still small
+        throughput_figures(report, folder, count, size, args.processes)
+    report.note("MB here is MiB (2^20 bytes): ru_maxrss / 1024")
     print(report.finish(args.out))
 
 
