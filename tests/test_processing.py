@@ -270,8 +270,27 @@ def test_refused_sources_are_never_decoded(tmp_path, thumbnail_calls):
     assert thumbnail_calls == []
 
 
+@pytest.fixture(params=["mapped", "read"])
+def decoding(request, monkeypatch) -> str:
+    """Originals decoded by name (libvips maps the file) or, as large ones are, read through
+    a callback source."""
+    if request.param == "read":
+        monkeypatch.setattr(images, "_MAPPED_UP_TO", 0)
+    return request.param
+
+
+def test_a_large_original_is_read_into_the_same_variants(source, tmp_path, monkeypatch):
+    original = source("exif6")
+    mapped = images.render_variants(original, str(tmp_path), CROPPED_AND_STRETCHED, 100_000_000)
+    mapped_bytes = {name: open(v["path"], "rb").read() for name, v in mapped.items()}
+    monkeypatch.setattr(images, "_MAPPED_UP_TO", 0)
+    read = images.render_variants(original, str(tmp_path), CROPPED_AND_STRETCHED, 100_000_000)
+    assert {name: open(v["path"], "rb").read() for name, v in read.items()} == mapped_bytes
+
+
 @pytest.mark.parametrize("kind", ["jpeg", "alpha", "webp"])
-def test_a_truncated_source_fails_to_decode_rather_than_render_grey(kind, source, tmp_path):
+def test_a_truncated_source_fails_to_decode_rather_than_render_grey(kind, decoding, source,
+                                                                    tmp_path):
     whole = source(kind)
     cut = tmp_path / f"cut{os.path.splitext(whole)[1]}"
     data = open(whole, "rb").read()

@@ -28,6 +28,10 @@ _LARGE = 10_000_000  # a bound "inside" uses for a side left open
 # thumbnails, Ultra HDR gain maps) every variant is decoded from the original.
 _DERIVABLE = {"jpegload", "pngload", "webpload", "gifload"}
 _NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a variant's name is its output file's name
+# libvips maps a file it opens by name, and every page of it a decode touches counts in this
+# process's resident set: the whole original, for a JPEG.  Larger originals are read through
+# a callback source instead, which keeps them out of it for about 14% more decode CPU.
+_MAPPED_UP_TO = 8 * 2**20
 
 
 class ImageRefused(Exception):
@@ -203,6 +207,8 @@ def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) 
     elif crop:  # smaller variants derive from the whole frame; this one is cropped in _write
         width, options = frame[0], {"height": frame[1], "size": "force"}
     try:
+        if os.path.getsize(source) <= _MAPPED_UP_TO:
+            return pyvips.Image.thumbnail(source, width, fail_on="warning", **options).copy_memory()
         with open(source, "rb") as file:
             reader = _reader(file)  # held until the decode ends: libvips calls back into it
             # thumbnail_source drops its own fail_on (libvips 8.18): the loader gets it here
@@ -213,9 +219,7 @@ def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) 
 
 
 def _reader(file: Any) -> pyvips.Source:
-    """``file`` as a libvips source that reads it.  Given a file name, libvips maps the file,
-    and every page of it a decode touches then counts in this process's resident set (the
-    whole original, for a JPEG); read into libvips' own buffers, it never does."""
+    """``file`` as a libvips source that reads it through Python calls."""
     source = pyvips.SourceCustom()
     source.on_read(file.read)
     source.on_seek(file.seek)
