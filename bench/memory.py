@@ -132,9 +132,9 @@ def in_fresh_process(fn, *args, images: str | None = None):
         return pool.submit(fn, *args).result()
 
 
-def write_photos(paths: list[str], width: int, height: int) -> None:
-    """Photo-like JPEGs (see ``write_photo``), a different one at each path."""
-    for seed, path in enumerate(paths):
+def write_photos(photos: list[tuple[str, int, int]]) -> None:
+    """Photo-like JPEGs (see ``write_photo``): (path, width, height) each, all different."""
+    for seed, (path, width, height) in enumerate(photos):
         write_photo(path, width, height, seed)
 
 
@@ -205,10 +205,9 @@ async def throughput(sources: list[str], folder: str, processes: int) -> tuple[f
         pool.close()
 
 
-def memory_figures(report: Report, folder: str, side: int, smoke: bool) -> None:
+def memory_figures(report: Report, folder: str, source: str, side: int, smoke: bool) -> None:
     parent_peak = peak_rss_mb()[0]
-    source, bomb = os.path.join(folder, "big.jpg"), os.path.join(folder, "bomb.png")
-    in_fresh_process(write_photo, source, side, side)
+    bomb = os.path.join(folder, "bomb.png")
     write_bomb(bomb, 30000, rows=1 if smoke else 30000)
     floor, floor_hwm = in_fresh_process(import_pyvips)
     report.row("spawned process, import pyvips only (floor)", floor, "MB",
@@ -247,10 +246,9 @@ def memory_figures(report: Report, folder: str, side: int, smoke: bool) -> None:
                                          for name, v in rendered.items()))
 
 
-def throughput_figures(report: Report, folder: str, count: int, size: tuple[int, int],
+def throughput_figures(report: Report, folder: str, sources: list[str], size: tuple[int, int],
                        processes: int) -> None:
-    sources = [os.path.join(folder, f"photo-{i}.jpg") for i in range(count)]
-    in_fresh_process(write_photos, sources, *size)
+    count = len(sources)
     base, ours = asyncio.run(throughput(sources, folder, processes))
     label = f"{count} JPEGs {size[0]}x{size[1]}, {processes} processes"
     report.row(f"two bare thumbnails per image (baseline), {label}", base, "images/s",
@@ -267,8 +265,11 @@ def main() -> None:
     report = Report("memory", f"Peak RSS of one render process ({side}x{side} JPEG) and of a "
                     f"bomb refusal; render throughput", smoke=args.smoke)
     with tempfile.TemporaryDirectory(prefix="rindle-bench-memory-") as folder:
-        memory_figures(report, folder, side, args.smoke)  # first: this process is still small
-        throughput_figures(report, folder, count, size, args.processes)
+        big = os.path.join(folder, "big.jpg")
+        sources = [os.path.join(folder, f"photo-{i}.jpg") for i in range(count)]
+        in_fresh_process(write_photos, [(big, side, side)] + [(path, *size) for path in sources])
+        memory_figures(report, folder, big, side, args.smoke)  # first: this process is still small
+        throughput_figures(report, folder, sources, size, args.processes)
     report.note("MB here is MiB (2^20 bytes): ru_maxrss / 1024")
     print(report.finish(args.out))
 
