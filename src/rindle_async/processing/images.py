@@ -116,7 +116,8 @@ def render_variants(source: str, dest_dir: str, recipes: dict[str, dict[str, Any
     auto-rotated, not yet cropped or padded) in memory when a smaller variant can be derived
     from it: when the frame is that variant's frame exactly, or, if it was not enlarged from
     the original, at least twice that frame on both axes.  Every other variant is decoded from
-    the original with the same ``thumbnail`` call :func:`render` always made.
+    the original with the ``thumbnail`` call :func:`render` always made (except that a cover
+    frame others derive from is decoded whole and cropped after).
 
     source: the local copy of the original.
     dest_dir: a directory for the output files, ``NAME.EXT`` for each variant name.
@@ -179,7 +180,7 @@ def _plan(source: str, header: pyvips.Image, recipes: dict[str, dict[str, Any]])
 
 def _can_derive(frame: tuple[int, int], wanted: tuple[int, int], display: tuple[int, int]) -> bool:
     if frame == wanted:
-        return True  # the very pixels a decode for this variant would give: no resampling
+        return True  # the size a decode for this variant would give: nothing to resample
     if frame[0] > display[0] or frame[1] > display[1]:
         return False  # an enlarged frame holds less detail than the original
     return frame[0] >= 2 * wanted[0] and frame[1] >= 2 * wanted[1]
