@@ -24,9 +24,11 @@ child also reports its ``VmHWM`` (its own peak, not inherited) as a check.
 
 The component figure: images/s of ``render_variants`` through a 2-process
 ``ProcessingPool`` on ``--images`` 4000 x 3000 JPEGs, against two bare
-``thumbnail`` calls per image (the same two variants) in a 2-process spawn pool.
+``thumbnail`` calls per image (the same two variants, the same savers) in a
+2-process spawn pool: the best of ``--rounds`` rounds taken in turns, and the
+CPU time per image measured in the pool processes (steadier on a shared machine).
 
-    .venv/bin/python bench/memory.py [--side 10000] [--images 24] [--smoke] [--out DIR]
+    .venv/bin/python bench/memory.py [--side 10000] [--images 24] [--rounds 3] [--smoke] [--out DIR]
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ import importlib.util
 import multiprocessing
 import os
 import resource
+import statistics
 import struct
 import sys
 import tempfile
@@ -110,15 +113,32 @@ def refuse_bomb(source: str) -> tuple[float, tuple[float, float], str]:
     return (time.perf_counter() - started) * 1000, peak_rss_mb(), reason
 
 
-def bare_two_thumbnails(source: str, dest_dir: str) -> None:
-    """One ``thumbnail`` per variant, saved with the options rindle saves with."""
+def cpu_seconds() -> float:
+    """CPU time of this process so far, all its threads (libvips') included."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def bare_two_thumbnails(source: str, dest_dir: str) -> float:
+    """One ``thumbnail`` per variant, saved with the options rindle saves with; its CPU time."""
     import pyvips
 
+    started = cpu_seconds()
     pyvips.Image.thumbnail(source, 128, height=128, crop="centre").webpsave(
         os.path.join(dest_dir, "thumb.webp"), Q=80, keep="none")
     pyvips.Image.thumbnail(source, 800, height=800, size="down").jpegsave(
         os.path.join(dest_dir, "large.jpg"), Q=85, keep="none", optimize_coding=True,
         interlace=True)
+    return cpu_seconds() - started
+
+
+def render_pipeline_timed(source: str, dest_dir: str) -> float:
+    """``render_variants`` of the pipeline profile in a ProcessingPool process; its CPU time."""
+    from rindle_async.processing import images
+
+    started = cpu_seconds()
+    images.render_variants(source, dest_dir, PIPELINE, MAX_PIXELS)
+    return cpu_seconds() - started
 
 
 # -- the parent ----------------------------------------------------------------------------------
@@ -173,9 +193,10 @@ def write_bomb(path: str, side: int, rows: int) -> None:
                            + chunk(b"IDAT", b"".join(parts)) + chunk(b"IEND", b""))
 
 
-async def throughput(sources: list[str], folder: str, processes: int) -> tuple[float, float]:
-    """Images/s of bare thumbnail pairs (spawn pool) and of render_variants (ProcessingPool)."""
-    from rindle_async.processing import images
+async def throughput(sources: list[str], folder: str, processes: int,
+                     rounds: int) -> dict[str, tuple[float, float]]:
+    """Per way of rendering: the best images/s of ``rounds`` (taken in turns with the other
+    way, so a change in the machine's load hits both) and the median CPU ms per image."""
     from rindle_async.processing.pool import ProcessingPool
 
     loop = asyncio.get_running_loop()
@@ -184,25 +205,24 @@ async def throughput(sources: list[str], folder: str, processes: int) -> tuple[f
         os.makedirs(path, exist_ok=True)
     bare = ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
     pool = ProcessingPool(processes)
-
-    async def rate(run) -> float:
-        started = time.perf_counter()
-        await asyncio.gather(*(run(source, out) for source, out in zip(sources, dirs)))
-        return len(sources) / (time.perf_counter() - started)
-
-    def bare_run(source, out):
-        return loop.run_in_executor(bare, bare_two_thumbnails, source, out)
-
-    def ours_run(source, out):
-        return pool.run(images.render_variants, source, out, PIPELINE, MAX_PIXELS, timeout=120)
-
-    try:  # warm both pools first: process start-up is not what is measured
-        await asyncio.gather(*(bare_run(sources[0], dirs[0]) for _ in range(processes)))
-        await asyncio.gather(*(ours_run(sources[0], dirs[0]) for _ in range(processes)))
-        return await rate(bare_run), await rate(ours_run)
+    ways = {"bare": lambda source, out: loop.run_in_executor(bare, bare_two_thumbnails, source,
+                                                            out),
+            "ours": lambda source, out: pool.run(render_pipeline_timed, source, out, timeout=120)}
+    rates: dict[str, list[float]] = {name: [] for name in ways}
+    cpu: dict[str, list[float]] = {name: [] for name in ways}
+    try:
+        for run in ways.values():  # warm both pools first: process start-up is not measured
+            await asyncio.gather(*(run(sources[0], dirs[0]) for _ in range(processes)))
+        for _ in range(rounds):
+            for name, run in ways.items():
+                started = time.perf_counter()
+                seconds = await asyncio.gather(*(run(s, out) for s, out in zip(sources, dirs)))
+                rates[name].append(len(sources) / (time.perf_counter() - started))
+                cpu[name].extend(seconds)
     finally:
         bare.shutdown()
         pool.close()
+    return {name: (max(rates[name]), statistics.median(cpu[name]) * 1000) for name in ways}
 
 
 def memory_figures(report: Report, folder: str, source: str, side: int, smoke: bool) -> None:
@@ -247,19 +267,25 @@ def memory_figures(report: Report, folder: str, source: str, side: int, smoke: b
 
 
 def throughput_figures(report: Report, folder: str, sources: list[str], size: tuple[int, int],
-                       processes: int) -> None:
-    count = len(sources)
-    base, ours = asyncio.run(throughput(sources, folder, processes))
-    label = f"{count} JPEGs {size[0]}x{size[1]}, {processes} processes"
-    report.row(f"two bare thumbnails per image (baseline), {label}", base, "images/s",
+                       processes: int, rounds: int) -> None:
+    figures = asyncio.run(throughput(sources, folder, processes, rounds))
+    (bare, bare_cpu), (ours, ours_cpu) = figures["bare"], figures["ours"]
+    label = f"{len(sources)} JPEGs {size[0]}x{size[1]}, {processes} processes"
+    report.row(f"two bare thumbnails per image (baseline), {label}", bare, "images/s",
                key="bare_two_thumbnails_images_per_s")
-    report.row(f"render_variants, {label}", ours, "images/s", baseline=base,
+    report.row(f"render_variants, {label}", ours, "images/s", baseline=bare,
                key="render_variants_images_per_s")
-    report.ratio("render_variants_vs_bare_ratio", ours, base)
+    report.row("two bare thumbnails per image, CPU", bare_cpu, "ms/image",
+               key="bare_two_thumbnails_cpu_ms_per_image")
+    report.row("render_variants, CPU", ours_cpu, "ms/image", baseline=bare_cpu,
+               key="render_variants_cpu_ms_per_image")
+    report.ratio("render_variants_vs_bare_ratio", ours, bare)
+    report.note(f"images/s: the best of {rounds} rounds, the two ways in turns; CPU: the "
+                "median per image, measured in the pool process")
 
 
 def main() -> None:
-    args = arguments(__doc__.splitlines()[0], side=10000, images=24, processes=2)
+    args = arguments(__doc__.splitlines()[0], side=10000, images=24, processes=2, rounds=3)
     side, count, size = (1000, 2, (640, 480)) if args.smoke else (args.side, args.images,
                                                                   (4000, 3000))
     report = Report("memory", f"Peak RSS of one render process ({side}x{side} JPEG) and of a "
@@ -269,7 +295,8 @@ def main() -> None:
         sources = [os.path.join(folder, f"photo-{i}.jpg") for i in range(count)]
         in_fresh_process(write_photos, [(big, side, side)] + [(path, *size) for path in sources])
         memory_figures(report, folder, big, side, args.smoke)  # first: this process is still small
-        throughput_figures(report, folder, sources, size, args.processes)
+        throughput_figures(report, folder, sources, size, args.processes,
+                           1 if args.smoke else args.rounds)
     report.note("MB here is MiB (2^20 bytes): ru_maxrss / 1024")
     print(report.finish(args.out))
 
