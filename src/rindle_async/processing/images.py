@@ -3,13 +3,19 @@
 These functions run inside pool processes (see ``pool.py``): they take and
 return plain values and raise :class:`ImageRefused` for input that must be
 quarantined or failed, never for a transient problem.
+
+:func:`render_variants` renders all of an image's variants from as few decodes
+as quality allows: smaller variants are resized in memory from a larger one's
+uncropped frame, at exactly the size a decode of their own would give.
 """
 
 from __future__ import annotations
 
 import os
+import re
 import threading
 import time
+from dataclasses import dataclass
 from typing import Any
 
 import pyvips
@@ -18,6 +24,14 @@ import pyvips
 _SWAPPED = {5, 6, 7, 8}
 _SAVERS = {"jpeg": ".jpg", "png": ".png", "webp": ".webp", "avif": ".avif", "gif": ".gif"}
 _LARGE = 10_000_000  # a bound "inside" uses for a side left open
+# Loaders whose shrink-on-load _frame_size models; for others (TIFF pyramids, HEIF
+# thumbnails, Ultra HDR gain maps) every variant is decoded from the original.
+_DERIVABLE = {"jpegload", "pngload", "webpload", "gifload"}
+_NAME = re.compile(r"[a-z0-9][a-z0-9_-]{0,62}")  # a variant's name is its output file's name
+# libvips maps a file it opens by name, and every page of it a decode touches counts in this
+# process's resident set: the whole original, for a JPEG.  Larger originals are read through
+# a callback source instead, which keeps them out of it for about 14% more decode CPU.
+_MAPPED_UP_TO = 8 * 2**20
 
 
 class ImageRefused(Exception):
@@ -61,52 +75,188 @@ def analyze(path: str, max_pixels: int) -> dict[str, Any]:
     path: the local copy of the original.
     max_pixels: refuse when width x height is larger.
     """
+    image = _header(path, max_pixels)
+    display = _display_size(image)
+    return {"width": display[0], "height": display[1], "stored_width": image.width,
+            "stored_height": image.height, "orientation": _orientation(image),
+            "pages": image.get("n-pages") if image.get_typeof("n-pages") else 1,
+            "loader": _loader(image)}
+
+
+def _header(path: str, max_pixels: int) -> pyvips.Image:
+    """The opened, not decoded, image; refused when it declares more than ``max_pixels``."""
     image = _open(path)
     width, height = image.width, image.height
-    pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
     if width * height > max_pixels:
         raise ImageRefused(f"the image declares {width}x{height} = {width * height} pixels, over "
                            f"the profile's max_pixels of {max_pixels}; it was not decoded")
-    orientation = image.get("orientation") if image.get_typeof("orientation") else 1
-    display = (height, width) if orientation in _SWAPPED else (width, height)
-    return {"width": display[0], "height": display[1], "stored_width": width,
-            "stored_height": height, "orientation": orientation, "pages": pages,
-            "loader": image.get("vips-loader") if image.get_typeof("vips-loader") else None}
+    return image
 
 
 def render(source: str, dest_dir: str, recipe: dict[str, Any], max_pixels: int) -> dict[str, Any]:
     """Render one variant of ``source`` into ``dest_dir``; return the file and its size.
 
     source: the local copy of the original.
-    dest_dir: a directory for the output file.
+    dest_dir: a directory for the output file (``variant.EXT``).
     recipe: the variant's fields (width, height, fit, format, quality, keep_metadata, background).
     max_pixels: refuse to decode more pixels than this (checked from the header).
     """
-    header = _open(source)
-    if header.width * header.height > max_pixels:
-        raise ImageRefused(f"the image declares {header.width}x{header.height} pixels, over "
-                           f"max_pixels {max_pixels}")
+    result = render_variants(source, dest_dir, {"variant": recipe}, max_pixels)["variant"]
+    if "error" in result:
+        raise ImageRefused(result["error"])
+    return result
+
+
+def render_variants(source: str, dest_dir: str, recipes: dict[str, dict[str, Any]],
+                    max_pixels: int) -> dict[str, dict[str, Any]]:
+    """Render every recipe of ``source`` into ``dest_dir``, decoding the original as few times
+    as quality allows.
+
+    Largest frame first.  A variant decoded from the original keeps its frame (resized and
+    auto-rotated, not yet cropped or padded) in memory when a smaller variant can be derived
+    from it: when the frame is that variant's frame exactly, or, if it was not enlarged from
+    the original, at least twice that frame on both axes.  Every other variant is decoded from
+    the original with the ``thumbnail`` call :func:`render` always made (except that a cover
+    frame others derive from is decoded whole and cropped after).
+
+    source: the local copy of the original.
+    dest_dir: a directory for the output files, ``NAME.EXT`` for each variant name.
+    recipes: variant name to its fields, as for :func:`render`.
+    max_pixels: refuse to decode more pixels than this (checked from the header).
+    Returns each name mapped to ``{"path", "width", "height", "byte_size"}``, or to
+    ``{"error": reason}`` when that variant alone failed (its resize, crop, pad or saver).
+    Raises :class:`ImageRefused` when the source is unreadable, over ``max_pixels`` or fails
+    to decode.
+    """
+    for name in recipes:
+        if not (isinstance(name, str) and _NAME.fullmatch(name)):
+            raise ValueError(f"variant name {name!r} does not match {_NAME.pattern}; "
+                             "it names the output file")
+    header = _header(source, max_pixels)
+    frames: dict[str, pyvips.Image] = {}  # decoded frames that smaller variants derive from
+    results: dict[str, dict[str, Any]] = {}
+    for step in _plan(source, header, recipes):
+        recipe = recipes[step.name]
+        if step.base is None:
+            image = _decode(source, recipe, step.frame if step.keep else None)
+            if step.keep:
+                frames[step.name] = image
+        else:
+            image = frames[step.base]
+        output = os.path.join(dest_dir, step.name + _SAVERS[recipe["format"]])
+        results[step.name] = _write(image, step.frame if step.base else None, recipe, output)
+    return {name: results[name] for name in recipes}
+
+
+@dataclass
+class _Step:
+    """One variant in render order: its frame size and the variant it is derived from."""
+
+    name: str
+    frame: tuple[int, int] | None  # None: not computed, the variant is decoded on its own
+    base: str | None = None  # None: decoded from the original
+    keep: bool = False  # other variants derive from this one's frame
+
+
+def _plan(source: str, header: pyvips.Image, recipes: dict[str, dict[str, Any]]) -> list[_Step]:
+    """The render order, largest frame first, and where each variant's pixels come from."""
+    if _loader(header) not in _DERIVABLE:
+        return [_Step(name, None) for name in recipes]
+    sizes = {name: _frame_size(source, header, recipe) for name, recipe in recipes.items()}
+    display = _display_size(header)
+    steps: list[_Step] = []
+    decoded: list[_Step] = []
+    for name in sorted(recipes, key=lambda n: -sizes[n][0] * sizes[n][1]):  # stable on ties
+        bases = [s for s in decoded if _can_derive(s.frame, sizes[name], display)]
+        base = min(bases, key=lambda s: s.frame[0] * s.frame[1], default=None)
+        step = _Step(name, sizes[name], base.name if base else None)
+        if base is None:
+            decoded.append(step)
+        else:
+            base.keep = True
+        steps.append(step)
+    return steps
+
+
+def _can_derive(frame: tuple[int, int], wanted: tuple[int, int], display: tuple[int, int]) -> bool:
+    if frame == wanted:
+        return True  # the size a decode for this variant would give: nothing to resample
+    if frame[0] > display[0] or frame[1] > display[1]:
+        return False  # an enlarged frame holds less detail than the original
+    return frame[0] >= 2 * wanted[0] and frame[1] >= 2 * wanted[1]
+
+
+def _thumbnail_box(recipe: dict[str, Any]) -> tuple[int, int, str, bool]:
+    """The ``thumbnail`` width, height, size mode and crop flag a recipe renders with."""
     width, height, fit = recipe["width"], recipe["height"], recipe["fit"]
-    options: dict[str, Any] = {"fail_on": "warning"}
     if fit == "cover":
-        options.update(height=height, crop="centre")
-    elif fit == "fill":
-        options.update(height=height, size="force")
-    else:  # inside and contain fit within the box, never enlarging
-        options.update(height=height or _LARGE, size="down")
+        return width, height, "both", True  # may enlarge a small image, as it always did
+    if fit == "fill":
+        return width, height, "force", False
+    return width or _LARGE, height or _LARGE, "down", False  # inside, contain: never enlarge
+
+
+def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) -> pyvips.Image:
+    """Decode ``source`` into memory for ``recipe``; with ``frame``, uncropped at that size.
+
+    Into memory, so a decode failure (the source's fault) is told apart from a saver's.
+    """
+    width, height, size, crop = _thumbnail_box(recipe)
+    options: dict[str, Any] = {"height": height, "size": size}
+    if crop and frame is None:
+        options["crop"] = "centre"
+    elif crop:  # smaller variants derive from the whole frame; this one is cropped in _write
+        width, options = frame[0], {"height": frame[1], "size": "force"}
     try:
-        image = pyvips.Image.thumbnail(source, width or _LARGE, **options)
-        if fit == "contain" and (image.width, image.height) != (width, height):
-            if image.interpretation != "srgb":
-                image = image.colourspace("srgb")
-            fill = list(recipe["background"]) + ([255] if image.hasalpha() else [])
-            image = image.gravity("centre", width, height, extend="background", background=fill)
-        output = os.path.join(dest_dir, "variant" + _SAVERS[recipe["format"]])
+        if os.path.getsize(source) <= _MAPPED_UP_TO:
+            return pyvips.Image.thumbnail(source, width, fail_on="warning", **options).copy_memory()
+        with open(source, "rb") as file:
+            reader = _reader(file)  # held until the decode ends: libvips calls back into it
+            # thumbnail_source drops its own fail_on (libvips 8.18): the loader gets it here
+            return pyvips.Image.thumbnail_source(reader, width, option_string="fail_on=warning",
+                                                 **options).copy_memory()
+    except pyvips.Error as exc:
+        raise ImageRefused(f"libvips could not decode the image: {_first_line(exc)}") from None
+
+
+def _reader(file: Any) -> pyvips.Source:
+    """``file`` as a libvips source that reads it through Python calls."""
+    source = pyvips.SourceCustom()
+    source.on_read(file.read)
+    source.on_seek(file.seek)
+    return source
+
+
+def _write(image: pyvips.Image, frame: tuple[int, int] | None, recipe: dict[str, Any],
+           output: str) -> dict[str, Any]:
+    """Resize ``image`` to ``frame`` (when given), crop or pad it for the fit, and save it."""
+    try:
+        if frame is not None and (image.width, image.height) != frame:
+            image = image.thumbnail_image(frame[0], height=frame[1], size="force", no_rotate=True)
+        image = _fit(image, recipe)
         _save(image, output, recipe)
     except pyvips.Error as exc:
-        raise ImageRefused(f"libvips could not render the variant: {_first_line(exc)}") from None
+        if os.path.exists(output):
+            os.remove(output)  # a saver that failed half way
+        return {"error": f"libvips could not render the variant as {recipe['format']}: "
+                         f"{_first_line(exc)}"}
     return {"path": output, "width": image.width, "height": image.height,
             "byte_size": os.path.getsize(output)}
+
+
+def _fit(image: pyvips.Image, recipe: dict[str, Any]) -> pyvips.Image:
+    """Crop a cover frame to its box, or pad a contain image to its box."""
+    width, height, fit = recipe["width"], recipe["height"], recipe["fit"]
+    if fit == "cover":
+        box = (min(width, image.width), min(height, image.height))  # a small image stays small
+        if box != (image.width, image.height):
+            image = image.smartcrop(*box, interesting="centre")  # what thumbnail's crop does
+    elif fit == "contain" and (image.width, image.height) != (width, height):
+        if image.interpretation != "srgb":
+            image = image.colourspace("srgb")
+        fill = list(recipe["background"]) + ([255] if image.hasalpha() else [])
+        image = image.gravity("centre", width, height, extend="background", background=fill)
+    return image
 
 
 def _save(image: pyvips.Image, output: str, recipe: dict[str, Any]) -> None:
@@ -126,15 +276,58 @@ def _save(image: pyvips.Image, output: str, recipe: dict[str, Any]) -> None:
         image.gifsave(output, keep=keep)
 
 
-def render_variants(source: str, dest_dir: str, recipes: dict[str, dict[str, Any]],
-                    max_pixels: int) -> dict[str, dict[str, Any]]:
-    """Render several variants of ``source``; name -> output, or {"error": ...} for one that failed.
+def _frame_size(source: str, header: pyvips.Image, recipe: dict[str, Any]) -> tuple[int, int]:
+    """The size ``thumbnail`` resizes ``source`` to for ``recipe``, auto-rotated, before any crop.
 
-    (Provisional: one decode per variant; replaced by the decode-once renderer.)
+    libvips' own arithmetic (resample/thumbnail.c and resize.c), shrink-on-load included, so
+    a variant derived in memory gets exactly the size a decode of its own would give.
     """
-    results: dict[str, dict[str, Any]] = {}
-    for name, recipe in recipes.items():
-        folder = os.path.join(dest_dir, name)
-        os.makedirs(folder, exist_ok=True)
-        results[name] = render(source, folder, recipe, max_pixels)
-    return results
+    width, height, size, crop = _thumbnail_box(recipe)
+    swap = _orientation(header) in _SWAPPED
+    box = (height, width) if swap else (width, height)  # thumbnail shrinks, then rotates
+    common = min(_shrinks(header.width, header.height, box, size, crop))
+    loaded_width, loaded_height = _loaded_size(source, header, common)
+    hshrink, vshrink = _shrinks(loaded_width, loaded_height, box, size, crop)
+    resized = (max(1, int(loaded_width * (1.0 / hshrink) + 0.5)),
+               max(1, int(loaded_height * (1.0 / vshrink) + 0.5)))
+    return (resized[1], resized[0]) if swap else resized
+
+
+def _shrinks(width: int, height: int, box: tuple[int, int], size: str,
+             crop: bool) -> tuple[float, float]:
+    """Horizontal and vertical shrink factors, as vips_thumbnail_calculate_shrink computes them."""
+    hshrink, vshrink = width / box[0], height / box[1]
+    if size != "force":
+        # cover fills the box (the smaller shrink wins); the others fit inside it (the larger)
+        hshrink = vshrink = min(hshrink, vshrink) if crop else max(hshrink, vshrink)
+    if size == "down":
+        hshrink, vshrink = max(1.0, hshrink), max(1.0, vshrink)
+    return min(hshrink, width), min(vshrink, height)
+
+
+def _loaded_size(source: str, header: pyvips.Image, shrink: float) -> tuple[int, int]:
+    """The size shrink-on-load decodes ``source`` at, read from the header it would load."""
+    loader = _loader(header)
+    if loader == "jpegload":  # thumbnail leaves at least the last x2 to its resize
+        options: dict[str, Any] = {"shrink": 8 if shrink >= 16 else 4 if shrink >= 8
+                                   else 2 if shrink >= 4 else 1}
+    elif loader == "webpload":
+        options = {"scale": 1.0 / max(1.0, shrink)}
+    else:
+        return header.width, header.height
+    loaded = _open(source, **options)
+    return loaded.width, loaded.height
+
+
+def _orientation(image: pyvips.Image) -> int:
+    return image.get("orientation") if image.get_typeof("orientation") else 1
+
+
+def _loader(image: pyvips.Image) -> str | None:
+    return image.get("vips-loader") if image.get_typeof("vips-loader") else None
+
+
+def _display_size(header: pyvips.Image) -> tuple[int, int]:
+    if _orientation(header) in _SWAPPED:
+        return header.height, header.width
+    return header.width, header.height
