@@ -22,6 +22,7 @@ from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
+from arq.connections import RedisSettings
 from arq.cron import cron
 from redis.asyncio import ConnectionPool
 
@@ -152,6 +153,7 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         "queue_name": queue,
         "redis_pool": WorkerRedis(ConnectionPool.from_url(rindle.redis_url), dispatcher=dispatcher,
                                   default_queue_name=queue),
+        "redis_settings": RedisSettings.from_dsn(rindle.redis_url),  # for `arq --check`
         "ctx": {DISPATCHER: dispatcher},
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
