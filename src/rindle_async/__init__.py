@@ -1,50 +1,77 @@
-"""rindle_async: durable media lifecycle for Starlette and aiohttp applications."""
+"""rindle_async: durable media lifecycle for Starlette and aiohttp applications.
+
+The public names load on first use (PEP 562): ``import rindle_async`` costs almost
+nothing, and a process that needs one part (a libvips pool process, a host that
+uses only local storage) never loads the rest (aiobotocore, asyncpg, arq, ...).
+"""
 
 from __future__ import annotations
 
-from .app import Rindle
-from .errors import (
-    ConfigurationError,
-    DeliveryForbidden,
-    InvalidTransition,
-    NotFound,
-    NotReady,
-    RindleError,
-    StorageError,
-    TooLarge,
-    TransactionError,
-    Unsupported,
-    ValidationError,
-    VerificationFailed,
-)
-from .events import (
-    AssetStateChanged,
-    CleanupRun,
-    DeliverySigned,
-    Event,
-    UploadCompleted,
-    UploadStarted,
-    VariantStateChanged,
-)
-from .jobs import JobKind, JobRun
-from .models import Asset, AssetVariant, Attachment, UploadTicket
-from .profiles import Profile, Variant, recipe_digest
-from .storage.local import LocalStorage
-from .storage.s3 import S3Storage
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
-__all__ = [
-    "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
-    "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun", "LocalStorage",
-    "NotFound", "NotReady", "Profile", "Rindle", "RindleError", "S3Storage", "StorageError", "TooLarge", "TransactionError", "Unsupported",
-    "UploadCompleted", "UploadStarted", "UploadTicket", "ValidationError", "Variant", "VariantStateChanged",
-    "VerificationFailed", "recipe_digest",
-]
+#: public name -> the module (below this package) that defines it
+_EXPORTS = {
+    "Rindle": "app",
+    **dict.fromkeys(("ConfigurationError", "DeliveryForbidden", "InvalidTransition", "NotFound",
+                     "NotReady", "RindleError", "StorageError", "TooLarge", "TransactionError",
+                     "Unsupported", "ValidationError", "VerificationFailed"), "errors"),
+    **dict.fromkeys(("AssetStateChanged", "CleanupRun", "DeliverySigned", "Event", "UploadCompleted",
+                     "UploadStarted", "VariantStateChanged"), "events"),
+    **dict.fromkeys(("JobKind", "JobRun"), "jobs"),
+    **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadTicket"), "models"),
+    **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
+    "LocalStorage": "storage.local",
+    "S3Storage": "storage.s3",
+}
+
+__all__ = sorted(_EXPORTS)
+
+if TYPE_CHECKING:
+    from .app import Rindle
+    from .errors import (
+        ConfigurationError,
+        DeliveryForbidden,
+        InvalidTransition,
+        NotFound,
+        NotReady,
+        RindleError,
+        StorageError,
+        TooLarge,
+        TransactionError,
+        Unsupported,
+        ValidationError,
+        VerificationFailed,
+    )
+    from .events import (
+        AssetStateChanged,
+        CleanupRun,
+        DeliverySigned,
+        Event,
+        UploadCompleted,
+        UploadStarted,
+        VariantStateChanged,
+    )
+    from .jobs import JobKind, JobRun
+    from .models import Asset, AssetVariant, Attachment, UploadTicket
+    from .profiles import Profile, Variant, recipe_digest
+    from .storage.local import LocalStorage
+    from .storage.s3 import S3Storage
 
 
-def __getattr__(name: str) -> type:
-    # `arq rindle_async.WorkerSettings` builds the settings from RINDLE_APP on first access.
+def __getattr__(name: str) -> Any:
+    # `arq rindle_async.WorkerSettings` builds the settings from RINDLE_APP on access.
     if name == "WorkerSettings":
         from .worker import from_environment
 
         return from_environment()
-    raise AttributeError(f"module 'rindle_async' has no attribute {name!r}")
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module 'rindle_async' has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value  # loaded once
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__, "WorkerSettings"})
