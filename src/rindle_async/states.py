@@ -11,7 +11,7 @@ machine's initial states.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -176,6 +176,45 @@ async def transition(uow: UnitOfWork, machine: StateMachine, row_id: object, fro
     if event is not None:
         uow.emit(event)
     return row
+
+
+async def transition_many(uow: UnitOfWork, machine: StateMachine,
+                          rows: Sequence[tuple[object, str]], to_state: str,
+                          **changes: Any) -> list[asyncpg.Record]:
+    """Move many rows to ``to_state`` in one UPDATE and queue their events; return the rows
+    moved, in the order given.  A row that moved on (or is gone) since the caller read it is
+    left as it is and missing from the result, where :func:`transition` would raise.
+
+    uow: the unit of work whose transaction persists the change.
+    machine: ASSET, VARIANT or UPLOAD_SESSION.
+    rows: (row id, the state the caller saw) pairs.
+    to_state: the target state.
+    changes: other columns written in the same UPDATE, the same for every row.
+    """
+    for row_id, from_state in rows:
+        machine.check(row_id, from_state, to_state)
+    if not rows:
+        return []
+    schema, names = uow.ledger.schema, _columns(changes)
+    sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=4))
+    join, returning = "", "t.*, seen.state AS seen_state"
+    if machine.join:
+        join = f", {schema}.{machine.join} j WHERE j.id = t.asset_id AND"
+        returning += ", j.profile AS asset_profile, j.storage AS asset_storage"
+    else:
+        join = " WHERE"
+    moved = await uow.conn.fetch(
+        f"UPDATE {schema}.{machine.table} t SET state = $3, updated_at = now(),"
+        f" state_changed_at = now(){sets} FROM unnest($1::uuid[], $2::text[]) AS seen(id, state)"
+        f"{join} t.id = seen.id AND t.state = seen.state RETURNING {returning}",
+        [row_id for row_id, _ in rows], [state for _, state in rows], to_state, *changes.values())
+    order = {row_id: i for i, (row_id, _) in enumerate(rows)}
+    moved.sort(key=lambda row: order[row["id"]])
+    for row in moved:
+        event = machine.event(row, row["seen_state"], to_state)
+        if event is not None:
+            uow.emit(event)
+    return moved
 
 
 async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: Any) -> asyncpg.Record:
