@@ -2,9 +2,10 @@
 
 In a fresh schema (dropped at the end) it writes, at two sizes (``--small`` and ``--rows``),
 ROWS expired upload sessions with their staged assets, ROWS unattached ready assets
-older than the grace period (each with its rendered variant) and ROWS / 10 attached ones.
-The rows are clones of rows the library itself wrote through ``initiate_upload``,
-``upload`` and the promotion and render jobs, with fresh ids, keys and timestamps
+older than the grace period (each with its completed session and rendered variant) and
+ROWS / 10 attached ones.  The rows are clones of rows the library itself wrote through
+``initiate_upload``, ``verify_upload`` and the promotion and render jobs, with fresh ids,
+keys and timestamps
 (INSERT ... SELECT over generate_series, so set-up takes seconds); the storage root
 holds no files.  Each verb then runs as a user runs it: the ``rindle-async`` console
 script in a subprocess (``--app maintenance:rindle``, this module), timed, its peak RSS
@@ -77,22 +78,27 @@ def __getattr__(name: str) -> Rindle:
 
 
 async def templates(rindle: Rindle) -> dict[str, uuid.UUID]:
-    """One asset of each kind, written by the library itself: an upload session left open
-    (its asset staged), an uploaded asset promoted and rendered, and one attached."""
+    """One asset of each kind, written by the library itself: a direct upload left open (its
+    asset staged), and two direct uploads verified, promoted and rendered, one attached."""
     import pyvips
 
-    ticket = await rindle.initiate_upload("photos", filename="holiday.jpg",
-                                          content_type="image/jpeg", byte_size=181_402)
     image = pyvips.Image.black(96, 72).new_from_image([30, 120, 200]).jpegsave_buffer(Q=85)
-    made = [await rindle.upload("photos", image, filename="holiday.jpg") for _ in range(2)]
+    tickets = [await rindle.initiate_upload("photos", filename="holiday.jpg",
+                                            content_type="image/jpeg", byte_size=len(image))
+               for _ in range(3)]
+    for ticket in tickets[1:]:  # the client sends the bytes, then the host verifies
+        key = await rindle.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.upload_sessions"
+                                         " WHERE id = $1::uuid", ticket.session_id)
+        await rindle.storages["local"].put(key, image, content_type="image/jpeg")
+        await rindle.verify_upload(ticket.session_id)
     for _ in range(3):  # promotion stages the render, the render finishes the asset
         for job_id, kind in await rindle.pool.fetch(f"SELECT id, kind FROM {rindle.schema}.jobs"):
             await run_job(rindle, rindle.ledger.kinds[kind], job_id)
-    await rindle.attach(made[1].id, owner_type="user", owner_id="template", slot="avatar")
-    states = {a.id: (await rindle.get_asset(a.id)).state for a in made}
+    await rindle.attach(tickets[2].asset_id, owner_type="user", owner_id="template", slot="avatar")
+    states = {t.asset_id: (await rindle.get_asset(t.asset_id)).state for t in tickets[1:]}
     assert set(states.values()) == {"ready"}, states
-    return {"session": uuid.UUID(ticket.asset_id), "unattached": uuid.UUID(made[0].id),
-            "attached": uuid.UUID(made[1].id)}
+    return {what: uuid.UUID(t.asset_id) for what, t in zip(("session", "unattached", "attached"),
+                                                            tickets)}
 
 
 async def clone(conn: asyncpg.Connection, schema: str, template: uuid.UUID, copies: int,

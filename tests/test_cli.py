@@ -209,6 +209,26 @@ async def test_abort_incomplete_uploads_dry_run_then_live(cli, host, redis_url):
     assert await state_of(host, "assets", ticket.asset_id) is None
 
 
+def test_progress_on_a_terminal_ends_its_line_before_the_summary(capsys):
+    """What a terminal shows: a bar when the total is known, a running count when it is not
+    (cleanup); either way the summary starts on a line of its own."""
+    from rindle_async.cli import _Bar
+
+    bar = _Bar("abort-incomplete-uploads")
+    bar(200, 400)
+    bar(400, 400)
+    bar.end()
+    count = _Bar("cleanup-orphans")
+    count(200, 0)
+    count(400, 0)
+    count.end()
+    count.end()
+    assert capsys.readouterr().err == (
+        f"\rabort-incomplete-uploads [{'#' * 15}{'.' * 15}] 200/400"
+        f"\rabort-incomplete-uploads [{'#' * 30}] 400/400\n"
+        "\rcleanup-orphans 200\rcleanup-orphans 400\n")
+
+
 # -- cleanup-orphans -------------------------------------------------------------------------
 
 
