@@ -5,9 +5,8 @@ ROWS expired upload sessions with their staged assets, ROWS unattached ready ass
 older than the grace period (each with its completed session and rendered variant) and
 ROWS / 10 attached ones.  The rows are clones of rows the library itself wrote through
 ``initiate_upload``, ``verify_upload`` and the promotion and render jobs, with fresh ids,
-keys and timestamps
-(INSERT ... SELECT over generate_series, so set-up takes seconds); the storage root
-holds no files.  Each verb then runs as a user runs it: the ``rindle-async`` console
+keys and timestamps (INSERT ... SELECT over generate_series, so set-up takes seconds);
+the storage root holds no files.  Each verb then runs as a user runs it: the ``rindle-async`` console
 script in a subprocess (``--app maintenance:rindle``, this module), timed, its peak RSS
 read from ``os.wait4``.  The ratio of the peaks at the two sizes shows whether memory
 grows with the rows (target x1.0).
@@ -28,7 +27,6 @@ import asyncio
 import json
 import os
 import re
-import resource
 import shutil
 import subprocess
 import sys

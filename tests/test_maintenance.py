@@ -9,7 +9,7 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from rindle_async import CleanupRun, ConfigurationError, Variant, states
+from rindle_async import CleanupRun, ConfigurationError, ValidationError, Variant, states
 from rindle_async import maintenance
 from rindle_async.jobs import run_job
 
@@ -337,6 +337,8 @@ async def test_abort_in_pages_of_two_does_what_one_page_does(media_rindle, db, s
     assert {r["state"] for r in await db.fetch(f"SELECT state FROM {schema}.assets")} == {"deleted"}
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs WHERE kind = 'purge_storage'") == 7
     assert (await maintenance.abort_incomplete_uploads(rindle, batch=2)).counts == {}
+    with pytest.raises(ValidationError, match="batch=0 must be a positive int"):
+        await maintenance.abort_incomplete_uploads(rindle, batch=0)
 
 
 async def test_abort_skips_a_session_that_changed_after_its_page_was_read(media_rindle, db, schema,

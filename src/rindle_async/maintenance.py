@@ -88,6 +88,8 @@ async def _keyset_pages(read: Callable[[Any], Awaitable[list[Any]]], key: Callab
                         start: Any, size: int) -> AsyncIterator[list[Any]]:
     """Pages ``read(after)`` of up to ``size`` rows, each after the ``key`` of the last row
     before it, until a short page."""
+    if not isinstance(size, int) or size < 1:
+        raise ValidationError(f"batch={size!r} must be a positive int (rows per page)")
     after = start
     while True:
         page = await read(after)
