@@ -9,9 +9,10 @@ from urllib.parse import urlsplit
 
 import pytest
 
-from rindle_async import CleanupRun, ConfigurationError, ValidationError, Variant, states
+from rindle_async import CleanupRun, ConfigurationError, Variant, states
 from rindle_async import maintenance
 from rindle_async.jobs import run_job
+from rindle_async.errors import ValidationError
 
 from .conftest import drain
 from .media import GuardedStorage, avatar_profile, jpeg, png

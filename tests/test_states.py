@@ -194,26 +194,6 @@ async def test_many_racing_writers_one_winner(rindle, db, schema):
     assert all(isinstance(r, InvalidTransition) for r in results if r is not None)
 
 
-async def test_transition_many_moves_the_rows_still_as_the_caller_saw_them(rindle, db, schema):
-    """One UPDATE for many rows: a row that moved on since it was read is left as it is and
-    missing from the result; each moved row gets its event, in the caller's order."""
-    seen = []
-    rindle.subscribe(seen.append)
-    ids = [await new_row(db, schema, VARIANT, "ready") for _ in range(3)]
-    await db.execute(f"UPDATE {schema}.variants SET state = 'missing' WHERE id = $1", ids[1])
-    async with rindle.db.transaction() as uow:
-        moved = await states.transition_many(uow, VARIANT, [(i, "ready") for i in reversed(ids)],
-                                             "stale", reason="the recipe changed")
-    assert [row["id"] for row in moved] == [ids[2], ids[0]]
-    assert [await state_of(db, schema, VARIANT, i) for i in ids] == ["stale", "missing", "stale"]
-    assert [(e.variant_id, e.from_state, e.to_state, e.profile) for e in seen] == [
-        (str(ids[2]), "ready", "stale", "avatar"), (str(ids[0]), "ready", "stale", "avatar")]
-    with pytest.raises(InvalidTransition):  # a forbidden edge is refused before any write
-        async with rindle.db.transaction() as uow:
-            await states.transition_many(uow, VARIANT, [(ids[2], "stale")], "ready")
-    assert await state_of(db, schema, VARIANT, ids[2]) == "stale"
-
-
 async def test_events_only_after_commit(rindle, db, schema):
     seen = []
     rindle.subscribe(lambda e: seen.append((e, list(committed))))

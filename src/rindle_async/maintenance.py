@@ -126,14 +126,15 @@ async def _tombstone(uow: UnitOfWork, reasons: Mapping[uuid.UUID, str], *,
     held = {r["id"] for r in await uow.conn.fetch(
         f"SELECT ids.id FROM unnest($1::uuid[]) AS ids(id) WHERE (SELECT true"
         f" FROM {schema}.attachments t WHERE t.asset_id = ids.id LIMIT 1)", ids)}
-    by_reason: dict[str, list[tuple[uuid.UUID, str]]] = {}
+    doomed: dict[tuple[str, str], list[uuid.UUID]] = {}
     for row in rows:
         if row["state"] != "deleted" and row["id"] not in held and (
                 only_from is None or row["state"] in only_from):
-            by_reason.setdefault(reasons[row["id"]], []).append((row["id"], row["state"]))
+            doomed.setdefault((reasons[row["id"]], row["state"]), []).append(row["id"])
     done = set()
-    for reason, doomed in sorted(by_reason.items()):
-        for row in await states.transition_many(uow, ASSET, doomed, "deleted", reason=reason):
+    for (reason, state), asset_ids in sorted(doomed.items()):
+        for row in await states.transition_many(uow, ASSET, asset_ids, state, "deleted",
+                                                reason=reason):
             await uow.stage("purge_storage", {"asset_id": str(row["id"])},
                             dedupe_key=f"purge:{row['id']}")
             done.add(row["id"])
@@ -205,12 +206,16 @@ async def _count_expired_sessions(rindle: Rindle, now: datetime) -> int:
 async def _expire(rindle: Rindle, rows: list[Any]) -> dict[uuid.UUID, bool]:
     """Expire a page of sessions and tombstone their staged assets in one transaction; return,
     for each session still open, whether its asset was tombstoned."""
+    seen: dict[str, list[uuid.UUID]] = {}
+    for row in rows:
+        seen.setdefault(row["state"], []).append(row["id"])
     async with rindle.db.transaction() as uow:
-        # sessions verified, aborted or purged since the page was read do not move
-        moved = await states.transition_many(uow, UPLOAD_SESSION,
-                                             [(row["id"], row["state"]) for row in rows],
-                                             "expired", reason="the upload deadline passed")
-        expired = {row["id"]: row["asset_id"] for row in moved}
+        expired = {}
+        for state, session_ids in sorted(seen.items()):
+            # sessions verified, aborted or purged since the page was read do not move
+            for row in await states.transition_many(uow, UPLOAD_SESSION, session_ids, state,
+                                                    "expired", reason="the upload deadline passed"):
+                expired[row["id"]] = row["asset_id"]
         tombstoned = await _tombstone(
             uow, {asset_id: "its upload session expired before verification"
                   for asset_id in expired.values()}, only_from=("staged",))

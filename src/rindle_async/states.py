@@ -178,43 +178,31 @@ async def transition(uow: UnitOfWork, machine: StateMachine, row_id: object, fro
     return row
 
 
-async def transition_many(uow: UnitOfWork, machine: StateMachine,
-                          rows: Sequence[tuple[object, str]], to_state: str,
-                          **changes: Any) -> list[asyncpg.Record]:
-    """Move many rows to ``to_state`` in one UPDATE and queue their events; return the rows
-    moved, in the order given.  A row that moved on (or is gone) since the caller read it is
-    left as it is and missing from the result, where :func:`transition` would raise.
+async def transition_many(uow: UnitOfWork, machine: StateMachine, row_ids: Sequence[object],
+                          from_state: str, to_state: str, **changes: Any) -> list[asyncpg.Record]:
+    """Move every row of ``row_ids`` still in ``from_state`` to ``to_state``, in one UPDATE.
 
-    uow: the unit of work whose transaction persists the change.
-    machine: ASSET, VARIANT or UPLOAD_SESSION.
-    rows: (row id, the state the caller saw) pairs.
-    to_state: the target state.
-    changes: other columns written in the same UPDATE, the same for every row.
+    Rows that moved on first are left alone and not returned (their writer won).
+    Returns the updated rows; one event is queued for each.
     """
-    for row_id, from_state in rows:
-        machine.check(row_id, from_state, to_state)
-    if not rows:
+    machine.check(row_ids[0] if row_ids else None, from_state, to_state)
+    if not row_ids:
         return []
     schema, names = uow.ledger.schema, _columns(changes)
     sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=4))
-    join, returning = "", "t.*, seen.state AS seen_state"
+    join, returning = " WHERE", "t.*"
     if machine.join:
-        join = f", {schema}.{machine.join} j WHERE j.id = t.asset_id AND"
-        returning += ", j.profile AS asset_profile, j.storage AS asset_storage"
-    else:
-        join = " WHERE"
-    moved = await uow.conn.fetch(
+        join = f" FROM {schema}.{machine.join} j WHERE j.id = t.asset_id AND"
+        returning = "t.*, j.profile AS asset_profile, j.storage AS asset_storage"
+    rows = await uow.conn.fetch(
         f"UPDATE {schema}.{machine.table} t SET state = $3, updated_at = now(),"
-        f" state_changed_at = now(){sets} FROM unnest($1::uuid[], $2::text[]) AS seen(id, state)"
-        f"{join} t.id = seen.id AND t.state = seen.state RETURNING {returning}",
-        [row_id for row_id, _ in rows], [state for _, state in rows], to_state, *changes.values())
-    order = {row_id: i for i, (row_id, _) in enumerate(rows)}
-    moved.sort(key=lambda row: order[row["id"]])
-    for row in moved:
-        event = machine.event(row, row["seen_state"], to_state)
+        f" state_changed_at = now(){sets}{join} t.id = ANY($1) AND t.state = $2 RETURNING {returning}",
+        list(row_ids), from_state, to_state, *changes.values())
+    for row in rows:
+        event = machine.event(row, from_state, to_state)
         if event is not None:
             uow.emit(event)
-    return moved
+    return rows
 
 
 async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: Any) -> asyncpg.Record:
