@@ -75,7 +75,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     doctor = await cli("doctor")
     assert doctor.returncode == 1, doctor.stderr
     out = lines(doctor.stdout)
-    assert "FAIL migrations: migrations [1] are not applied; run `rindle-async migrate`" in out
+    assert "FAIL migrations: migrations [1, 2] are not applied; run `rindle-async migrate`" in out
     assert out[-1] == "4 passed, 3 failed"
     assert f'FAIL ledger: UndefinedTableError: relation "{schema}.jobs" does not exist' in out
     status = await cli("status")
@@ -83,7 +83,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     assert "run `rindle-async migrate` first" in status.stderr
 
     first = await cli("migrate")
-    assert (first.returncode, first.stdout) == (0, f"applied migrations 1 to schema {schema}\n")
+    assert (first.returncode, first.stdout) == (0, f"applied migrations 1, 2 to schema {schema}\n")
     again = await cli("migrate")
     assert (again.returncode, again.stdout) == (0, f"schema {schema} is up to date\n")
 
@@ -207,6 +207,26 @@ async def test_abort_incomplete_uploads_dry_run_then_live(cli, host, redis_url):
     assert (again.returncode, again.stdout) == (0, "abort_incomplete_uploads (live): nothing to do\n")
     await drain(host, redis_url)  # the purge drops the tombstone
     assert await state_of(host, "assets", ticket.asset_id) is None
+
+
+def test_progress_on_a_terminal_ends_its_line_before_the_summary(capsys):
+    """What a terminal shows: a bar when the total is known, a running count when it is not
+    (cleanup); either way the summary starts on a line of its own."""
+    from rindle_async.cli import _Bar
+
+    bar = _Bar("abort-incomplete-uploads")
+    bar(200, 400)
+    bar(400, 400)
+    bar.end()
+    count = _Bar("cleanup-orphans")
+    count(200, 0)
+    count(400, 0)
+    count.end()
+    count.end()
+    assert capsys.readouterr().err == (
+        f"\rabort-incomplete-uploads [{'#' * 15}{'.' * 15}] 200/400"
+        f"\rabort-incomplete-uploads [{'#' * 30}] 400/400\n"
+        "\rcleanup-orphans 200\rcleanup-orphans 400\n")
 
 
 # -- cleanup-orphans -------------------------------------------------------------------------

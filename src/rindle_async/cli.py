@@ -48,25 +48,39 @@ def load_app(spec: str) -> Rindle:
     return app
 
 
-def _progress(label: str):
-    """A progress callback drawing a bar on a terminal; None when output is not a terminal."""
-    if not sys.stderr.isatty():
-        return None
+class _Bar:
+    """Progress on stderr: a bar, or a running count while the total is unknown (0)."""
 
-    def draw(done: int, total: int) -> None:
+    def __init__(self, label: str) -> None:
+        self.label = label
+        self.line_open = False
+
+    def __call__(self, done: int, total: int) -> None:
         if total:
             filled = int(30 * done / total)
-            sys.stderr.write(f"\r{label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
-            if done == total:
-                sys.stderr.write("\n")
+            sys.stderr.write(f"\r{self.label} [{'#' * filled}{'.' * (30 - filled)}] {done}/{total}")
         else:
-            sys.stderr.write(f"\r{label} {done}")
+            sys.stderr.write(f"\r{self.label} {done}")
+        self.line_open = not total or done < total
+        if not self.line_open:
+            sys.stderr.write("\n")
         sys.stderr.flush()
 
-    return draw
+    def end(self) -> None:
+        """End a line a count (or an unfinished bar) left open, before the summary."""
+        if self.line_open:
+            sys.stderr.write("\n")
+            self.line_open = False
 
 
-def _print_report(report: Report, verbose: bool) -> int:
+def _progress(label: str) -> _Bar | None:
+    """A progress callback drawing on a terminal; None when stderr is not a terminal."""
+    return _Bar(label) if sys.stderr.isatty() else None
+
+
+def _print_report(report: Report, verbose: bool, progress: _Bar | None = None) -> int:
+    if progress is not None:
+        progress.end()
     print(report.summary())
     if verbose:
         for what in sorted(report.items):
@@ -113,16 +127,18 @@ async def _status(rindle: Rindle, args: argparse.Namespace) -> int:
 
 
 async def _abort(rindle: Rindle, args: argparse.Namespace) -> int:
+    progress = _progress("abort-incomplete-uploads")
     report = await maintenance.abort_incomplete_uploads(
-        rindle, dry_run=args.dry_run, progress=_progress("abort-incomplete-uploads"))
-    return _print_report(report, args.verbose)
+        rindle, dry_run=args.dry_run, progress=progress, keep_items=args.verbose)
+    return _print_report(report, args.verbose, progress)
 
 
 async def _cleanup(rindle: Rindle, args: argparse.Namespace) -> int:
+    progress = _progress("cleanup-orphans")
     report = await maintenance.cleanup_orphans(
         rindle, dry_run=not args.live, grace=timedelta(hours=args.grace_hours),
-        progress=_progress("cleanup-orphans"))
-    code = _print_report(report, args.verbose)
+        progress=progress, keep_items=args.verbose)
+    code = _print_report(report, args.verbose, progress)
     if not args.live and report.counts:
         print("dry run: nothing was changed; run again with --live to do it")
     return code

@@ -3,7 +3,9 @@
 Each verb is one service function that the CLI, the cron jobs and hosts call.
 Destructive verbs take ``dry_run``: a dry run computes exactly the same plan as
 a live run and changes nothing.  Every run emits ``CleanupRun`` with its counts.
-Storage I/O happens between transactions, never inside one.
+Storage I/O happens between transactions, never inside one.  Abort and cleanup
+read their rows in keyset pages of ``batch`` rows and act on each page in one
+transaction, so their memory does not grow with the tables.
 """
 
 from __future__ import annotations
@@ -11,10 +13,10 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from collections.abc import Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import states
 from .assets import asset_uuid
@@ -32,8 +34,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rindle_async.maintenance")
 Progress = Callable[[int, int], None]
-#: Every asset state but the tombstone: what cleanup may find unattached and old.
-KEEPABLE = tuple(sorted(ASSET.states - {"deleted"}))
+T = TypeVar("T")
 
 
 def _now() -> datetime:
@@ -42,16 +43,19 @@ def _now() -> datetime:
 
 @dataclass
 class Report:
-    """What a maintenance run did (or, dry, would do): counts and the affected ids."""
+    """What a maintenance run did (or, dry, would do): counts and, kept unless asked not to,
+    the affected ids (``items`` grows with the rows; ``counts`` does not)."""
 
     worker: str
     dry_run: bool
     counts: dict[str, int] = field(default_factory=dict)
     items: dict[str, list[str]] = field(default_factory=dict)
+    keep_items: bool = True
 
     def add(self, what: str, item: str) -> None:
-        self.items.setdefault(what, []).append(item)
         self.counts[what] = self.counts.get(what, 0) + 1
+        if self.keep_items:
+            self.items.setdefault(what, []).append(item)
 
     def summary(self) -> str:
         mode = "dry run" if self.dry_run else "live"
@@ -65,72 +69,164 @@ async def _emit(rindle: Rindle, report: Report) -> Report:
     return report
 
 
-async def _tombstone(uow: UnitOfWork, asset_id: uuid.UUID, reason: str, *,
-                     only_from: tuple[str, ...] | None = None) -> bool:
-    """Tombstone an asset and stage its purge, re-checked under lock; False when it no longer
-    qualifies (attached, or moved on, since the run read it)."""
-    schema = uow.ledger.schema
-    state = await uow.conn.fetchval(f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE",
-                                    asset_id)
-    if state is None or state == "deleted" or (only_from is not None and state not in only_from):
-        return False
-    if await uow.conn.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {schema}.attachments WHERE asset_id = $1)", asset_id):
-        return False
-    await states.transition(uow, ASSET, asset_id, state, "deleted", reason=reason)
-    await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
-    return True
+#: Rows per page read and per transaction of abort and cleanup: bounds their memory and how
+#: long they hold row locks, whatever the size of the tables.
+BATCH = 200
+_FIRST_ID = uuid.UUID(int=0)  # below every uuid4, where keyset pages start
+_FIRST_DEADLINE = datetime.min.replace(tzinfo=timezone.utc)
+
+
+def _sql_list(values: Iterable[str]) -> str:
+    # literal, not a parameter: the planner matches a partial index's predicate only then
+    return "(" + ", ".join(f"'{value}'" for value in values) + ")"
+
+
+_OPEN = _sql_list(OPEN_STATES)
+_CLOSED_BADLY = _sql_list(sorted(UPLOAD_SESSION.terminal - {"completed"}))
+
+
+async def _keyset_pages(read: Callable[[Any], Awaitable[list[Any]]], key: Callable[[Any], Any],
+                        start: Any, size: int) -> AsyncIterator[list[Any]]:
+    """Pages ``read(after)`` of up to ``size`` rows, each after the ``key`` of the last row
+    before it, until a short page."""
+    if not isinstance(size, int) or size < 1:
+        raise ValidationError(f"batch={size!r} must be a positive int (rows per page)")
+    after = start
+    while True:
+        page = await read(after)
+        if page:
+            yield page
+        if len(page) < size:
+            return
+        after = key(page[-1])
+
+
+async def _in_pages(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]]:
+    """A stream in lists of ``size`` (the last may be shorter): one query per list."""
+    page: list[T] = []
+    async for item in items:
+        page.append(item)
+        if len(page) == size:
+            yield page
+            page = []
+    if page:
+        yield page
+
+
+async def _tombstone(uow: UnitOfWork, reasons: Mapping[uuid.UUID, str], *,
+                     only_from: tuple[str, ...] | None = None) -> set[uuid.UUID]:
+    """Tombstone assets (id -> reason) and stage their purges, re-checked under lock; return
+    those tombstoned (the others are attached, gone, or moved on since the run read them)."""
+    if not reasons:
+        return set()
+    schema, ids = uow.ledger.schema, list(reasons)
+    rows = await uow.conn.fetch(f"SELECT id, state FROM {schema}.assets WHERE id = ANY($1::uuid[])"
+                                " ORDER BY id FOR UPDATE", ids)
+    # read once the rows are locked, so an attach that committed meanwhile is seen; one index
+    # probe per id (an IN may be planned as a scan of every attachment)
+    held = {r["id"] for r in await uow.conn.fetch(
+        f"SELECT ids.id FROM unnest($1::uuid[]) AS ids(id) WHERE (SELECT true"
+        f" FROM {schema}.attachments t WHERE t.asset_id = ids.id LIMIT 1)", ids)}
+    doomed: dict[tuple[str, str], list[uuid.UUID]] = {}
+    for row in rows:
+        if row["state"] != "deleted" and row["id"] not in held and (
+                only_from is None or row["state"] in only_from):
+            doomed.setdefault((reasons[row["id"]], row["state"]), []).append(row["id"])
+    done = set()
+    for (reason, state), asset_ids in sorted(doomed.items()):
+        for row in await states.transition_many(uow, ASSET, asset_ids, state, "deleted",
+                                                reason=reason):
+            await uow.stage("purge_storage", {"asset_id": str(row["id"])},
+                            dedupe_key=f"purge:{row['id']}")
+            done.add(row["id"])
+    return done
 
 
 # -- abort ------------------------------------------------------------------------------
 
 
 async def abort_incomplete_uploads(rindle: Rindle, *, dry_run: bool = False,
-                                   now: datetime | None = None,
-                                   progress: Progress | None = None) -> Report:
+                                   now: datetime | None = None, progress: Progress | None = None,
+                                   batch: int = BATCH, keep_items: bool = True) -> Report:
     """Expire every open session past its deadline; tombstone its staged asset; abort multipart.
 
     rindle: the opened Rindle.
     dry_run: report without changing anything.
     now: the clock (tests).
-    progress: called with (done, total) as sessions are handled.
+    progress: called with (done, total) after each page of sessions.
+    batch: sessions per page and per transaction.
+    keep_items: list every affected id in ``report.items`` (memory grows with them).
     """
-    report = Report("abort_incomplete_uploads", dry_run)
-    rows = await rindle.pool.fetch(
-        f"SELECT s.id, s.state, s.asset_id, s.storage_key, s.multipart_upload_id, a.storage,"
-        f" a.state AS asset_state FROM {rindle.schema}.upload_sessions s"
-        f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id"
-        f" WHERE s.state = ANY($1::text[]) AND s.expires_at < $2 ORDER BY s.expires_at",
-        list(OPEN_STATES), now or _now())
-    for done, row in enumerate(rows, 1):
-        tombstoned = row["asset_state"] == "staged"
-        if not dry_run:
-            try:
-                async with rindle.db.transaction() as uow:
-                    await states.transition(uow, UPLOAD_SESSION, row["id"], row["state"], "expired",
-                                            reason="the upload deadline passed")
-                    tombstoned = await _tombstone(uow, row["asset_id"],
-                                                  "its upload session expired before verification",
-                                                  only_from=("staged",))
-            except InvalidTransition:  # the session moved on since it was read (e.g. verified)
+    report = Report("abort_incomplete_uploads", dry_run, keep_items=keep_items)
+    now = now or _now()
+    total = await _count_expired_sessions(rindle, now) if progress else 0
+    done = 0
+    async for rows in _keyset_pages(lambda after: _expired_sessions(rindle, now, after, batch),
+                                    lambda row: (row["expires_at"], row["id"]),
+                                    (_FIRST_DEADLINE, _FIRST_ID), batch):
+        expired = ({row["id"]: row["asset_state"] == "staged" for row in rows} if dry_run
+                   else await _expire(rindle, rows))
+        for row in rows:
+            if row["id"] not in expired:  # the session moved on since it was read (e.g. verified)
                 report.add("skipped_changed", str(row["id"]))
                 continue
-            if row["multipart_upload_id"]:
+            if row["multipart_upload_id"] and not dry_run:
                 await rindle.storages[row["storage"]].abort_multipart(
                     row["storage_key"], row["multipart_upload_id"])
-        report.add("sessions_expired", str(row["id"]))
-        if tombstoned:
-            report.add("assets_tombstoned", str(row["asset_id"]))
-        if row["multipart_upload_id"]:
-            report.add("multipart_aborted", row["multipart_upload_id"])
+            report.add("sessions_expired", str(row["id"]))
+            if expired[row["id"]]:
+                report.add("assets_tombstoned", str(row["asset_id"]))
+            if row["multipart_upload_id"]:
+                report.add("multipart_aborted", row["multipart_upload_id"])
+        done += len(rows)
         if progress:
-            progress(done, len(rows))
+            progress(done, max(done, total))
+    if progress and done < total:  # sessions that closed meanwhile: the bar ends where we are
+        progress(done, done)
     return await _emit(rindle, report)
+
+
+async def _expired_sessions(rindle: Rindle, now: datetime, after: tuple[datetime, uuid.UUID],
+                            limit: int) -> list[Any]:
+    """The next page of open sessions past their deadline, in (deadline, id) order."""
+    schema = rindle.schema
+    return await rindle.pool.fetch(
+        f"SELECT s.id, s.state, s.expires_at, s.asset_id, s.storage_key, s.multipart_upload_id,"
+        f" a.storage, a.state AS asset_state FROM {schema}.upload_sessions s"
+        f" JOIN {schema}.assets a ON a.id = s.asset_id"
+        f" WHERE s.state IN {_OPEN} AND s.expires_at < $1 AND (s.expires_at, s.id) > ($2, $3)"
+        f" ORDER BY s.expires_at, s.id LIMIT $4", now, *after, limit)
+
+
+async def _count_expired_sessions(rindle: Rindle, now: datetime) -> int:
+    return await rindle.pool.fetchval(
+        f"SELECT count(*) FROM {rindle.schema}.upload_sessions"
+        f" WHERE state IN {_OPEN} AND expires_at < $1", now)
+
+
+async def _expire(rindle: Rindle, rows: list[Any]) -> dict[uuid.UUID, bool]:
+    """Expire a page of sessions and tombstone their staged assets in one transaction; return,
+    for each session still open, whether its asset was tombstoned."""
+    seen: dict[str, list[uuid.UUID]] = {}
+    for row in rows:
+        seen.setdefault(row["state"], []).append(row["id"])
+    async with rindle.db.transaction() as uow:
+        expired = {}
+        for state, session_ids in sorted(seen.items()):
+            # sessions verified, aborted or purged since the page was read do not move
+            for row in await states.transition_many(uow, UPLOAD_SESSION, session_ids, state,
+                                                    "expired", reason="the upload deadline passed"):
+                expired[row["id"]] = row["asset_id"]
+        tombstoned = await _tombstone(
+            uow, {asset_id: "its upload session expired before verification"
+                  for asset_id in expired.values()}, only_from=("staged",))
+    return {session_id: asset_id in tombstoned for session_id, asset_id in expired.items()}
 
 
 async def abort_incomplete_uploads_job(job: JobRun) -> None:
     """Ledger job: abort incomplete uploads (live unless ``dry_run`` is in the args)."""
-    await abort_incomplete_uploads(job.rindle, dry_run=bool(job.args.get("dry_run", False)))
+    await abort_incomplete_uploads(job.rindle, dry_run=bool(job.args.get("dry_run", False)),
+                                   keep_items=False)
 
 
 # -- cleanup ----------------------------------------------------------------------------
@@ -138,82 +234,109 @@ async def abort_incomplete_uploads_job(job: JobRun) -> None:
 
 async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
                           grace: timedelta = timedelta(hours=24), now: datetime | None = None,
-                          progress: Progress | None = None) -> Report:
+                          progress: Progress | None = None, batch: int = BATCH,
+                          keep_items: bool = True) -> Report:
     """Remove what nothing holds; a dry run reports exactly what a live run would do.
 
     rindle: the opened Rindle.
     dry_run: report without changing anything (the default).
     grace: how old unattached assets, stray objects and multipart uploads must be.
     now: the clock (tests).
-    progress: called with (done, total) per step.
-    Steps: assets of failed, aborted or expired sessions; unattached assets older
-    than ``grace``; tombstoned assets whose purge is not pending (re-staged);
-    stray objects no row refers to; abandoned multipart uploads.
+    progress: called with (rows and objects checked so far, 0) after each page.
+    batch: assets, objects or uploads per page (and assets per transaction).
+    keep_items: list every affected id in ``report.items`` (memory grows with them).
+    Steps: one pass over the assets in id order for assets of failed, aborted or
+    expired sessions, unattached assets older than ``grace``, and tombstoned assets
+    whose purge is not pending (re-staged); then stray objects no row refers to;
+    then abandoned multipart uploads.
     """
-    schema, now = rindle.schema, now or _now()
+    now = now or _now()
     cutoff = now - grace
-    report = Report("cleanup_orphans", dry_run)
-    doomed = await rindle.pool.fetch(
-        f"SELECT DISTINCT a.id, a.state, CASE WHEN s.id IS NOT NULL THEN 'session' ELSE 'unattached'"
-        f" END AS why FROM {schema}.assets a"
-        f" LEFT JOIN {schema}.upload_sessions s ON s.asset_id = a.id"
-        f"   AND s.state IN ('failed', 'aborted', 'expired')"
-        f" WHERE a.state = ANY($1::text[])"
-        f"   AND NOT EXISTS (SELECT 1 FROM {schema}.attachments t WHERE t.asset_id = a.id)"
-        f"   AND (s.id IS NOT NULL OR a.created_at < $2)"
-        f"   AND NOT EXISTS (SELECT 1 FROM {schema}.upload_sessions o WHERE o.asset_id = a.id"
-        f"     AND o.state = ANY($3::text[]) AND o.expires_at >= $4)"
-        f" ORDER BY a.id", list(KEEPABLE), cutoff, list(OPEN_STATES), now)
-    for row in doomed:
-        what = "session_assets" if row["why"] == "session" else "unattached_assets"
-        if not dry_run:
+    report = Report("cleanup_orphans", dry_run, keep_items=keep_items)
+    reasons = {"session": "cleanup: its upload failed",
+               "unattached": f"cleanup: unattached for longer than {grace}"}
+    checked = 0
+    async for page in _keyset_pages(lambda after: _asset_page(rindle, after, cutoff, now, batch),
+                                    lambda row: row["id"], _FIRST_ID, batch):
+        doomed = {row["id"]: reasons[row["why"]] for row in page if row["why"] in reasons}
+        unpurged = [row["id"] for row in page if row["why"] == "unpurged"]
+        tombstoned = set(doomed)
+        if not dry_run and (doomed or unpurged):
             async with rindle.db.transaction() as uow:
-                done = await _tombstone(uow, row["id"],
-                                        "cleanup: its upload failed" if what == "session_assets"
-                                        else f"cleanup: unattached for longer than {grace}")
-            if not done:  # attached (or gone) since the run read it
+                tombstoned = await _tombstone(uow, doomed)
+                for asset_id in unpurged:
+                    await uow.stage("purge_storage", {"asset_id": str(asset_id)},
+                                    dedupe_key=f"purge:{asset_id}")
+        for row in page:
+            if row["why"] == "unpurged":
+                report.add("purges_restaged", str(row["id"]))
+            elif row["id"] in doomed and row["id"] not in tombstoned:  # attached (or gone) meanwhile
                 report.add("skipped_changed", str(row["id"]))
-                continue
-        report.add(what, str(row["id"]))
-    unpurged = await rindle.pool.fetch(
-        f"SELECT a.id FROM {schema}.assets a WHERE a.state = 'deleted' AND NOT EXISTS ("
-        f" SELECT 1 FROM {schema}.jobs j WHERE j.kind = 'purge_storage'"
-        f" AND j.status IN ('pending', 'enqueued') AND j.args->>'asset_id' = a.id::text)"
-        f" AND a.state_changed_at < $1 ORDER BY a.id", cutoff)
-    for row in unpurged:
-        report.add("purges_restaged", str(row["id"]))
-        if not dry_run:
-            async with rindle.db.transaction() as uow:
-                await uow.stage("purge_storage", {"asset_id": str(row["id"])},
-                                dedupe_key=f"purge:{row['id']}")
-    await _stray_objects(rindle, report, cutoff, progress)
-    await _abandoned_multipart(rindle, report, cutoff)
+            elif row["id"] in doomed:
+                report.add(f"{row['why']}_assets", str(row["id"]))
+        checked += len(page)
+        if progress:
+            progress(checked, 0)
+    await _stray_objects(rindle, report, cutoff, batch, progress, checked)
+    await _abandoned_multipart(rindle, report, cutoff, batch)
     return await _emit(rindle, report)
 
 
-async def _stray_objects(rindle: Rindle, report: Report, cutoff: datetime,
-                         progress: Progress | None) -> None:
-    """Objects under a profile's prefix that no asset or variant row refers to."""
+async def _asset_page(rindle: Rindle, after: uuid.UUID, cutoff: datetime, now: datetime,
+                      limit: int) -> list[Any]:
+    """The next page of assets in id order, each with ``why`` cleanup wants it: ``session``
+    (its upload failed), ``unattached`` (held by nothing since before ``cutoff``),
+    ``unpurged`` (a tombstone without a purge on its way) or NULL (it does not)."""
     schema = rindle.schema
+    # Subqueries the planner can only answer with one index probe per asset: an EXISTS may
+    # become a hashed scan of a whole table for every page, and a state filter may steer a
+    # probe to a partial index on state that holds no asset_id.
+    return await rindle.pool.fetch(
+        f"SELECT a.id, CASE"
+        f" WHEN a.state = 'deleted' THEN CASE WHEN a.state_changed_at < $2 AND (SELECT true"
+        f"   FROM {schema}.jobs j WHERE j.kind = 'purge_storage' AND j.status IN ('pending', 'enqueued')"
+        f"   AND j.args->>'asset_id' = a.id::text LIMIT 1) IS NULL THEN 'unpurged' END"
+        f" WHEN (SELECT true FROM {schema}.attachments t WHERE t.asset_id = a.id LIMIT 1) THEN NULL"
+        f" ELSE (SELECT CASE WHEN bool_or(s.state IN {_OPEN} AND s.expires_at >= $3) THEN NULL"
+        f"   WHEN bool_or(s.state IN {_CLOSED_BADLY}) THEN 'session'"
+        f"   WHEN a.created_at < $2 THEN 'unattached' END"
+        f"   FROM {schema}.upload_sessions s WHERE s.asset_id = a.id) END AS why"
+        f" FROM {schema}.assets a WHERE a.id > $1 ORDER BY a.id LIMIT $4",
+        after, cutoff, now, limit)
+
+
+async def _stray_objects(rindle: Rindle, report: Report, cutoff: datetime, batch: int,
+                         progress: Progress | None, checked: int) -> None:
+    """Objects under a profile's prefix that no asset or variant row refers to (``checked``:
+    what the progress count starts from)."""
     for profile in rindle.profiles.values():
         storage = rindle.storages[profile.storage]
-        seen = 0
-        async for info in storage.list(f"{profile.name}/"):
-            seen += 1
-            if info.last_modified is not None and info.last_modified >= cutoff:
-                continue  # young: an upload or a render may be about to refer to it
-            owner = await rindle.pool.fetchrow(
-                f"SELECT a.state, a.storage_key = $2 OR EXISTS (SELECT 1 FROM {schema}.variants v"
-                f" WHERE v.asset_id = a.id AND v.storage_key = $2) AS referenced"
-                f" FROM {schema}.assets a WHERE a.id = $1 AND a.storage = $3",
-                _asset_of(info.key), info.key, profile.storage)
-            if owner is not None and (owner["referenced"] or owner["state"] == "deleted"):
-                continue  # in use, or its purge job will delete it
-            report.add("stray_objects", f"{profile.storage}:{info.key}")
-            if not report.dry_run:
-                await storage.delete(info.key)
+        async for page in _in_pages(storage.list(f"{profile.name}/"), batch):
+            # young ones are left: an upload or a render may be about to refer to them
+            old = [info.key for info in page
+                   if info.last_modified is None or info.last_modified < cutoff]
+            for key in await _unreferenced(rindle, profile.storage, old):
+                report.add("stray_objects", f"{profile.storage}:{key}")
+                if not report.dry_run:
+                    await storage.delete(key)
+            checked += len(page)
             if progress:
-                progress(seen, 0)
+                progress(checked, 0)
+
+
+async def _unreferenced(rindle: Rindle, storage: str, keys: list[str]) -> list[str]:
+    """Those of ``keys`` (in order) that no row refers to and no pending purge will delete."""
+    if not keys:
+        return []
+    schema = rindle.schema
+    rows = await rindle.pool.fetch(
+        f"SELECT o.key FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS o(key, asset_id, n)"
+        f" LEFT JOIN {schema}.assets a ON a.id = o.asset_id AND a.storage = $3"
+        f" WHERE a.id IS NULL OR (a.state <> 'deleted' AND a.storage_key <> o.key AND (SELECT true"
+        f"   FROM {schema}.variants v WHERE v.asset_id = a.id AND v.storage_key = o.key LIMIT 1)"
+        f"   IS NULL)"
+        f" ORDER BY o.n", keys, [_asset_of(key) for key in keys], storage)
+    return [row["key"] for row in rows]
 
 
 def _asset_of(key: str) -> uuid.UUID | None:
@@ -225,30 +348,32 @@ def _asset_of(key: str) -> uuid.UUID | None:
         return None
 
 
-async def _abandoned_multipart(rindle: Rindle, report: Report, cutoff: datetime) -> None:
-    names = {p.storage for p in rindle.profiles.values()}
-    for name in sorted(names):
+async def _abandoned_multipart(rindle: Rindle, report: Report, cutoff: datetime,
+                               batch: int) -> None:
+    """Multipart uploads older than ``cutoff`` that no open session owns."""
+    for name in sorted({p.storage for p in rindle.profiles.values()}):
         storage = rindle.storages[name]
         if not storage.capabilities.multipart:
             continue
-        open_ids = {r["multipart_upload_id"] for r in await rindle.pool.fetch(
-            f"SELECT multipart_upload_id FROM {rindle.schema}.upload_sessions"
-            f" WHERE multipart_upload_id IS NOT NULL AND state = ANY($1::text[])",
-            list(OPEN_STATES))}
         for profile in (p for p in rindle.profiles.values() if p.storage == name):
-            async for upload in storage.list_multipart(f"{profile.name}/"):
-                if upload.upload_id in open_ids:
-                    continue
-                if upload.initiated is not None and upload.initiated >= cutoff:
-                    continue
-                report.add("multipart_aborted", f"{name}:{upload.key}:{upload.upload_id}")
-                if not report.dry_run:
-                    await storage.abort_multipart(upload.key, upload.upload_id)
+            async for page in _in_pages(storage.list_multipart(f"{profile.name}/"), batch):
+                old = [u for u in page if u.initiated is None or u.initiated < cutoff]
+                owned = {r["multipart_upload_id"] for r in await rindle.pool.fetch(
+                    f"SELECT multipart_upload_id FROM {rindle.schema}.upload_sessions"
+                    f" WHERE multipart_upload_id = ANY($1::text[]) AND state IN {_OPEN}",
+                    [u.upload_id for u in old])} if old else set()
+                for upload in old:
+                    if upload.upload_id in owned:
+                        continue
+                    report.add("multipart_aborted", f"{name}:{upload.key}:{upload.upload_id}")
+                    if not report.dry_run:
+                        await storage.abort_multipart(upload.key, upload.upload_id)
 
 
 async def cleanup_orphans_job(job: JobRun) -> None:
     """Ledger job: cleanup (live unless ``dry_run`` is true in the args)."""
-    await cleanup_orphans(job.rindle, dry_run=bool(job.args.get("dry_run", False)))
+    await cleanup_orphans(job.rindle, dry_run=bool(job.args.get("dry_run", False)),
+                          keep_items=False)
 
 
 # -- stale detection and regeneration ---------------------------------------------------
