@@ -223,33 +223,6 @@ def _emit(uow: UnitOfWork, machine: StateMachine, row: asyncpg.Record, from_stat
         uow.emit(event)
 
 
-async def transition_many(uow: UnitOfWork, machine: StateMachine, row_ids: Sequence[object],
-                          from_state: str, to_state: str, **changes: Any) -> list[asyncpg.Record]:
-    """Move every row of ``row_ids`` still in ``from_state`` to ``to_state``, in one UPDATE.
-
-    Rows that moved on first are left alone and not returned (their writer won).
-    Returns the updated rows; one event is queued for each.
-    """
-    machine.check(row_ids[0] if row_ids else None, from_state, to_state)
-    if not row_ids:
-        return []
-    schema, names = uow.ledger.schema, _columns(changes)
-    sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=4))
-    join, returning = " WHERE", "t.*"
-    if machine.join:
-        join = f" FROM {schema}.{machine.join} j WHERE j.id = t.asset_id AND"
-        returning = "t.*, j.profile AS asset_profile, j.storage AS asset_storage"
-    rows = await uow.conn.fetch(
-        f"UPDATE {schema}.{machine.table} t SET state = $3, updated_at = now(),"
-        f" state_changed_at = now(){sets}{join} t.id = ANY($1) AND t.state = $2 RETURNING {returning}",
-        list(row_ids), from_state, to_state, *changes.values())
-    for row in rows:
-        event = machine.event(row, from_state, to_state)
-        if event is not None:
-            uow.emit(event)
-    return rows
-
-
 async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: Any) -> asyncpg.Record:
     """Create a row of ``machine``'s table in one of its initial states; return it.
 
