@@ -331,7 +331,7 @@ class S3Storage:
         """A presigned URL for client method ``op`` on ``key``; signing is local, no request is sent."""
         if not 0 < expires_in <= MAX_EXPIRES_IN:
             raise ValidationError(f"expires_in={expires_in!r}; S3 accepts 1..{MAX_EXPIRES_IN} seconds")
-        presigner = self._signing.presigner if self._signing.probed else await self._probe()
+        presigner = self._signing.presigner if self._signing.probed else await self.presigner()
         if presigner is None:
             return await self._botocore_presign(op, key, params, expires_in)
         query: dict[str, Any] = {}
@@ -360,13 +360,16 @@ class S3Storage:
                                     else await source.get_frozen_credentials())
         return self._signing.frozen
 
-    async def _probe(self) -> Presigner | None:
-        """Our presigner for the bucket, checked against one botocore URL (once per open client).
+    async def presigner(self) -> Presigner | None:
+        """The SigV4 presigner this open client signs URLs with, or None where botocore signs them.
 
         botocore alone decides the bucket's address (endpoint rules, addressing style, signing
-        region); a presigner that does not reproduce its probe URL byte for byte (a botocore
-        change, S3 Express) leaves this client's signing to botocore.
+        region): on first use it presigns one probe URL, and a presigner that does not reproduce
+        that URL byte for byte (a botocore change, S3 Express) leaves this client's signing to
+        botocore.  Presigning needs no request to the store.
         """
+        if self._signing.probed:
+            return self._signing.presigner
         probe = await self._botocore_presign("get_object", PROBE_KEY, {}, 1)
         credentials = await self._frozen_credentials(PROBE_KEY)
         address, _, query = probe.partition("?")
