@@ -15,9 +15,10 @@ import hmac
 import time
 from collections.abc import Mapping
 from typing import Protocol
-from urllib.parse import quote, urlsplit
+from urllib.parse import urlsplit
 
 from ..errors import ValidationError
+from .signing import HmacSha256, quote_component, quote_path
 
 ALGORITHM = "AWS4-HMAC-SHA256"
 #: A presigned URL cannot know its body, so it signs this in place of the payload hash.
@@ -41,12 +42,18 @@ class Credentials(Protocol):
     def token(self) -> str | None: ...
 
 
-def encode(value: str) -> str:
-    """Percent-encode a query key or value as SigV4 (and botocore) do: only ``A-Za-z0-9-_.~`` stay.
+def signing_key(secret: str, date: str, region: str, service: str) -> bytes:
+    """The SigV4 signing key: HMAC-SHA256 chained over date, region, service and "aws4_request".
 
-    value: the text to encode (UTF-8)
+    secret: the secret access key
+    date: the credential scope's date, YYYYMMDD
+    region: the signing region
+    service: the signing service name
     """
-    return quote(value, safe="-_.~")
+    key = f"AWS4{secret}".encode()
+    for part in (date, region, service, "aws4_request"):
+        key = hmac.digest(key, part.encode(), "sha256")
+    return key
 
 
 def host_header(address: str) -> str:
@@ -86,8 +93,8 @@ class Presigner:
         self._path = parts.path[:-1] if parts.path.endswith("/") else parts.path
         self._second = -1
         self._stamp = ("", "")
-        self._key_for: tuple[str, str] = ("", "")
-        self._key = b""
+        self._mac_for: tuple[str, str] = ("", "")
+        self._mac = HmacSha256(b"")
 
     def _timestamp(self, now: float) -> tuple[str, str]:
         """(X-Amz-Date, date) for ``now``, truncated to the second like botocore's strftime."""
@@ -97,19 +104,17 @@ class Presigner:
             self._second, self._stamp = second, (stamp, stamp[:8])
         return self._stamp
 
-    def signing_key(self, secret: str, date: str) -> bytes:
-        """The SigV4 signing key for ``secret`` on ``date`` (YYYYMMDD); derived once and cached.
+    def mac(self, secret: str, date: str) -> HmacSha256:
+        """HMAC-SHA256 keyed with the signing key for ``secret`` on ``date``; derived once and cached.
 
         secret: the secret access key
-        date: the credential scope's date
+        date: the credential scope's date, YYYYMMDD
         """
-        if self._key_for != (secret, date):
-            key = hmac.digest(f"AWS4{secret}".encode(), date.encode(), "sha256")
-            for part in (self.region, self.service, "aws4_request"):
-                key = hmac.digest(key, part.encode(), "sha256")
-            # A refreshed secret or a new day derives a new key; the cache holds one entry.
-            self._key_for, self._key = (secret, date), key
-        return self._key
+        if self._mac_for != (secret, date):
+            # A new day or a refreshed secret derives a new key; the cache holds one entry.
+            self._mac = HmacSha256(signing_key(secret, date, self.region, self.service))
+            self._mac_for = (secret, date)
+        return self._mac
 
     def url(self, method: str, key: str, *, credentials: Credentials, expires_in: int,
             query: Mapping[str, str | int] | None = None, headers: Mapping[str, str | int] | None = None,
@@ -126,27 +131,31 @@ class Presigner:
         """
         amz_date, date = self._timestamp(time.time() if now is None else now)
         scope = f"{date}/{self.region}/{self.service}/aws4_request"
-        signed = {name.lower(): str(value) for name, value in (headers or {}).items()}
-        if signed.get("content-type") == FORM_CONTENT_TYPE:
-            del signed["content-type"]
-        signed.setdefault("host", self._host)
-        names = sorted(signed)
-        signed_headers = ";".join(names)
-        pairs = [(encode(name), encode(str(value))) for name, value in (query or {}).items()]
+        if headers:
+            signed = {name.lower(): str(value) for name, value in headers.items()}
+            if signed.get("content-type") == FORM_CONTENT_TYPE:
+                del signed["content-type"]
+            signed.setdefault("host", self._host)
+            names = sorted(signed)
+            signed_headers = ";".join(names)
+            canonical_headers = "".join([f"{name}:{' '.join(signed[name].split())}\n" for name in names])
+        else:
+            signed_headers, canonical_headers = "host", f"host:{self._host}\n"
+        pairs = [(quote_component(name), quote_component(str(value))) for name, value in query.items()
+                 ] if query else []
         pairs += [("X-Amz-Algorithm", ALGORITHM),
-                  ("X-Amz-Credential", encode(f"{credentials.access_key}/{scope}")),
-                  ("X-Amz-Date", amz_date), ("X-Amz-Expires", encode(str(expires_in))),
-                  ("X-Amz-SignedHeaders", encode(signed_headers))]
+                  ("X-Amz-Credential", quote_component(f"{credentials.access_key}/{scope}")),
+                  ("X-Amz-Date", amz_date), ("X-Amz-Expires", quote_component(str(expires_in))),
+                  ("X-Amz-SignedHeaders", quote_component(signed_headers))]
         if credentials.token is not None:
-            pairs.append(("X-Amz-Security-Token", encode(credentials.token)))
-        path = f"{self._path}/{quote(key, safe='/~')}"
-        canonical = "\n".join((
-            method.upper(), path, "&".join(f"{k}={v}" for k, v in sorted(pairs)),
-            "".join(f"{name}:{' '.join(signed[name].split())}\n" for name in names),
-            signed_headers, UNSIGNED_PAYLOAD))
+            pairs.append(("X-Amz-Security-Token", quote_component(credentials.token)))
+        path = quote_path(key)
+        # Canonical query: every parameter but the signature, sorted by encoded (name, value).
+        canonical = "\n".join((method.upper(), f"{self._path}/{path}",
+                                "&".join([f"{k}={v}" for k, v in sorted(pairs)]),
+                                canonical_headers, signed_headers, UNSIGNED_PAYLOAD))
         string_to_sign = (f"{ALGORITHM}\n{amz_date}\n{scope}\n"
                           f"{hashlib.sha256(canonical.encode()).hexdigest()}")
-        signature = hmac.digest(self.signing_key(credentials.secret_key, date), string_to_sign.encode(),
-                                "sha256").hex()
-        query_string = "&".join(f"{k}={v}" for k, v in pairs)
-        return f"{self.address}/{quote(key, safe='/~')}?{query_string}&X-Amz-Signature={signature}"
+        signature = self.mac(credentials.secret_key, date).digest(string_to_sign.encode()).hex()
+        query_string = "&".join([f"{k}={v}" for k, v in pairs])
+        return f"{self.address}/{path}?{query_string}&X-Amz-Signature={signature}"
