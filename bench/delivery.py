@@ -41,6 +41,7 @@ from rindle_async import LocalStorage, Profile, Rindle, S3Storage, Variant  # no
 from rindle_async.storage.s3 import botocore_session  # noqa: E402
 
 PAGE_ASSETS = 50
+SMOKE_PAGE_ASSETS = 4  # a smoke run only checks the script works: a small page renders in seconds
 VARIANTS = {"thumb": Variant(width=32, height=32, fit="cover", format="webp", quality=80),
             "large": Variant(width=64, fit="inside", format="jpeg", quality=85),
             "square": Variant(width=16, height=16, fit="cover", format="png")}
@@ -67,10 +68,11 @@ async def best_of(rounds: int, *runs: tuple[int, Callable[[], Awaitable[Any]], i
     return [statistics.median(sample) for sample in samples]
 
 
-async def render_assets(rindle: Rindle, profile: str, count: int) -> list[str]:
-    """Upload ``count`` small PNGs and run a burst worker until every variant is rendered."""
+async def render_assets(rindle: Rindle, counts: dict[str, int]) -> dict[str, list[str]]:
+    """Upload ``counts[profile]`` small PNGs per profile; a burst worker renders every variant."""
     body = pyvips.Image.black(96, 64).new_from_image([200, 40, 40]).pngsave_buffer()
-    ids = [(await rindle.upload(profile, body, filename=f"bench-{i}.png")).id for i in range(count)]
+    ids = {profile: [(await rindle.upload(profile, body, filename=f"bench-{i}.png")).id for i in range(count)]
+           for profile, count in counts.items()}
     for _ in range(20):
         await rindle.flush_jobs()
         summary = await rindle.ledger_summary()
@@ -78,12 +80,12 @@ async def render_assets(rindle: Rindle, profile: str, count: int) -> list[str]:
             break
         worker = Worker(functions=rindle.arq_functions(), redis_settings=RedisSettings.from_dsn(REDIS_URL),
                         queue_name=rindle.ledger.queue, burst=True, poll_delay=0.05, handle_signals=False,
-                        ctx={"rindle": rindle}, max_jobs=8)
+                        ctx={"rindle": rindle}, max_jobs=16)
         try:
             await worker.main()
         finally:
             await worker.close()
-    states = {(await rindle.get_asset(i)).state for i in ids}
+    states = {(await rindle.get_asset(i)).state for group in ids.values() for i in group}
     if states != {"ready"}:
         raise RuntimeError(f"benchmark assets did not all render: states {states}")
     return ids
@@ -102,6 +104,7 @@ async def main() -> None:
     endpoint = f"http://{host}:{port}"
     config = Config(signature_version="s3v4", s3={"addressing_style": "path"})
     schema = f"bench_delivery_{uuid.uuid4().hex[:8]}"
+    size = SMOKE_PAGE_ASSETS if args.smoke else PAGE_ASSETS
     log = QueryLog()
     pool = await asyncpg.create_pool(DATABASE_URL, min_size=1, max_size=4, init=log.attach)
     folder = tempfile.TemporaryDirectory()
@@ -109,7 +112,7 @@ async def main() -> None:
     s3 = S3Storage(bucket=BUCKET, endpoint_url=endpoint, path_style=True,
                    access_key_id=CREDENTIALS["aws_access_key_id"],
                    secret_access_key=CREDENTIALS["aws_secret_access_key"])
-    rindle = Rindle(pool=pool, redis_url=REDIS_URL, schema=schema, queue=f"q-{schema}", relay=False,
+    rindle = Rindle(pool=pool, redis_url=REDIS_URL, schema=schema, queue=f"q-{schema}", relay=False, processes=2,
                     storages={"local": local, "s3": s3},
                     profiles=[Profile(name="local_avatar", storage="local", variants=VARIANTS),
                               Profile(name="s3_avatar", storage="s3", variants=VARIANTS)])
@@ -119,9 +122,14 @@ async def main() -> None:
             await raw.create_bucket(Bucket=BUCKET)
             async with rindle:
                 await rindle.migrate()
-                page = {"local": await render_assets(rindle, "local_avatar", PAGE_ASSETS),
-                        "s3": await render_assets(rindle, "s3_avatar", PAGE_ASSETS)}
+                started = time.monotonic()
+                rendered = await render_assets(rindle, {"local_avatar": size, "s3_avatar": size})
+                page = {"local": rendered["local_avatar"], "s3": rendered["s3_avatar"]}
+                report.note(f"set-up (upload, promote and render the pages' assets): "
+                            f"{time.monotonic() - started:.1f} s")
+                started = time.monotonic()
                 await measure(report, args, rindle, raw, page)
+                report.note(f"measuring: {time.monotonic() - started:.1f} s")
                 await count_page_queries(report, rindle, page["local"], log)
     finally:
         async with pool.acquire() as conn:
@@ -130,7 +138,7 @@ async def main() -> None:
         folder.cleanup()
         server.stop()
     report.note("S3 is moto's ThreadedMotoServer, path-style; signing sends it no request.")
-    report.note(f"urls() pages: {PAGE_ASSETS} assets x {len(NAMES)} variants ({', '.join(NAMES)}), "
+    report.note(f"urls() pages: {size} assets x {len(NAMES)} variants ({', '.join(NAMES)}), "
                 f"all rendered; rates are medians of {args.rounds} interleaved rounds.")
     print(report.finish(args.out))
 
@@ -145,7 +153,7 @@ async def measure(report: Report, args: Any, rindle: Rindle, raw: Any, page: dic
     s3: S3Storage = rindle.storages["s3"]
     local: LocalStorage = rindle.storages["local"]
     key, local_key = await thumb_key(rindle, page["s3"][0]), await thumb_key(rindle, page["local"][0])
-    signs, pages, per_page = args.signs, args.pages, PAGE_ASSETS * len(NAMES)
+    signs, pages, per_page = args.signs, args.pages, len(page["local"]) * len(NAMES)
     botocore, ours = await best_of(
         args.rounds,
         (max(signs // 10, 50), lambda: raw.generate_presigned_url(
@@ -155,7 +163,7 @@ async def measure(report: Report, args: Any, rindle: Rindle, raw: Any, page: dic
     s3_one, s3_page = await best_of(
         args.rounds,
         (max(signs // 10, 50), lambda: rindle.url(page["s3"][0], variant="thumb"), 1),
-        (pages, lambda: rindle.urls(page["s3"], variants=NAMES), per_page))
+        (pages, lambda: rindle.urls(page["s3"], variants=NAMES), len(page["s3"]) * len(NAMES)))
     adapter, local_one, local_page = await best_of(
         args.rounds,
         (signs, lambda: local.url(local_key, expires_in=300, content_type="image/webp"), 1),
@@ -168,12 +176,12 @@ async def measure(report: Report, args: Any, rindle: Rindle, raw: Any, page: dic
     report.ratio("s3_sign_vs_aiobotocore", ours, botocore)
     report.row("rindle.url() on S3 (one row read each)", s3_one, "URLs/s", baseline=botocore,
                key="s3_url_per_s", digits=0)
-    report.row(f"rindle.urls() on S3, {PAGE_ASSETS}x{len(NAMES)} page", s3_page, "URLs/s", baseline=botocore,
+    report.row(f"rindle.urls() on S3, {len(page['s3'])}x{len(NAMES)} page", s3_page, "URLs/s", baseline=botocore,
                key="s3_page_signs_per_s", digits=0)
     report.row("LocalStorage.url() (baseline)", adapter, "URLs/s", key="local_adapter_signs_per_s", digits=0)
     report.row("rindle.url() on local (one row read each)", local_one, "URLs/s", baseline=adapter,
                key="local_url_per_s", digits=0)
-    report.row(f"rindle.urls() on local, {PAGE_ASSETS}x{len(NAMES)} page", local_page, "URLs/s",
+    report.row(f"rindle.urls() on local, {len(page['local'])}x{len(NAMES)} page", local_page, "URLs/s",
                baseline=adapter, key="local_signs_per_s", digits=0)
 
 

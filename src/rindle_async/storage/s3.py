@@ -417,7 +417,7 @@ class S3Storage:
         if expires_in is None and self.public_base_url:
             return f"{self.public_base_url}/{quote(key, safe='/')}"
         if expires_in is None:
-            # A presigned URL's address part is exactly botocore's own addressing of the object.
+            # The presigned URL's address part is exactly botocore's own addressing of the object.
             return (await self._presign("get_object", key, {}, 1)).split("?", 1)[0]
         params = {name: value for name, value in (("ResponseContentType", content_type),
                                                   ("ResponseContentDisposition", disposition)) if value}

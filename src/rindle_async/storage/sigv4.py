@@ -91,18 +91,19 @@ class Presigner:
         self.service = service
         self._host = host_header(address)
         self._path = parts.path[:-1] if parts.path.endswith("/") else parts.path
-        self._second = -1
-        self._stamp = ("", "")
-        self._mac_for: tuple[str, str] = ("", "")
-        self._mac = HmacSha256(b"")
+        # One-entry caches, each a single tuple so that a reader never sees half an update.
+        self._stamp = (-1, "", "")
+        self._mac = ("", "", HmacSha256(b""))
 
     def _timestamp(self, now: float) -> tuple[str, str]:
         """(X-Amz-Date, date) for ``now``, truncated to the second like botocore's strftime."""
         second = int(now // 1)
-        if second != self._second:
-            stamp = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
-            self._second, self._stamp = second, (stamp, stamp[:8])
-        return self._stamp
+        cached, amz_date, date = self._stamp
+        if second != cached:
+            amz_date = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(second))
+            date = amz_date[:8]
+            self._stamp = (second, amz_date, date)
+        return amz_date, date
 
     def mac(self, secret: str, date: str) -> HmacSha256:
         """HMAC-SHA256 keyed with the signing key for ``secret`` on ``date``; derived once and cached.
@@ -110,11 +111,12 @@ class Presigner:
         secret: the secret access key
         date: the credential scope's date, YYYYMMDD
         """
-        if self._mac_for != (secret, date):
-            # A new day or a refreshed secret derives a new key; the cache holds one entry.
-            self._mac = HmacSha256(signing_key(secret, date, self.region, self.service))
-            self._mac_for = (secret, date)
-        return self._mac
+        cached_secret, cached_date, mac = self._mac
+        if cached_secret != secret or cached_date != date:
+            # A new day or a refreshed secret derives a new key.
+            mac = HmacSha256(signing_key(secret, date, self.region, self.service))
+            self._mac = (secret, date, mac)
+        return mac
 
     def url(self, method: str, key: str, *, credentials: Credentials, expires_in: int,
             query: Mapping[str, str | int] | None = None, headers: Mapping[str, str | int] | None = None,
