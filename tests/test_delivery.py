@@ -166,12 +166,17 @@ def ours(queries: list[str], schema: str) -> list[str]:
     return [q for q in queries if f"{schema}." in q]
 
 
+async def page_of_50(rindle, redis_url, ready: int) -> tuple[list, list]:
+    """(``ready`` rendered assets, the other 50 - ``ready`` still validating)."""
+    rendered = [await rindle.upload("avatar", png(40, 30)) for _ in range(ready)]
+    await drain(rindle, redis_url)
+    return rendered, [await rindle.upload("avatar", png()) for _ in range(50 - ready)]
+
+
 async def test_urls_for_a_page_of_50_assets_costs_two_queries_and_no_storage_calls(
         counted_rindle, local_storage, redis_url, schema):
     rindle, queries = await counted_rindle(avatar_profile("media"))
-    ready = [await rindle.upload("avatar", png(40, 30)) for _ in range(3)]
-    await drain(rindle, redis_url)
-    pending = [await rindle.upload("avatar", png()) for _ in range(47)]
+    ready, pending = await page_of_50(rindle, redis_url, 3)
     ids = [a.id for a in ready + pending]
     local_storage.calls.clear()
     queries.clear()
@@ -193,9 +198,7 @@ THREE_VARIANTS = {"thumb": Variant(width=32, height=32, fit="cover", format="web
 async def test_urls_for_50_assets_by_3_variants_cost_two_queries_and_no_storage_calls(
         counted_rindle, local_storage, redis_url, schema):
     rindle, queries = await counted_rindle(avatar_profile("media", variants=THREE_VARIANTS))
-    ready = [await rindle.upload("avatar", png(40, 30)) for _ in range(2)]
-    await drain(rindle, redis_url)
-    pending = [await rindle.upload("avatar", png()) for _ in range(48)]
+    ready, pending = await page_of_50(rindle, redis_url, 2)
     ids = [a.id for a in ready + pending]
     local_storage.calls.clear()
     queries.clear()
