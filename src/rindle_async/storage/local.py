@@ -7,7 +7,7 @@ Starlette and aiohttp routes serve signed URLs by calling ``verify`` then ``put`
 
 from __future__ import annotations
 
-import base64
+import binascii
 import hmac
 import itertools
 import os
@@ -37,6 +37,8 @@ NO_MULTIPART = "local storage has no multipart uploads; send the file in a singl
 ABSENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 #: The query parameters a signature covers, besides the key.
 SIGNED_FIELDS = ("method", "expires", "max_bytes", "content_type", "disposition")
+#: Base64 to its URL-safe alphabet; a 32-byte MAC is 43 characters once its "=" is dropped.
+URL_SAFE_BASE64 = bytes.maketrans(b"+/", b"-_")
 
 
 class SignedRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -256,11 +258,20 @@ class LocalStorage:
         disposition: the Content-Disposition to serve (GET)
         """
         check_key(key)
-        values = (method.upper(), str(expires_at) if expires_at else None,
-                  None if max_bytes is None else str(max_bytes), content_type, disposition)
-        signature = self._signature(key, ["" if value is None else value for value in values])
-        query = "&".join([f"{name}={quote_component(value)}" for name, value in zip(SIGNED_FIELDS, values)
-                          if value is not None])
+        method = method.upper()
+        expires = str(expires_at) if expires_at else ""
+        size = "" if max_bytes is None else str(max_bytes)
+        signature = self._signature(key, [method, expires, size, content_type or "", disposition or ""])
+        # The query holds the SIGNED_FIELDS that have a value, in that order, then the signature.
+        query = f"method={quote_component(method)}"
+        if expires:
+            query += f"&expires={expires}"
+        if size:
+            query += f"&max_bytes={size}"
+        if content_type is not None:
+            query += f"&content_type={quote_component(content_type)}"
+        if disposition is not None:
+            query += f"&disposition={quote_component(disposition)}"
         return f"{self.base_url}/{quote_path(key)}?{query}&sig={signature}"
 
     def verify(self, method: str, key: str, params: Mapping[str, str], *,
@@ -296,7 +307,7 @@ class LocalStorage:
         """HMAC-SHA256 over the key and the SIGNED_FIELDS values ("" for absent), URL-safe base64."""
         # A JSON array keeps field boundaries unambiguous whatever the values contain.
         canonical = msgspec.json.encode(["rindle-local-v1", key, *values])
-        return base64.urlsafe_b64encode(self._mac.digest(canonical)).rstrip(b"=").decode()
+        return binascii.b2a_base64(self._mac.digest(canonical), newline=False).translate(URL_SAFE_BASE64)[:43].decode()
 
     def _expiry(self, expires_in: int) -> int:
         if not 0 < expires_in <= self.url_ttl_max:
