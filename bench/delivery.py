@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import statistics
 import sys
 import tempfile
@@ -97,6 +98,7 @@ async def main() -> None:
         args.signs, args.pages, args.rounds = 300, 3, 1
     report = Report("delivery", "Delivery: URLs signed per second (this run's baselines beside them)",
                     smoke=args.smoke)
+    load_before = os.getloadavg()[0]
     logging.getLogger("werkzeug").setLevel(logging.ERROR)
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
@@ -137,6 +139,8 @@ async def main() -> None:
         await pool.close()
         folder.cleanup()
         server.stop()
+    report.note(f"load average (1 min) {load_before:.1f} at start, {os.getloadavg()[0]:.1f} at the end, "
+                f"on {os.cpu_count()} cores: other processes' work lowers every figure alike.")
     report.note("S3 is moto's ThreadedMotoServer, path-style; signing sends it no request.")
     report.note(f"urls() pages: {size} assets x {len(NAMES)} variants ({', '.join(NAMES)}), "
                 f"all rendered; rates are medians of {args.rounds} interleaved rounds.")
