@@ -51,19 +51,25 @@ def content_disposition(disposition: str, filename: str | None) -> str:
     return value
 
 
-def _query(schema: str) -> str:
+def _query(schema: str, *, many: bool) -> str:
     """Assets by id, one row per asked-for variant they have (a row with NULL variant columns when none)."""
+    # One id is "= $1": planned faster than "= ANY($1)" with one element (0.15 ms of a 0.5 ms url()).
+    where = "a.id = ANY($1::uuid[])" if many else "a.id = $1"
     return (f"SELECT a.id, a.profile, a.storage, a.state, a.storage_key, a.content_type, a.filename,"
             f" v.name AS variant, v.state AS variant_state, v.storage_key AS variant_key,"
             f" v.content_type AS variant_type"
             f" FROM {schema}.assets a LEFT JOIN {schema}.variants v"
-            f" ON v.asset_id = a.id AND v.name = ANY($2::text[]) WHERE a.id = ANY($1::uuid[])")
+            f" ON v.asset_id = a.id AND v.name = ANY($2::text[]) WHERE {where}")
 
 
 async def _fetch(rindle: Rindle, ids: list[Any], names: Iterable[str | None]
                  ) -> dict[Any, tuple[asyncpg.Record, dict[str, asyncpg.Record]]]:
     """asset id -> (its row, its variant rows by name), for the asked-for variant names."""
-    rows = await rindle.pool.fetch(_query(rindle.schema), ids, [name for name in names if name is not None])
+    wanted = [name for name in names if name is not None]
+    if len(ids) == 1:
+        rows = await rindle.pool.fetch(_query(rindle.schema, many=False), ids[0], wanted)
+    else:
+        rows = await rindle.pool.fetch(_query(rindle.schema, many=True), ids, wanted)
     assets: dict[Any, tuple[asyncpg.Record, dict[str, asyncpg.Record]]] = {}
     for row in rows:
         asset = assets.setdefault(row["id"], (row, {}))
