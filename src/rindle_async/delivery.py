@@ -53,7 +53,7 @@ def content_disposition(disposition: str, filename: str | None) -> str:
 
 def _query(schema: str, *, many: bool) -> str:
     """Assets by id, one row per asked-for variant they have (a row with NULL variant columns when none)."""
-    # One id is "= $1": planned faster than "= ANY($1)" with one element (0.15 ms of a 0.5 ms url()).
+    # One id is "= $1": PostgreSQL plans it faster than "= ANY($1)" of one element (about 0.1 ms).
     where = "a.id = ANY($1::uuid[])" if many else "a.id = $1"
     return (f"SELECT a.id, a.profile, a.storage, a.state, a.storage_key, a.content_type, a.filename,"
             f" v.name AS variant, v.state AS variant_state, v.storage_key AS variant_key,"
@@ -66,6 +66,8 @@ async def _fetch(rindle: Rindle, ids: list[Any], names: Iterable[str | None]
                  ) -> dict[Any, tuple[asyncpg.Record, dict[str, asyncpg.Record]]]:
     """asset id -> (its row, its variant rows by name), for the asked-for variant names."""
     wanted = [name for name in names if name is not None]
+    if not ids:
+        return {}
     if len(ids) == 1:
         rows = await rindle.pool.fetch(_query(rindle.schema, many=False), ids[0], wanted)
     else:
