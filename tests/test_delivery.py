@@ -266,6 +266,7 @@ async def test_urls_refuses_unclear_variant_arguments(media_rindle, redis_url):
     # duplicates collapse; variant= still gives plain URLs
     assert list((await rindle.urls([asset.id], variants=("thumb", "thumb")))[asset.id]) == ["thumb"]
     assert isinstance((await rindle.urls([asset.id], variant="thumb"))[asset.id], str)
+    assert await rindle.urls([], variants=("thumb",)) == {} and await rindle.urls([]) == {}
 
 
 async def test_urls_maps_an_asset_of_a_retired_profile_to_none(media_rindle, redis_url, db, schema):
