@@ -28,7 +28,7 @@ from rindle_async.storage.sigv4 import Presigner, host_header, signing_key
 from .s3server import SeaweedS3, seaweedfs  # noqa: F401  (fixture)
 
 SEED = 20240506
-CASES = 3000
+CASES = 2000
 EPOCH = datetime.datetime(1970, 1, 1)
 #: Where botocore puts each client parameter the cases use: query (name) or header (name).
 QUERY = {"ResponseContentType": "response-content-type",
@@ -75,7 +75,10 @@ def random_case(rng: random.Random) -> tuple[str, str, dict, dict, dict]:
                                 "ContentLanguage"], rng.randint(0, 4)):
             # header values: printable ASCII with runs of spaces, which SigV4 trims and squeezes
             params[name] = (rng.randint(0, 5 * 2**30) if name == "ContentLength"
-                            else text(rng, "abc/;=-+. ", 1, 25).strip() or "x")
+                            else text(rng, "abc/;=-+. äé", 1, 25).strip() or "x")
+        if rng.random() < 0.3:
+            params["Metadata"] = {text(rng, "abcxyz-0", 1, 8): text(rng, "abc 01;", 1, 12).strip() or "x"
+                                  for _ in range(rng.randint(1, 3))}
         if rng.random() < 0.1:
             params["ContentType"] = "application/x-www-form-urlencoded; charset=utf-8"
     else:
@@ -84,6 +87,7 @@ def random_case(rng: random.Random) -> tuple[str, str, dict, dict, dict]:
             params = dict(reversed(params.items()))
     query = {QUERY[k]: v for k, v in params.items() if k in QUERY}
     headers = {HEADERS[k]: v for k, v in params.items() if k in HEADERS}
+    headers.update({f"x-amz-meta-{name}": value for name, value in params.get("Metadata", {}).items()})
     return op, "GET" if op == "get_object" else "PUT", params, query, headers
 
 
