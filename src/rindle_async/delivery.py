@@ -12,6 +12,7 @@ previous object's key until the new one is ready).
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
+from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
@@ -182,25 +183,31 @@ async def urls(rindle: Rindle, asset_ids: Iterable[object], *, variant: str | No
     names = (variant,) if variants is None else _variant_names(variants)
     ids = [asset_uuid(a) for a in asset_ids]
     assets = await _fetch(rindle, ids, names)
+    issued = datetime.now(timezone.utc)  # one moment for the page's DeliverySigned events
     events: list[DeliverySigned] = []
     out: dict[str, Any] = {}
     for asset_id in ids:
         text_id = str(asset_id)
         signed: dict[str | None, str | None] = dict.fromkeys(names)
+        out[text_id] = signed if variants is not None else None
         found = assets.get(asset_id)
         # An asset whose profile is no longer configured has nothing to sign it with.
         profile = rindle.profiles.get(found[0]["profile"]) if found is not None else None
-        if found is not None and profile is not None and found[0]["state"] in SERVABLE:
-            row, rendered = found
-            storage = rindle.storages[row["storage"]]
-            expires_in = None if profile.public else (ttl or profile.url_ttl)
-            for name in names:
-                try:
-                    key, content_type = _source(profile, row, name, rendered, fallback)
-                except NotReady:
-                    continue
-                signed[name] = await storage.url(key, expires_in=expires_in, content_type=content_type)
-                events.append(_event(text_id, profile, row, name))
-        out[text_id] = signed if variants is not None else signed[variant]
+        if profile is None or found[0]["state"] not in SERVABLE:
+            continue
+        row, rendered = found
+        sign = rindle.storages[row["storage"]].url
+        expires_in = None if profile.public else (ttl or profile.url_ttl)
+        mode = "public" if profile.public else "signed"
+        for name in names:
+            try:
+                key, content_type = _source(profile, row, name, rendered, fallback)
+            except NotReady:
+                continue
+            signed[name] = await sign(key, expires_in=expires_in, content_type=content_type)
+            events.append(DeliverySigned(asset_id=text_id, profile=profile.name, adapter=row["storage"],
+                                         variant=name, mode=mode, occurred_at=issued))
+        if variants is None:
+            out[text_id] = signed[variant]
     await rindle.bus.deliver(events)
     return out
