@@ -115,8 +115,8 @@ async def main() -> None:
     s3 = S3Storage(bucket=BUCKET, endpoint_url=endpoint, path_style=True,
                    access_key_id=CREDENTIALS["aws_access_key_id"],
                    secret_access_key=CREDENTIALS["aws_secret_access_key"])
-    rindle = Rindle(pool=pool, redis_url=REDIS_URL, schema=schema, queue=f"q-{schema}", relay=False, processes=2,
-                    storages={"local": local, "s3": s3},
+    rindle = Rindle(pool=pool, redis_url=REDIS_URL, schema=schema, queue=f"q-{schema}", relay=False,
+                    processes=2, storages={"local": local, "s3": s3},
                     profiles=[Profile(name="local_avatar", storage="local", variants=VARIANTS),
                               Profile(name="s3_avatar", storage="s3", variants=VARIANTS)])
     try:
@@ -174,15 +174,15 @@ async def measure(report: Report, args: Any, rindle: Rindle, raw: Any, page: dic
         (signs, lambda: local.url(local_key, expires_in=300, content_type="image/webp"), 1),
         (max(signs // 10, 50), lambda: rindle.url(page["local"][0], variant="thumb"), 1),
         (pages, lambda: rindle.urls(page["local"], variants=NAMES), per_page))
-    report.row("aiobotocore generate_presigned_url (baseline)", botocore, "URLs/s", key="aiobotocore_signs_per_s",
-               digits=0)
-    report.row("S3Storage.url() (our SigV4 presigner)", ours, "URLs/s", baseline=botocore, key="s3_signs_per_s",
-               digits=0)
+    report.row("aiobotocore generate_presigned_url (baseline)", botocore, "URLs/s",
+               key="aiobotocore_signs_per_s", digits=0)
+    report.row("S3Storage.url() (our SigV4 presigner)", ours, "URLs/s", baseline=botocore,
+               key="s3_signs_per_s", digits=0)
     report.ratio("s3_sign_vs_aiobotocore", ours, botocore)
     report.row("rindle.url() on S3 (one row read each)", s3_one, "URLs/s", baseline=botocore,
                key="s3_url_per_s", digits=0)
-    report.row(f"rindle.urls() on S3, {len(page['s3'])}x{len(NAMES)} page", s3_page, "URLs/s", baseline=botocore,
-               key="s3_page_signs_per_s", digits=0)
+    report.row(f"rindle.urls() on S3, {len(page['s3'])}x{len(NAMES)} page", s3_page, "URLs/s",
+               baseline=botocore, key="s3_page_signs_per_s", digits=0)
     report.row("LocalStorage.url() (baseline)", adapter, "URLs/s", key="local_adapter_signs_per_s", digits=0)
     report.row("rindle.url() on local (one row read each)", local_one, "URLs/s", baseline=adapter,
                key="local_url_per_s", digits=0)

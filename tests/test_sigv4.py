@@ -33,7 +33,8 @@ EPOCH = datetime.datetime(1970, 1, 1)
 #: Where botocore puts each client parameter the cases use: query (name) or header (name).
 QUERY = {"ResponseContentType": "response-content-type",
          "ResponseContentDisposition": "response-content-disposition",
-         "ResponseCacheControl": "response-cache-control", "ResponseContentLanguage": "response-content-language",
+         "ResponseCacheControl": "response-cache-control",
+         "ResponseContentLanguage": "response-content-language",
          "ResponseContentEncoding": "response-content-encoding", "VersionId": "versionId",
          "UploadId": "uploadId", "PartNumber": "partNumber"}
 HEADERS = {"ContentType": "Content-Type", "ContentLength": "Content-Length",

@@ -378,9 +378,11 @@ def test_local_urls_keep_their_format_and_signature(local_store: LocalStorage) -
         fields = {"method": rng.choice(["GET", "PUT"]), "expires": rng.choice([None, 1_700_000_000]),
                   "max_bytes": rng.choice([None, 0, 12345]),
                   "content_type": rng.choice([None, "image/webp", "text/plain; charset=utf-8"]),
-                  "disposition": rng.choice([None, "inline", 'attachment; filename="a b.png"; filename*=UTF-8\'\'%C3%BC'])}
-        url = local_store.sign(fields["method"], key, expires_at=fields["expires"], max_bytes=fields["max_bytes"],
-                               content_type=fields["content_type"], disposition=fields["disposition"])
+                  "disposition": rng.choice([None, "inline",
+                                             'attachment; filename="a b.png"; filename*=UTF-8\'\'%C3%BC'])}
+        url = local_store.sign(fields["method"], key, expires_at=fields["expires"],
+                               max_bytes=fields["max_bytes"], content_type=fields["content_type"],
+                               disposition=fields["disposition"])
         params = {name: str(value) for name, value in fields.items() if value is not None}
         canonical = msgspec.json.encode(["rindle-local-v1", key, *(params.get(f, "") for f in fields)])
         signature = base64.urlsafe_b64encode(hmac.new(SECRET.encode(), canonical, "sha256").digest())

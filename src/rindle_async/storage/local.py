@@ -307,7 +307,8 @@ class LocalStorage:
         """HMAC-SHA256 over the key and the SIGNED_FIELDS values ("" for absent), URL-safe base64."""
         # A JSON array keeps field boundaries unambiguous whatever the values contain.
         canonical = msgspec.json.encode(["rindle-local-v1", key, *values])
-        return binascii.b2a_base64(self._mac.digest(canonical), newline=False).translate(URL_SAFE_BASE64)[:43].decode()
+        encoded = binascii.b2a_base64(self._mac.digest(canonical), newline=False)
+        return encoded.translate(URL_SAFE_BASE64)[:43].decode()
 
     def _expiry(self, expires_in: int) -> int:
         if not 0 < expires_in <= self.url_ttl_max:
