@@ -1,5 +1,6 @@
 """Delivery URLs: signed by default, public by choice, NotReady and fallback, stale
-served, quarantined and deleted refused, content disposition, and urls() costs."""
+served, quarantined and deleted refused, content disposition, and urls() for one
+variant or several: what it maps to None and what a page costs."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ import asyncpg
 import httpx
 import pytest
 
-from rindle_async import DeliveryForbidden, DeliverySigned, NotFound, NotReady, ValidationError
+from rindle_async import DeliveryForbidden, DeliverySigned, NotFound, NotReady, ValidationError, Variant
 from rindle_async import states
 from rindle_async.delivery import content_disposition
 
@@ -139,36 +140,133 @@ def test_content_disposition_rfc6266_and_5987():
         content_disposition("download", "x")
 
 
-async def test_urls_for_a_page_of_50_assets_costs_two_queries_and_no_storage_calls(
-        make_rindle, database_url, local_storage, redis_url, schema):
-    queries = []
+@pytest.fixture
+async def counted_rindle(make_rindle, database_url, local_storage, schema):
+    """``await counted_rindle(profile)``: (a Rindle on a pool that logs its queries, that log of
+    this test's own queries; asyncpg's type introspection and pool resets are not ours)."""
+    queries: list[str] = []
+    pools = []
 
     async def log_queries(conn):
         conn.add_query_logger(lambda record: queries.append(record.query))
 
-    pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, init=log_queries)
-    try:
+    async def make(profile):
+        pool = await asyncpg.create_pool(database_url, min_size=1, max_size=4, init=log_queries)
+        pools.append(pool)
         rindle = await make_rindle(pool=pool, database_url=None, relay=False,
-                                   storages={"media": local_storage}, profiles=[avatar_profile("media")])
-        ready = [await rindle.upload("avatar", png(40, 30)) for _ in range(3)]
-        await drain(rindle, redis_url)
-        pending = [await rindle.upload("avatar", png()) for _ in range(47)]
-        ids = [a.id for a in ready + pending]
-        local_storage.calls.clear()
-        queries.clear()
-        urls = await rindle.urls(ids, variant="thumb")
-        # asyncpg's own type introspection and pool reset are not queries of ours
-        ours = [q for q in queries if f"{schema}." in q]
-        assert 1 <= len(ours) <= 2, ours
-        assert set(local_storage.calls) <= {"url"}  # computed locally: no request to the store
-        assert list(urls) == ids
-        assert all(urls[a.id] for a in ready) and all(urls[a.id] is None for a in pending)
-        with_fallback = await rindle.urls(ids, variant="thumb", fallback="original")
-        assert all(with_fallback[a.id] for a in ready)
-        assert all(v is None for k, v in with_fallback.items() if k in {a.id for a in pending})
-    finally:
-        await rindle.close()
+                                   storages={"media": local_storage}, profiles=[profile])
+        return rindle, queries
+
+    yield make
+    for pool in pools:
         await pool.close()
+
+
+def ours(queries: list[str], schema: str) -> list[str]:
+    return [q for q in queries if f"{schema}." in q]
+
+
+async def page_of_50(rindle, redis_url, ready: int) -> tuple[list, list]:
+    """(``ready`` rendered assets, the other 50 - ``ready`` still validating)."""
+    rendered = [await rindle.upload("avatar", png(40, 30)) for _ in range(ready)]
+    await drain(rindle, redis_url)
+    return rendered, [await rindle.upload("avatar", png()) for _ in range(50 - ready)]
+
+
+async def test_urls_for_a_page_of_50_assets_costs_two_queries_and_no_storage_calls(
+        counted_rindle, local_storage, redis_url, schema):
+    rindle, queries = await counted_rindle(avatar_profile("media"))
+    ready, pending = await page_of_50(rindle, redis_url, 3)
+    ids = [a.id for a in ready + pending]
+    local_storage.calls.clear()
+    queries.clear()
+    urls = await rindle.urls(ids, variant="thumb")
+    assert 1 <= len(ours(queries, schema)) <= 2, ours(queries, schema)
+    assert set(local_storage.calls) <= {"url"}  # computed locally: no request to the store
+    assert list(urls) == ids
+    assert all(urls[a.id] for a in ready) and all(urls[a.id] is None for a in pending)
+    with_fallback = await rindle.urls(ids, variant="thumb", fallback="original")
+    assert all(with_fallback[a.id] for a in ready)
+    assert all(v is None for k, v in with_fallback.items() if k in {a.id for a in pending})
+
+
+THREE_VARIANTS = {"thumb": Variant(width=32, height=32, fit="cover", format="webp", quality=80),
+                  "large": Variant(width=48, fit="inside", format="jpeg", quality=85),
+                  "square": Variant(width=16, height=16, fit="cover", format="png")}
+
+
+async def test_urls_for_50_assets_by_3_variants_cost_two_queries_and_no_storage_calls(
+        counted_rindle, local_storage, redis_url, schema):
+    rindle, queries = await counted_rindle(avatar_profile("media", variants=THREE_VARIANTS))
+    ready, pending = await page_of_50(rindle, redis_url, 2)
+    ids = [a.id for a in ready + pending]
+    local_storage.calls.clear()
+    queries.clear()
+    page = await rindle.urls(ids, variants=("thumb", "large", "square"))
+    assert 1 <= len(ours(queries, schema)) <= 2, ours(queries, schema)
+    assert dict(local_storage.calls) == {"url": 6}  # six URLs signed locally, nothing else asked
+    assert list(page) == ids
+    for asset in ready:
+        assert list(page[asset.id]) == ["thumb", "large", "square"]
+        for name, url in page[asset.id].items():
+            key, params = local_key(url)
+            assert f"/variants/{name}-" in key
+            local_storage.verify("GET", key, params)
+    assert all(page[a.id] == {"thumb": None, "large": None, "square": None} for a in pending)
+
+
+async def test_urls_for_several_variants_maps_what_cannot_be_delivered_to_none(
+        media_rindle, redis_url, db, schema):
+    rindle = await media_rindle()
+    ready, stale, quarantined, deleted = [
+        await rindle.upload("avatar", jpeg(60 + i, 40), filename=f"{i}.jpg") for i in range(4)]
+    await drain(rindle, redis_url)
+    stale_key = local_key(await rindle.url(stale.id, variant="thumb"))[0]
+    variant_id = await db.fetchval(f"SELECT id FROM {schema}.variants WHERE asset_id = $1::uuid"
+                                   f" AND name = 'thumb'", stale.id)
+    async with rindle.db.transaction() as uow:
+        await states.transition(uow, states.VARIANT, variant_id, "ready", "stale")
+        await states.transition(uow, states.ASSET, quarantined.id, "ready", "quarantined", reason="abuse")
+        await states.transition(uow, states.ASSET, deleted.id, "ready", "deleted")
+    validating = await rindle.upload("avatar", png())
+    available = await rindle.upload("avatar", png())
+    for a, b in [("validating", "analyzing"), ("analyzing", "promoting"), ("promoting", "available")]:
+        async with rindle.db.transaction() as uow:
+            await states.transition(uow, states.ASSET, available.id, a, b)
+    unknown = "00000000-0000-0000-0000-000000000000"
+    events = []
+    rindle.subscribe(events.append, DeliverySigned)
+    ids = [ready.id, stale.id, quarantined.id, deleted.id, validating.id, available.id, unknown]
+    page = await rindle.urls(ids, variants=["thumb", "large"])
+    nothing = {"thumb": None, "large": None}
+    assert all(page[ready.id].values()) and local_key(page[stale.id]["thumb"])[0] == stale_key
+    assert page[stale.id]["large"]
+    assert [page[i] for i in ids[2:]] == [nothing] * 5
+    assert sorted((e.asset_id, e.variant) for e in events) == sorted(
+        (i, v) for i in (ready.id, stale.id) for v in ("thumb", "large"))
+    with_fallback = await rindle.urls(ids, variants=("thumb", "large"), fallback="original")
+    assert all(local_key(with_fallback[available.id][v])[0].endswith("/original.png") for v in nothing)
+    assert with_fallback[ready.id]["thumb"].split("?")[0] == page[ready.id]["thumb"].split("?")[0]
+    assert [with_fallback[i] for i in (quarantined.id, deleted.id, validating.id, unknown)] == [nothing] * 4
+
+
+async def test_urls_refuses_unclear_variant_arguments(media_rindle, redis_url):
+    rindle = await media_rindle()
+    asset = await ready_asset(rindle, redis_url)
+    with pytest.raises(ValidationError, match=r"pass variant= or variants=, not both \(got variant='thumb', "
+                                              r"variants=\('large',\)\)"):
+        await rindle.urls([asset.id], "thumb", variants=("large",))
+    for bad in ("thumb", (), ["thumb", 3], 42):
+        with pytest.raises(ValidationError, match="must be a non-empty collection of variant names"):
+            await rindle.urls([asset.id], variants=bad)
+    with pytest.raises(ValidationError, match="profile 'avatar' has no variant 'huge'"):
+        await rindle.urls([asset.id], variants=("thumb", "huge"))
+    with pytest.raises(ValidationError, match="ttl=0 must be a positive number of seconds"):
+        await rindle.urls([asset.id], variants=("thumb",), ttl=0)
+    # duplicates collapse; variant= still gives plain URLs
+    assert list((await rindle.urls([asset.id], variants=("thumb", "thumb")))[asset.id]) == ["thumb"]
+    assert isinstance((await rindle.urls([asset.id], variant="thumb"))[asset.id], str)
+    assert await rindle.urls([], variants=("thumb",)) == {} and await rindle.urls([]) == {}
 
 
 async def test_urls_maps_an_asset_of_a_retired_profile_to_none(media_rindle, redis_url, db, schema):

@@ -4,18 +4,23 @@ S3 multipart and transport errors."""
 
 from __future__ import annotations
 
+import base64
+import hmac
 import os
 import pathlib
+import random
 from collections.abc import AsyncIterator
-from urllib.parse import parse_qsl, urlsplit
+from urllib.parse import parse_qsl, quote, urlencode, urlsplit
 
 import httpx
+import msgspec
 import pytest
 
 from rindle_async.errors import (ConfigurationError, DeliveryForbidden, NotFound, StorageError, TooLarge,
                                  Unsupported, ValidationError)
 from rindle_async.storage import LocalStorage, Part, S3Storage, Storage
 from rindle_async.storage.s3 import MIN_PART_SIZE
+from rindle_async.storage.signing import HmacSha256
 
 SECRET = "0123456789abcdef-test-secret"
 BASE_URL = "http://media.test/rindle"
@@ -351,6 +356,38 @@ async def test_local_verify_accepts_its_urls_and_refuses_altered_ones(local_stor
     other = LocalStorage(root=local_store.root, base_url=BASE_URL, secret="another-secret-of-16+")
     with pytest.raises(DeliveryForbidden, match="signature does not match"):
         other.verify("GET", "u/p.jpg", params)
+
+
+@pytest.mark.parametrize("size", [0, 1, 32, 63, 64, 65, 200])
+def test_signing_hmac_with_hashed_pads_is_hmac_sha256(size: int) -> None:
+    rng = random.Random(size)
+    key = rng.randbytes(size)
+    for length in (0, 1, 55, 64, 119, 1000):
+        message = rng.randbytes(length)
+        assert HmacSha256(key).digest(message) == hmac.digest(key, message, "sha256")
+
+
+def test_local_urls_keep_their_format_and_signature(local_store: LocalStorage) -> None:
+    """The fast signing path gives the URL the original urlencode + hmac code gave."""
+    rng = random.Random(7)
+    alphabet = "abcXYZ019-_.~ +%!*'();:@&=$,?#[]\"üé€😀"
+    for _ in range(300):
+        # segments of 1-8 characters, none of them "." or ".." (which check_key refuses)
+        key = "/".join("x" + "".join(rng.choice(alphabet) for _ in range(rng.randint(0, 7)))
+                       for _ in range(rng.randint(1, 3)))
+        fields = {"method": rng.choice(["GET", "PUT"]), "expires": rng.choice([None, 1_700_000_000]),
+                  "max_bytes": rng.choice([None, 0, 12345]),
+                  "content_type": rng.choice([None, "image/webp", "text/plain; charset=utf-8"]),
+                  "disposition": rng.choice([None, "inline",
+                                             'attachment; filename="a b.png"; filename*=UTF-8\'\'%C3%BC'])}
+        url = local_store.sign(fields["method"], key, expires_at=fields["expires"],
+                               max_bytes=fields["max_bytes"], content_type=fields["content_type"],
+                               disposition=fields["disposition"])
+        params = {name: str(value) for name, value in fields.items() if value is not None}
+        canonical = msgspec.json.encode(["rindle-local-v1", key, *(params.get(f, "") for f in fields)])
+        signature = base64.urlsafe_b64encode(hmac.new(SECRET.encode(), canonical, "sha256").digest())
+        params["sig"] = signature.rstrip(b"=").decode()
+        assert url == f"{BASE_URL}/{quote(key, safe='/')}?{urlencode(params, quote_via=quote)}"
 
 
 async def test_local_public_url_never_expires_and_presigned_put_binds_size(local_store: LocalStorage) -> None:

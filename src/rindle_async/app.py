@@ -387,12 +387,16 @@ class Rindle:
                                   disposition=disposition, filename=filename, fallback=fallback)
 
     async def urls(self, asset_ids: Iterable[str], variant: str | None = None, *,
-                   ttl: int | None = None, fallback: str | None = None) -> dict[str, str | None]:
+                   variants: Iterable[str] | None = None, ttl: int | None = None,
+                   fallback: str | None = None) -> dict[str, Any]:
         """URLs for a page of assets: one query, no storage round trip; None where not deliverable.
 
         asset_ids: the assets.
-        variant: a variant name; None for the originals.
+        variant: a variant name; None for the originals.  Returns {asset id: url or None}.
+        variants: several variant names instead, e.g. ("thumb", "large").  Returns
+          {asset id: {variant name: url or None}}; not together with ``variant``.
         ttl: seconds the URLs stay valid.
-        fallback: ``"original"`` to use the original where the variant is not ready.
+        fallback: ``"original"`` to use the original where a variant is not ready.
         """
-        return await delivery.urls(self, asset_ids, variant=variant, ttl=ttl, fallback=fallback)
+        return await delivery.urls(self, asset_ids, variant=variant, variants=variants, ttl=ttl,
+                                   fallback=fallback)

@@ -7,8 +7,7 @@ Starlette and aiohttp routes serve signed URLs by calling ``verify`` then ``put`
 
 from __future__ import annotations
 
-import base64
-import hashlib
+import binascii
 import hmac
 import itertools
 import os
@@ -21,7 +20,6 @@ from datetime import datetime, timezone
 from pathlib import Path
 from stat import S_ISREG
 from typing import NoReturn
-from urllib.parse import quote, urlencode
 
 import anyio
 import anyio.to_thread
@@ -31,6 +29,7 @@ from ..errors import (ConfigurationError, DeliveryForbidden, NotFound, StorageEr
                       ValidationError)
 from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
                    check_range, iter_source, too_large, unreadable_source)
+from .signing import HmacSha256, quote_component, quote_path
 
 #: Temporary files start with this; ``list`` never shows them and keys may not use it.
 TEMP_PREFIX = ".tmp-"
@@ -38,6 +37,8 @@ NO_MULTIPART = "local storage has no multipart uploads; send the file in a singl
 ABSENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 #: The query parameters a signature covers, besides the key.
 SIGNED_FIELDS = ("method", "expires", "max_bytes", "content_type", "disposition")
+#: Base64 to its URL-safe alphabet; a 32-byte MAC is 43 characters once its "=" is dropped.
+URL_SAFE_BASE64 = bytes.maketrans(b"+/", b"-_")
 
 
 class SignedRequest(msgspec.Struct, frozen=True, kw_only=True):
@@ -59,7 +60,8 @@ def check_key(key: str) -> str:
     if not isinstance(key, str) or not key or key.startswith("/") or "\\" in key or "\0" in key:
         raise ValidationError(f"storage key {key!r} is empty, absolute, or holds a backslash or NUL; "
                               f"use a relative path like 'a/b.png'")
-    if any(s in ("", ".", "..") or s.startswith(TEMP_PREFIX) for s in key.split("/")):
+    framed = f"/{key}/"  # a segment s is bad when "/s/" (or "/.tmp-") occurs in the framed key
+    if "//" in framed or "/./" in framed or "/../" in framed or f"/{TEMP_PREFIX}" in framed:
         raise ValidationError(f"storage key {key!r} has an empty, '.', '..' or {TEMP_PREFIX!r} segment; "
                               f"use a plain relative path")
     return key
@@ -89,7 +91,7 @@ class LocalStorage:
         self.root = Path(os.path.abspath(root))
         self.base_url = base_url.rstrip("/")
         self.url_ttl_max = url_ttl_max
-        self._secret = secret_bytes
+        self._mac = HmacSha256(secret_bytes)
 
     @property
     def capabilities(self) -> Capabilities:
@@ -297,10 +299,21 @@ class LocalStorage:
         disposition: the Content-Disposition to serve (GET)
         """
         check_key(key)
-        values = (method.upper(), expires_at or None, max_bytes, content_type, disposition)
-        params = {name: str(value) for name, value in zip(SIGNED_FIELDS, values) if value is not None}
-        params["sig"] = self._signature(key, params)
-        return f"{self.base_url}/{quote(key, safe='/')}?{urlencode(params, quote_via=quote)}"
+        method = method.upper()
+        expires = str(expires_at) if expires_at else ""
+        size = "" if max_bytes is None else str(max_bytes)
+        signature = self._signature(key, [method, expires, size, content_type or "", disposition or ""])
+        # The query holds the SIGNED_FIELDS that have a value, in that order, then the signature.
+        query = f"method={quote_component(method)}"
+        if expires:
+            query += f"&expires={expires}"
+        if size:
+            query += f"&max_bytes={size}"
+        if content_type is not None:
+            query += f"&content_type={quote_component(content_type)}"
+        if disposition is not None:
+            query += f"&disposition={quote_component(disposition)}"
+        return f"{self.base_url}/{quote_path(key)}?{query}&sig={signature}"
 
     def verify(self, method: str, key: str, params: Mapping[str, str], *,
                now: float | None = None) -> SignedRequest:
@@ -314,7 +327,8 @@ class LocalStorage:
         for name in ("sig", "method"):
             if name not in params:
                 raise DeliveryForbidden(f"missing parameter {name}; use the full URL the application issued")
-        if not hmac.compare_digest(str(params["sig"]).encode(), self._signature(key, params).encode()):
+        signature = self._signature(key, [params.get(name, "") for name in SIGNED_FIELDS])
+        if not hmac.compare_digest(str(params["sig"]).encode(), signature.encode()):
             raise DeliveryForbidden("signature does not match; the URL was altered or signed for another key")
         signed_method, asked = params["method"], method.upper()
         if signed_method != ("GET" if asked == "HEAD" else asked):
@@ -330,11 +344,12 @@ class LocalStorage:
         return SignedRequest(key=key, method=signed_method, expires_at=expires_at, max_bytes=max_bytes,
                              content_type=params.get("content_type"), disposition=params.get("disposition"))
 
-    def _signature(self, key: str, params: Mapping[str, str]) -> str:
+    def _signature(self, key: str, values: list[str]) -> str:
+        """HMAC-SHA256 over the key and the SIGNED_FIELDS values ("" for absent), URL-safe base64."""
         # A JSON array keeps field boundaries unambiguous whatever the values contain.
-        canonical = msgspec.json.encode(["rindle-local-v1", key, *(params.get(f, "") for f in SIGNED_FIELDS)])
-        digest = hmac.new(self._secret, canonical, hashlib.sha256).digest()
-        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
+        canonical = msgspec.json.encode(["rindle-local-v1", key, *values])
+        encoded = binascii.b2a_base64(self._mac.digest(canonical), newline=False)
+        return encoded.translate(URL_SAFE_BASE64)[:43].decode()
 
     def _expiry(self, expires_in: int) -> int:
         if not 0 < expires_in <= self.url_ttl_max:

@@ -3,24 +3,29 @@
 from __future__ import annotations
 
 import asyncio
+import calendar
 import functools
+import logging
 import os
+import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AsyncExitStack, aclosing
 from datetime import datetime, timedelta, timezone
 from typing import Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import parse_qsl, quote
 
 import aiohttp
 import anyio
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
-from botocore.exceptions import BotoCoreError, ClientError
+from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.loaders import Loader, create_loader
 
 from ..errors import ConfigurationError, NotFound, StorageError, ValidationError
 from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
                    check_range, iter_source)
+from .sigv4 import Presigner
 
 #: S3 refuses parts smaller than this (except the last) and presigned URLs longer than a week.
 MIN_PART_SIZE = 5 * 1024 * 1024
@@ -28,6 +33,16 @@ MAX_EXPIRES_IN = 7 * 24 * 3600
 CHECKSUM_MODES = ("when_required", "when_supported")
 MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
+#: The client methods the adapter presigns, their HTTP methods, and where SigV4 puts each of their
+#: parameters: in the URL's query, or in a header the client must send with that exact value.
+PRESIGNED_METHODS = {"get_object": "GET", "put_object": "PUT", "upload_part": "PUT"}
+PRESIGNED_PARAMS = {"ResponseContentType": ("query", "response-content-type"),
+                    "ResponseContentDisposition": ("query", "response-content-disposition"),
+                    "UploadId": ("query", "uploadId"), "PartNumber": ("query", "partNumber"),
+                    "ContentType": ("header", "Content-Type"), "ContentLength": ("header", "Content-Length")}
+#: The key presigned once per opened client to learn botocore's address for the bucket.
+PROBE_KEY = "rindle-address-probe"
+log = logging.getLogger("rindle_async.storage.s3")
 
 
 @functools.cache
@@ -52,6 +67,18 @@ def _etag(value: str | None) -> str | None:
 
 def _until(expires_in: int) -> datetime:
     return datetime.now(timezone.utc) + timedelta(seconds=expires_in)
+
+
+class _Signing:
+    """What one open client presigns with: credentials, and the presigner once probed."""
+
+    __slots__ = ("source", "frozen", "presigner", "probed")
+
+    def __init__(self, source: Any = None) -> None:
+        self.source = source  # botocore credentials (refreshable or not), or None when none were found
+        self.frozen: ReadOnlyCredentials | None = None
+        self.presigner: Presigner | None = None
+        self.probed = False
 
 
 class S3Storage:
@@ -97,6 +124,7 @@ class S3Storage:
                              "aws_session_token": session_token}
         self._stack: AsyncExitStack | None = None
         self._client: Any = None
+        self._signing = _Signing()
 
     @property
     def capabilities(self) -> Capabilities:
@@ -111,14 +139,22 @@ class S3Storage:
                         request_checksum_calculation=self.checksums,
                         response_checksum_validation=self.checksums)
         stack = AsyncExitStack()
-        self._client = await stack.enter_async_context(botocore_session().create_client(
+        session = botocore_session()
+        self._client = await stack.enter_async_context(session.create_client(
             "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config,
             **self._credentials))
         self._stack = stack
+        if self._credentials["aws_access_key_id"] is not None:
+            source: Any = ReadOnlyCredentials(self._credentials["aws_access_key_id"],
+                                              self._credentials["aws_secret_access_key"],
+                                              self._credentials["aws_session_token"], None)
+        else:
+            source = await session.get_credentials()  # the session's cached chain: what the client signs with
+        self._signing = _Signing(source=source)
 
     async def close(self) -> None:
         """Close the client; the store can be opened again."""
-        stack, self._stack, self._client = self._stack, None, None
+        stack, self._stack, self._client, self._signing = self._stack, None, None, _Signing()
         if stack is not None:
             await stack.aclose()
 
@@ -292,11 +328,67 @@ class S3Storage:
                              last_modified=item.get("LastModified"))
 
     async def _presign(self, op: str, key: str, params: dict[str, Any], expires_in: int) -> str:
+        """A presigned URL for client method ``op`` on ``key``; signing is local, no request is sent."""
         if not 0 < expires_in <= MAX_EXPIRES_IN:
             raise ValidationError(f"expires_in={expires_in!r}; S3 accepts 1..{MAX_EXPIRES_IN} seconds")
-        # Signing is local computation in botocore: no request reaches the store here.
+        presigner = self._signing.presigner if self._signing.probed else await self.presigner()
+        if presigner is None:
+            return await self._botocore_presign(op, key, params, expires_in)
+        query: dict[str, Any] = {}
+        headers: dict[str, Any] = {}
+        for name, value in params.items():
+            place, wire = PRESIGNED_PARAMS[name]
+            (query if place == "query" else headers)[wire] = value
+        return presigner.url(PRESIGNED_METHODS[op], key, credentials=await self._frozen_credentials(key),
+                             expires_in=expires_in, query=query, headers=headers)
+
+    async def _botocore_presign(self, op: str, key: str, params: dict[str, Any], expires_in: int) -> str:
         return await self._call(f"presign {op}", key, lambda: self.client.generate_presigned_url(
             op, Params={"Bucket": self.bucket, "Key": key, **params}, ExpiresIn=expires_in))
+
+    async def _frozen_credentials(self, key: str) -> ReadOnlyCredentials:
+        """The credentials to sign with now; refreshable ones are asked for at every signing."""
+        source = self._signing.source
+        if source is None:
+            self._fail("presign", key, NoCredentialsError())
+        if isinstance(source, RefreshableCredentials):
+            # What botocore does before each signature: inside its advisory window (15 minutes
+            # before expiry) this refreshes them, so expiring credentials are never kept past it.
+            return await source.get_frozen_credentials()
+        if self._signing.frozen is None:
+            self._signing.frozen = (source if isinstance(source, ReadOnlyCredentials)
+                                    else await source.get_frozen_credentials())
+        return self._signing.frozen
+
+    async def presigner(self) -> Presigner | None:
+        """The SigV4 presigner this open client signs URLs with, or None where botocore signs them.
+
+        botocore alone decides the bucket's address (endpoint rules, addressing style, signing
+        region): on first use it presigns one probe URL, and a presigner that does not reproduce
+        that URL byte for byte (a botocore change, S3 Express) leaves this client's signing to
+        botocore.  Presigning needs no request to the store.
+        """
+        if self._signing.probed:
+            return self._signing.presigner
+        probe = await self._botocore_presign("get_object", PROBE_KEY, {}, 1)
+        credentials = await self._frozen_credentials(PROBE_KEY)
+        address, _, query = probe.partition("?")
+        params = dict(parse_qsl(query))
+        presigner = ours = None
+        try:
+            _, _, region, service, _ = params["X-Amz-Credential"].rsplit("/", 4)
+            signed_at = calendar.timegm(time.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
+            presigner = Presigner(address=address.removesuffix(f"/{PROBE_KEY}"), region=region,
+                                  service=service)
+            ours = presigner.url("GET", PROBE_KEY, credentials=credentials, expires_in=1, now=signed_at)
+        except (KeyError, ValueError) as exc:
+            log.debug("S3 probe URL %s is not plain SigV4: %s", probe, exc)
+        if ours != probe:
+            log.warning("S3 bucket %r: botocore's presigned URL is not reproduced by rindle's SigV4 "
+                        "presigner; this client presigns through botocore (slower)", self.bucket)
+            presigner = None
+        self._signing.presigner, self._signing.probed = presigner, True
+        return presigner
 
     async def presign_put(self, key: str, *, content_type: str, byte_size: int,
                           expires_in: int) -> PresignedRequest:
