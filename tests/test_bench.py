@@ -19,6 +19,8 @@ KEYS = {
                  "db_roundtrips_per_upload", "idle_redis_commands_per_s"],
     "ledger": ["ledger_latency_p50_ms", "ledger_latency_p99_ms", "ledger_flush_vs_arq_enqueue",
                "ledger_noop_vs_arq"],
+    "delivery": ["urls_page_queries", "urls_page_ms", "s3_sign_vs_aiobotocore", "s3_signs_per_s",
+                 "aiobotocore_signs_per_s", "local_signs_per_s"],
     "memory": ["render_peak_rss_mb_10k_jpeg", "bomb_refuse_ms", "bomb_refuse_peak_rss_mb"],
     "maintenance": ["abort_peak_rss_mb", "cleanup_peak_rss_mb", "maintenance_seq_scans"],
 }
