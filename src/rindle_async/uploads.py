@@ -356,28 +356,27 @@ async def abort_upload(rindle: Rindle, session_id: str) -> None:
 # -- proxied uploads ------------------------------------------------------------------
 
 
-async def _chunks(data: Source) -> AsyncIterator[bytes]:
+async def _head_and_rest(data: Source) -> tuple[bytes, Source]:
+    """The first SNIFF_BYTES (or everything) for sniffing, and the whole data to store.
+
+    Bytes and paths are stored as they are (one write or one file copy); an async
+    iterator is read until the head is known and replayed in front of the rest.
+    """
     if isinstance(data, (bytes, bytearray, memoryview)):
-        yield bytes(data)
-    elif isinstance(data, (str, os.PathLike)):
-        async with await anyio.open_file(data, "rb") as handle:
-            while chunk := await handle.read(256 * 1024):
-                yield chunk
-    elif isinstance(data, AsyncIterable):
-        async for chunk in data:
-            if chunk:
-                yield bytes(chunk)
-    else:
+        return bytes(data[:SNIFF_BYTES]), data
+    if isinstance(data, (str, os.PathLike)):
+        try:
+            async with await anyio.open_file(data, "rb") as handle:
+                return await handle.read(SNIFF_BYTES), data
+        except OSError as exc:
+            raise ValidationError(f"cannot read the upload file {os.fspath(data)!r}: {exc}") from exc
+    if not isinstance(data, AsyncIterable):
         raise ValidationError(f"upload data must be bytes, a path or an async iterator of bytes, "
                               f"not {type(data).__name__}")
-
-
-async def _head_and_rest(data: Source) -> tuple[bytes, AsyncIterator[bytes]]:
-    """Read at least SNIFF_BYTES (or everything) for sniffing, keeping the stream intact."""
-    stream = _chunks(data)
+    stream = aiter(data)
     head = b""
     async for chunk in stream:
-        head += chunk
+        head += bytes(chunk)
         if len(head) >= SNIFF_BYTES:
             break
 
@@ -385,9 +384,10 @@ async def _head_and_rest(data: Source) -> tuple[bytes, AsyncIterator[bytes]]:
         if head:
             yield head
         async for chunk in stream:
-            yield chunk
+            if chunk:
+                yield bytes(chunk)
 
-    return head, rest()
+    return head[:SNIFF_BYTES], rest()
 
 
 async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: str | None = None,
