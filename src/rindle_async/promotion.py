@@ -21,6 +21,7 @@ import msgspec
 from . import security, states
 from .assets import asset_uuid
 from .errors import InvalidTransition, NotFound
+from .scratch import scratch_folder
 from .states import ASSET
 
 if TYPE_CHECKING:
@@ -163,7 +164,7 @@ async def _check_bytes(rindle: Rindle, storage: Any, profile: Any, asset: Any) -
     from .processing import images  # loads libvips, in workers only
 
     upload_key = asset["storage_key"]
-    async with anyio.TemporaryDirectory(prefix="rindle-promote-") as workdir:
+    with scratch_folder("rindle-promote-") as workdir:
         path = await _readable_copy(storage, upload_key, asset, workdir)
         sha256, head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
         sniffed = security.sniff(head)

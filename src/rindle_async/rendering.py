@@ -26,12 +26,12 @@ from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-import anyio
 import msgspec
 
 from . import security, states
 from .assets import asset_uuid
 from .errors import RindleError, StorageError
+from .scratch import scratch_folder
 from .states import ASSET, VARIANT
 
 if TYPE_CHECKING:
@@ -161,7 +161,7 @@ async def _render_and_store(job: JobRun, work: Work) -> None:
     rindle, profile = job.rindle, work.profile
     storage = rindle.storages[work.storage_name]
     recipes = {v.name: msgspec.structs.asdict(profile.variants[v.name]) for v in work.variants}
-    async with anyio.TemporaryDirectory(prefix="rindle-render-") as workdir:
+    with scratch_folder("rindle-render-") as workdir:
         source = await _source(storage, work.source_key, workdir)
         outputs = await rindle.processing.run(
             images.render_variants, source, workdir, recipes, profile.max_pixels,
