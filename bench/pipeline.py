@@ -104,8 +104,11 @@ async def pool_rate(executor: ProcessPoolExecutor, fn, sources: list[str], out: 
     return len(sources) / (time.perf_counter() - started)
 
 
-def spawn_pool(processes: int) -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"))
+def spawn_pool(processes: int, threads: int | None = None) -> ProcessPoolExecutor:
+    """A plain spawned pool; ``threads`` sets libvips' threads per process (default: its own)."""
+    return ProcessPoolExecutor(processes, mp_context=multiprocessing.get_context("spawn"),
+                               initializer=pyvips.concurrency_set if threads else None,
+                               initargs=(threads,) if threads else ())
 
 
 # -- the system under test ----------------------------------------------------------------
@@ -234,16 +237,19 @@ async def main() -> None:
         watcher = await asyncpg.connect(DATABASE_URL)
         try:
             await system.open()
-            figures: dict[str, list[float]] = {"pyvips": [], "pillow": [], "pipeline": [],
-                                               "pyvips_all": [], "defaults": [], "spare_core": []}
+            figures: dict[str, list[float]] = {"pyvips": [], "pyvips_1t": [], "pillow": [],
+                                               "pipeline": [], "pyvips_all": [], "defaults": [],
+                                               "spare_core": []}
             pools = {"pyvips": spawn_pool(args.processes), "pillow": spawn_pool(args.processes),
-                     "pyvips_all": spawn_pool(cores)}
+                     "pyvips_1t": spawn_pool(args.processes, threads=1), "pyvips_all": spawn_pool(cores)}
             try:
                 for name, executor in pools.items():  # start the processes before timing
                     fn = pillow_outputs if name == "pillow" else pyvips_outputs
                     await pool_rate(executor, fn, sources[:cores], out)
                 for round_ in range(args.rounds):
                     figures["pyvips"].append(await pool_rate(pools["pyvips"], pyvips_outputs, sources, out))
+                    figures["pyvips_1t"].append(await pool_rate(pools["pyvips_1t"], pyvips_outputs,
+                                                                sources, out))
                     figures["pillow"].append(await pool_rate(pools["pillow"], pillow_outputs, sources, out))
                     system.start_worker(RINDLE_PROCESSES=str(args.processes))
                     await system.wait_ready(await system.upload_all(warm), timeout=120, watcher=watcher)
@@ -267,6 +273,8 @@ async def main() -> None:
             median = {name: statistics.median(values) for name, values in figures.items() if values}
             report.row(f"raw pyvips pool, {args.processes} processes (baseline)", median["pyvips"],
                        "images/s", key="pyvips_pool_images_per_s")
+            report.row("  the same, one libvips thread per process (as rindle's pool)", median["pyvips_1t"],
+                       "images/s", baseline=median["pyvips"], key="pyvips_pool_one_thread_images_per_s")
             report.row(f"raw Pillow pool, {args.processes} processes", median["pillow"], "images/s",
                        baseline=median["pyvips"], key="pillow_pool_images_per_s")
             report.row(f"rindle pipeline, RINDLE_PROCESSES={args.processes}", median["pipeline"],

@@ -40,10 +40,16 @@ class ImageRefused(Exception):
     retryable = False  # the same bytes fail the same way: no second try
 
 
-def configure() -> None:
+def configure(threads: int | None = None) -> None:
     """Pool initializer: no operation cache (it only costs memory here), no risky loaders,
-    and exit when the worker that started this process dies."""
+    and exit when the worker that started this process dies.
+
+    threads: libvips worker threads; the pool gives each process its share of the cores
+        (with a process per core, one thread each: threads would only contend).
+    """
     pyvips.cache_set_max(0)
+    if threads is not None:
+        pyvips.concurrency_set(threads)
     pyvips.block_untrusted_set(True)
     parent = os.getppid()
 

@@ -82,8 +82,10 @@ class ProcessingPool:
     def _new_slot(self) -> ProcessPoolExecutor:
         from . import images  # loads libvips: only where work is really done
 
+        # each process gets its share of the cores as libvips threads (one, with a process per core)
+        threads = max(1, usable_cores() // self.size)
         return ProcessPoolExecutor(max_workers=1, mp_context=multiprocessing.get_context("spawn"),
-                                   initializer=images.configure)
+                                   initializer=images.configure, initargs=(threads,))
 
     def start(self) -> None:
         """Start every process now (blocking, about a second), so the first calls do not wait."""
