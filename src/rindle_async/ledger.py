@@ -131,6 +131,10 @@ class Ledger:
         """
         sent = 0
         await self.load_instance(pool)
+        # Most wake-ups find nothing (another relay took the rows): one read, no transaction.
+        if not await pool.fetchval(
+                f"SELECT EXISTS (SELECT 1 FROM {self.schema}.jobs WHERE status = 'pending')"):
+            return 0
         while True:
             async with pool.acquire() as conn, conn.transaction():
                 rows = await conn.fetch(
