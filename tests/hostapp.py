@@ -6,6 +6,7 @@ Loaded both by the tests and by real ``arq rindle_async.WorkerSettings`` and
 
 from __future__ import annotations
 
+import asyncio
 import os
 import pathlib
 import time
@@ -14,13 +15,17 @@ from rindle_async import LocalStorage, Profile, Rindle, S3Storage, Variant
 
 
 class SlowFirstVariantPut(LocalStorage):
-    """Local storage whose first variant upload hangs (a worker killed mid-render)."""
+    """Local storage whose first variant upload hangs (a worker killed mid-render), or takes
+    ``T_SLOW_VARIANT_PUT`` seconds without blocking the worker (a slow store)."""
 
     async def put(self, key, data, **options):
         marker = pathlib.Path(os.environ["T_ROOT"]) / ".first-variant-put"
         if "/variants/" in key and os.environ.get("T_SLOW_FIRST_PUT") and not marker.exists():
             marker.write_text(str(os.getpid()))
             time.sleep(60)  # blocks the whole worker, as a wedged render would
+        if "/variants/" in key and os.environ.get("T_SLOW_VARIANT_PUT") and not marker.exists():
+            marker.write_text(str(os.getpid()))
+            await asyncio.sleep(float(os.environ["T_SLOW_VARIANT_PUT"]))
         return await super().put(key, data, **options)
 
 

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import pathlib
+import signal
 import socket
 import subprocess
+import sys
 import time
+
+TESTS = pathlib.Path(__file__).resolve().parent
 
 
 def free_port() -> int:
@@ -42,3 +48,27 @@ class RedisProcess:
             self.process = None
 
 
+class WorkerProcess:
+    """A real ``arq rindle_async.WorkerSettings`` serving ``tests/hostapp.py``, logging to ``log``."""
+
+    def __init__(self, env: dict[str, str], log: pathlib.Path) -> None:
+        self.env = {**os.environ, **env, "RINDLE_APP": "hostapp:rindle",
+                    "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
+        self.log = log
+        self.process: subprocess.Popen | None = None
+
+    def start(self, **extra: str) -> None:
+        self.process = subprocess.Popen(
+            [str(pathlib.Path(sys.executable).parent / "arq"), "rindle_async.WorkerSettings"],
+            env={**self.env, **extra}, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
+            cwd=TESTS)
+
+    def stop(self, sig: int = signal.SIGTERM) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.send_signal(sig)
+            try:
+                self.process.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process = None

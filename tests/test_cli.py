@@ -11,10 +11,12 @@ import re
 import subprocess
 import sys
 import uuid
+
 import pytest
+from arq.connections import ArqRedis
 
 from rindle_async import VerificationFailed
-from rindle_async.worker import HEARTBEAT_KEY
+from rindle_async.liveness import Liveness, WorkerInfo
 
 from .conftest import drain
 from .media import jpeg
@@ -75,7 +77,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     doctor = await cli("doctor")
     assert doctor.returncode == 1, doctor.stderr
     out = lines(doctor.stdout)
-    assert "FAIL migrations: migrations [1, 2] are not applied; run `rindle-async migrate`" in out
+    assert "FAIL migrations: migrations [1, 2, 3] are not applied; run `rindle-async migrate`" in out
     assert out[-1] == "4 passed, 3 failed"
     assert f'FAIL ledger: UndefinedTableError: relation "{schema}.jobs" does not exist' in out
     status = await cli("status")
@@ -83,7 +85,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     assert "run `rindle-async migrate` first" in status.stderr
 
     first = await cli("migrate")
-    assert (first.returncode, first.stdout) == (0, f"applied migrations 1, 2 to schema {schema}\n")
+    assert (first.returncode, first.stdout) == (0, f"applied migrations 1, 2, 3 to schema {schema}\n")
     again = await cli("migrate")
     assert (again.returncode, again.stdout) == (0, f"schema {schema} is up to date\n")
 
@@ -95,22 +97,29 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     assert out[1:5] + out[6:] == [
         f"ok   migrations: schema {schema} is up to date",
         "ok   redis: reachable, maxmemory-policy noeviction",
-        f"FAIL workers: no worker heartbeat in the last 3 minutes on q-{schema}; "
+        f"FAIL workers: no live worker on q-{schema} (workers holding a lease: q-{schema}: 0); "
         "is `arq rindle_async.WorkerSettings` running?",
         "ok   storage local: local reachable",
         "ok   ledger: pending=0 enqueued=0 discarded=0",
         "6 passed, 1 failed",
     ]
 
-    key = HEARTBEAT_KEY.format(queue=f"q-{schema}")
-    await redis.set(key, "1", ex=60)  # what a running worker writes
+    # the lease a running worker holds (and renews every few seconds)
+    lease = Liveness(ArqRedis(connection_pool=redis.connection_pool),
+                     WorkerInfo("host:1:abc", f"q-{schema}", "host", 1, 0.0), jobs=dict,
+                     in_progress_ttl=60)
+    await lease.beat()
     try:
         doctor = await cli("doctor")
+        status = await cli("status")
     finally:
-        await redis.delete(key)
+        await lease.stop()
     assert doctor.returncode == 0, doctor.stdout
-    assert f"ok   workers: heartbeat seen on q-{schema}" in lines(doctor.stdout)
+    assert f"ok   workers: workers holding a lease: q-{schema}: 1" in lines(doctor.stdout)
     assert lines(doctor.stdout)[-1] == "7 passed, 0 failed"
+    assert f"workers holding a lease: q-{schema}: 1 (host:1:abc running 0)" in lines(status.stdout)
+    doctor = await cli("doctor")  # a worker that stopped has left the registry
+    assert doctor.returncode == 1 and f"q-{schema}: 0" in doctor.stdout
 
 
 async def test_usage_and_app_errors(cli, db):
@@ -149,7 +158,7 @@ async def test_status_counts_by_state_and_stuck_work(cli, host, redis_url):
         "stuck longer than 3600s: assets=0, variants=0, upload_sessions=0",
     ]
     assert re.fullmatch(r"ledger: pending=[01] enqueued=[01] discarded=0 oldest_\w+=\d+s", out[4])
-    assert len(out) == 5
+    assert out[5:] == [f"workers holding a lease: {host.ledger.queue}: 0"]
 
     raw = await cli("status", "--json", "--stuck-after", "0")
     assert raw.returncode == 0, raw.stderr
@@ -171,8 +180,9 @@ async def test_status_counts_by_state_and_stuck_work(cli, host, redis_url):
     assert report["stuck"] == {"assets": 0, "variants": 0, "upload_sessions": 0}
     assert report["ledger"] == {"pending": 0, "enqueued": 0, "discarded": 0,
                                 "oldest_pending_seconds": None, "oldest_enqueued_seconds": None}
+    assert report["workers"] == {host.ledger.queue: []}
     text = await cli("status")
-    assert lines(text.stdout)[-1] == "ledger: pending=0 enqueued=0 discarded=0"
+    assert lines(text.stdout)[-2] == "ledger: pending=0 enqueued=0 discarded=0"
 
 
 # -- abort-incomplete-uploads ---------------------------------------------------------------

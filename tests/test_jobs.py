@@ -121,15 +121,21 @@ async def test_attempts_that_died_with_their_worker_count_and_end_in_discard(mak
     kind = JobKind(name="dies", handler=never_finishes, tries=2)
     rindle = await make_rindle(jobs=[kind], relay=False)
     job_id = await stage_one(rindle, "dies")
-    for _ in range(2):
+    for worker in ("host:11:aaa", "host:12:bbb"):
         with pytest.raises(asyncio.CancelledError):
-            await run_job(rindle, kind, job_id)
-    assert await run_job(rindle, kind, job_id) == "discarded"
+            await run_job(rindle, kind, job_id, worker=worker)
+    assert await run_job(rindle, kind, job_id, worker="host:13:ccc") == "discarded"
     assert calls == [1, 2]
     row = await db.fetchrow(f"SELECT status, error FROM {schema}.jobs WHERE id = $1", job_id)
     assert row["status"] == "discarded"
-    assert row["error"] == "gave up: 2 attempt(s) started and none finished"
+    assert row["error"] == ("gave up: 2 attempt(s) started and none finished; each ended with its "
+                            "worker (killed, crashed or stalled: the input may be what kills it)")
     assert [r[1] for r in await runs(db, schema, job_id)] == ["abandoned", "abandoned", "failed"]
+    lost = await db.fetch(f"SELECT worker, error FROM {schema}.processing_runs WHERE job_id = $1"
+                          " AND outcome = 'abandoned' ORDER BY attempt", job_id)
+    assert [(r["worker"], r["error"]) for r in lost] == [
+        (name, f"its worker {name} stopped before the attempt finished (killed, crashed or lost its lease)")
+        for name in ("host:11:aaa", "host:12:bbb")]
 
 
 async def test_an_attempt_that_runs_too_long_counts_as_a_failed_try(make_rindle, db, schema, redis_url):

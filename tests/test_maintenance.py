@@ -212,7 +212,6 @@ async def test_cron_functions_stage_ledger_jobs_and_the_tick_relays(media_rindle
     assert [tuple(r) for r in rows] == [("cleanup_orphans", '{"dry_run": false}', "pending"),
                                         ("abort_incomplete_uploads", "{}", "pending")]
     assert await worker.relay_tick(ctx) == "sent 2, re-sent 0"
-    assert await redis.exists(worker.HEARTBEAT_KEY.format(queue=rindle.ledger.queue))
 
 
 async def test_processes_opening_at_once_after_a_recipe_change_agree(make_rindle, local_storage,

@@ -26,8 +26,8 @@ async def tables(db: asyncpg.Connection, schema: str) -> set[str]:
 async def test_fresh_database_gets_every_table(db, database_url, schema):
     conn = await asyncpg.connect(database_url)
     try:
-        assert await migrations.pending(conn, schema) == [1, 2]
-        assert await migrations.migrate(conn, schema) == [1, 2]
+        assert await migrations.pending(conn, schema) == [1, 2, 3]
+        assert await migrations.migrate(conn, schema) == [1, 2, 3]
         assert await migrations.pending(conn, schema) == []
     finally:
         await conn.close()
@@ -41,9 +41,9 @@ async def test_fresh_database_gets_every_table(db, database_url, schema):
 
 async def test_second_run_applies_nothing(make_rindle, db, schema):
     rindle = await make_rindle(migrate=False)
-    assert await rindle.migrate() == [1, 2]
+    assert await rindle.migrate() == [1, 2, 3]
     assert await rindle.migrate() == []
-    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 2
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 3
 
 
 async def test_concurrent_runners_apply_each_migration_once(database_url, db, schema):
@@ -54,7 +54,7 @@ async def test_concurrent_runners_apply_each_migration_once(database_url, db, sc
         for c in conns:
             await c.close()
     assert sorted(results) == [[], [], [], [1, 2]]
-    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 2
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 3
     assert await tables(db, schema) == EXPECTED_TABLES
 
 

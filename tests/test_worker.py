@@ -1,7 +1,7 @@
 """The whole lifecycle with the real ``arq`` command in a subprocess: direct upload
 on S3 (moto) and proxied upload on local storage to ready variants checked with
 pyvips, refusals (spoofed type, decompression bomb, truncated file), purge after
-replace and detach, and a worker killed mid-render."""
+replace and detach (a worker killed mid-render: tests/reliability/test_worker_death.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ import pyvips
 
 from . import hostapp
 from .media import jpeg, png, stored_files
+from .servers import WorkerProcess
 
 TESTS = pathlib.Path(__file__).resolve().parent
 
@@ -32,30 +33,6 @@ def host_env(host_env, s3_endpoint, s3_bucket, monkeypatch):
     for name, value in extra.items():
         monkeypatch.setenv(name, value)
     return {**host_env, **extra}
-
-
-class WorkerProcess:
-    def __init__(self, env: dict[str, str], log: pathlib.Path) -> None:
-        self.env = {**os.environ, **env, "RINDLE_APP": "hostapp:rindle",
-                    "PYTHONPATH": f"{TESTS}{os.pathsep}{os.environ.get('PYTHONPATH', '')}"}
-        self.log = log
-        self.process: subprocess.Popen | None = None
-
-    def start(self, **extra: str) -> None:
-        self.process = subprocess.Popen(
-            [str(pathlib.Path(sys.executable).parent / "arq"), "rindle_async.WorkerSettings"],
-            env={**self.env, **extra}, stdout=self.log.open("a"), stderr=subprocess.STDOUT,
-            cwd=TESTS)
-
-    def stop(self, sig: int = signal.SIGTERM) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.send_signal(sig)
-            try:
-                self.process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
-        self.process = None
 
 
 @pytest.fixture
@@ -206,44 +183,3 @@ async def test_replace_and_detach_purge_the_objects(host, worker, tmp_path):
     await host.detach(owner_type="user", owner_id="1", slot="avatar")
     assert await purged(second.id), objects(second.id)
     assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets") == 0
-
-
-async def test_a_worker_killed_mid_render_is_replaced_and_the_job_reruns(host, worker, tmp_path,
-                                                                         monkeypatch):
-    monkeypatch.setenv("T_TIMEOUT", "3")  # arq reruns a dead worker's job after its timeout + 15 s
-    worker.env["T_TIMEOUT"] = "3"
-    worker.start(T_SLOW_FIRST_PUT="1")
-    marker = pathlib.Path(os.environ["T_ROOT"]) / ".first-variant-put"
-    asset = await host.upload("photos", jpeg(300, 200), filename="a.jpg")
-    deadline = time.monotonic() + 60
-    while not marker.exists():
-        assert time.monotonic() < deadline, (tmp_path / "worker.log").read_text()
-        await asyncio.sleep(0.05)
-    pool_processes = [int(pid) for pid in subprocess.run(
-        ["pgrep", "-P", str(worker.process.pid)], capture_output=True, text=True).stdout.split()]
-    assert pool_processes  # the libvips pool (and its resource tracker)
-    worker.stop(signal.SIGKILL)  # dies in the middle of a variant's upload
-    def alive(pid: int) -> bool:
-        try:
-            return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text().lower()
-        except FileNotFoundError:
-            return False
-
-    deadline = time.monotonic() + 10
-    while any(alive(pid) for pid in pool_processes):
-        assert time.monotonic() < deadline, "the dead worker's pool processes are still running"
-        await asyncio.sleep(0.1)
-    worker.start()
-    asset = await wait_for_state(host, asset.id, {"ready"}, timeout=90, log=tmp_path / "worker.log")
-    assert {v.state for v in asset.variants.values()} == {"ready"}
-    runs = await host.pool.fetch(
-        f"SELECT variant, attempt, outcome FROM {host.schema}.processing_runs"
-        f" WHERE kind = 'process_variant' ORDER BY variant, attempt")
-    outcomes = [(r["variant"], r["attempt"], r["outcome"]) for r in runs]
-    killed = [o for o in outcomes if o[2] == "abandoned"]
-    assert killed, outcomes  # the attempts in flight when the worker died (all four here)
-    for variant, attempt, _ in killed:
-        assert (variant, attempt + 1, "succeeded") in outcomes
-    root = pathlib.Path(os.environ["T_ROOT"])
-    variant_files = sorted(p.name for p in stored_files(root) if "/variants/" in str(p))
-    assert len(variant_files) == 4  # one object per variant: the rerun wrote the same key

@@ -123,6 +123,15 @@ async def _status(rindle: Rindle, args: argparse.Namespace) -> int:
         if ledger[key] is not None)
     print(f"ledger: pending={ledger['pending']} enqueued={ledger['enqueued']} "
           f"discarded={ledger['discarded']}{' ' + ages if ages else ''}")
+    workers = report["workers"]
+    if "error" in workers:
+        print(f"workers: unknown ({workers['error']})")
+    else:
+        fleets = "; ".join(
+            f"{queue}: {len(fleet)}"
+            + (" (" + ", ".join(f"{w['id']} running {w['running']}" for w in fleet) + ")" if fleet else "")
+            for queue, fleet in workers.items())
+        print(f"workers holding a lease: {fleets}")
     return 0
 
 

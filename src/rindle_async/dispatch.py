@@ -14,7 +14,9 @@ cron, signals) is arq's own.  The dispatcher
   process never waits for its next job), every other kind holds slots of its
   own, so promotions, purges and maintenance never wait behind renders;
 - claims, atomically in Redis (one script), the oldest due jobs each lane has
-  room for, so workers sharing a queue never take the same job.
+  room for, so workers sharing a queue never take the same job, and records
+  each claim in the worker's held set (``liveness.py``), so the jobs of a
+  worker that dies are freed within seconds.
 
 A lane's jobs are looked for among the first ``window`` due jobs of the queue; a
 deeper backlog of one lane delays the others until it shrinks (route renders to
@@ -26,20 +28,25 @@ from __future__ import annotations
 import asyncio
 import json
 import logging
-import os
-import socket
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Awaitable, Callable, Iterator, Mapping
 from contextlib import contextmanager
-from typing import Any
+from typing import Any, TypeVar
 
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
+from redis.asyncio import ConnectionPool
+from redis.asyncio.retry import Retry
+from redis.backoff import ExponentialBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
 from .ledger import wake_channel
+from .liveness import held_key, new_worker_id
 
 log = logging.getLogger("rindle_async.dispatch")
+T = TypeVar("T")
 
 LANES = ("default", "render")
 CLAIM_PREFIX = "rindle:claim:"
@@ -47,12 +54,12 @@ CLAIM_PREFIX = "rindle:claim:"
 DISPATCHER = "rindle_dispatcher"
 
 # KEYS: the queue.  ARGV: now (ms), claim ttl (ms), claimant, window, kind -> lane (JSON),
-# lane -> wanted (JSON), in-progress key prefix, claim key prefix.
+# lane -> wanted (JSON), in-progress key prefix, claim key prefix, the claimant's held set.
 # Returns {next due score or -1, claimed ids...}.
 _CLAIM = """
 local queue, now, ttl, owner, window = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local lanes, wanted = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
-local running, claims = ARGV[7], ARGV[8]
+local running, claims, held = ARGV[7], ARGV[8], ARGV[9]
 local remaining = 0
 for _, n in pairs(wanted) do remaining = remaining + n end
 local claimed, offset = {}, 0
@@ -65,6 +72,7 @@ while remaining > 0 and offset < window do
     if (wanted[lane] or 0) > 0 and redis.call('EXISTS', running .. id) == 0
         and redis.call('SET', claims .. id, owner, 'NX', 'PX', ttl) then
       claimed[#claimed + 1] = id
+      redis.call('SADD', held, id)
       wanted[lane] = wanted[lane] - 1
       remaining = remaining - 1
       if remaining == 0 then break end
@@ -105,11 +113,12 @@ class Dispatcher:
     rescan: seconds between reads that do not wait for an announcement.
     window: due jobs examined per read.
     claim_ttl: seconds a claimed job stays reserved for this worker before arq starts it.
+    claimant: this worker's id (``liveness.new_worker_id()`` unless given).
     """
 
     def __init__(self, queue: str, lanes: Mapping[str, int], kinds: Mapping[str, str], *,
                  max_wait: float = 0.5, rescan: float = 1.0, window: int = 10_000,
-                 claim_ttl: float = 5.0) -> None:
+                 claim_ttl: float = 5.0, claimant: str | None = None) -> None:
         unknown = set(lanes) - set(LANES) | {lane for lane in kinds.values() if lane not in lanes}
         if unknown:
             raise ConfigurationError(f"unknown or unsized lanes {sorted(unknown)}; lanes are "
@@ -118,7 +127,7 @@ class Dispatcher:
         self.lanes = {name: Lane(name, capacity) for name, capacity in lanes.items()}
         self.kinds = dict(kinds)
         self.max_wait, self.rescan, self.window, self.claim_ttl = max_wait, rescan, window, claim_ttl
-        self.claimant = f"{socket.gethostname()}:{os.getpid()}"
+        self.claimant = claimant or new_worker_id()
         self._wake = asyncio.Event()
         self._listener: asyncio.Task[None] | None = None
         self._next_rescan = 0.0
@@ -127,6 +136,11 @@ class Dispatcher:
     @property
     def capacity(self) -> int:
         return sum(lane.capacity for lane in self.lanes.values())
+
+    def jobs(self) -> dict[str, bool]:
+        """The job ids this worker holds -> whether arq has started them."""
+        return {job_id: held_at == float("inf") for lane in self.lanes.values()
+                for job_id, held_at in lane.held.items()}
 
     def lane_of(self, job_id: str) -> Lane:
         """The lane of an arq job id (``...:<kind>:<row>`` for ledger jobs; cron jobs: default)."""
@@ -186,7 +200,8 @@ class Dispatcher:
         now_ms = int(time.time() * 1000)
         result = await redis.eval(
             _CLAIM, 1, self.queue, now_ms, int(self.claim_ttl * 1000), self.claimant, self.window,
-            json.dumps(self.kinds), json.dumps(wanted), in_progress_key_prefix, CLAIM_PREFIX)
+            json.dumps(self.kinds), json.dumps(wanted), in_progress_key_prefix, CLAIM_PREFIX,
+            held_key(self.claimant))
         next_due, claimed = float(result[0]), [item.decode() for item in result[1:]]
         if next_due >= 0:
             self._next_due = loop.time() + max(0.0, (next_due - now_ms) / 1000)
@@ -260,6 +275,52 @@ def holding_slot(ctx: Mapping[str, Any]) -> Iterator[None]:
         yield
     finally:
         dispatcher.finished(ctx["job_id"])
+
+
+class OutageRetry(Retry):
+    """The worker's Redis commands wait out an outage of up to ``budget`` seconds.
+
+    arq's worker exits on the first Redis connection error (its poll, a job's
+    bookkeeping); with this retry policy a command that cannot reach Redis is
+    retried with backoff (50 ms doubling to 1 s) and a log line, so a worker rides
+    out a Redis restart or failover and keeps its render processes.  After the
+    budget the error is raised and the worker exits, for its supervisor to restart.
+    """
+
+    __slots__ = ("budget",)
+
+    def __init__(self, budget: float = 120.0) -> None:
+        super().__init__(ExponentialBackoff(cap=1.0, base=0.025), -1,
+                         (RedisConnectionError, RedisTimeoutError, OSError))
+        self.budget = budget
+
+    async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[Any], Any]) -> T:
+        self._backoff.reset()
+        failures, started = 0, time.monotonic()
+        while True:
+            try:
+                result = await do()
+            except self._supported_errors as error:
+                failures += 1
+                await fail(error)
+                waited = time.monotonic() - started
+                if waited > self.budget:
+                    log.error("Redis unreachable for %.0fs (%s); giving up", waited, error)
+                    raise
+                if failures == 1 or failures % 20 == 0:
+                    log.warning("waiting for Redis (%s: %s); %.0fs so far, giving up after %.0fs",
+                                type(error).__name__, error, waited, self.budget)
+                await asyncio.sleep(self._backoff.compute(failures))
+            else:
+                if failures:
+                    log.warning("Redis answers again after %.1fs", time.monotonic() - started)
+                return result
+
+
+def worker_connections(url: str) -> ConnectionPool:
+    """The worker's Redis connections: commands wait out outages (:class:`OutageRetry`)."""
+    return ConnectionPool.from_url(url, retry=OutageRetry(),
+                                   retry_on_error=[RedisConnectionError, RedisTimeoutError, OSError])
 
 
 class WorkerRedis(ArqRedis):

@@ -30,7 +30,7 @@ import msgspec
 from arq import Retry
 from arq.worker import Function, func
 
-from .dispatch import holding_slot
+from .dispatch import DISPATCHER, holding_slot
 from .errors import ConfigurationError
 
 if TYPE_CHECKING:
@@ -146,7 +146,7 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:4000]
 
 
-async def _begin(rindle: Rindle, kind: JobKind, job_id: int) -> JobRun | None:
+async def _begin(rindle: Rindle, kind: JobKind, job_id: int, worker: str | None) -> JobRun | None:
     """Count the attempt and open its processing run, in one statement; None if the job is gone.
 
     A run of the job still "running" here died with its worker: it is closed as abandoned.
@@ -157,11 +157,13 @@ async def _begin(rindle: Rindle, kind: JobKind, job_id: int) -> JobRun | None:
         "   enqueued_at = coalesce(enqueued_at, now())"
         "   WHERE id = $1 AND status IN ('pending', 'enqueued') RETURNING attempts, args),"
         f" abandoned AS (UPDATE {schema}.processing_runs SET outcome = 'abandoned',"
-        "   finished_at = now(), error = 'the worker stopped before the attempt finished'"
+        "   finished_at = now(), error = 'its worker ' || coalesce(worker, '(unknown)')"
+        "   || ' stopped before the attempt finished (killed, crashed or lost its lease)'"
         "   WHERE job_id = $1 AND outcome = 'running' AND EXISTS (SELECT 1 FROM job)),"
-        f" run AS (INSERT INTO {schema}.processing_runs (job_id, kind, asset_id, variant, attempt)"
-        "   SELECT $1, $2, (args->>'asset_id')::uuid, args->>'variant', attempts FROM job RETURNING id)"
-        " SELECT job.attempts, job.args, run.id AS run_id FROM job, run", job_id, kind.name)
+        f" run AS (INSERT INTO {schema}.processing_runs (job_id, kind, asset_id, variant, attempt, worker)"
+        "   SELECT $1, $2, (args->>'asset_id')::uuid, args->>'variant', attempts, $3 FROM job"
+        "   RETURNING id)"
+        " SELECT job.attempts, job.args, run.id AS run_id FROM job, run", job_id, kind.name, worker)
     if row is None:
         return None
     return JobRun(rindle, kind, job_id, msgspec.json.decode(row["args"]), row["attempts"],
@@ -180,22 +182,25 @@ async def _discard(job: JobRun, error: str) -> None:
     log.error("job %s %s discarded after %d attempt(s): %s", job.kind.name, job.id, job.attempt, error)
 
 
-async def run_job(rindle: Rindle, kind: JobKind, job_id: int) -> str:
+async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | None = None) -> str:
     """Run one attempt of ledger job ``job_id``; what arq calls for every kind.
 
     rindle: the opened Rindle of this worker.
     kind: the job's kind.
     job_id: the ledger row id sent by the relay.
+    worker: this worker's id, recorded on the attempt's processing run.
     """
     try:
-        job = await _begin(rindle, kind, job_id)
+        job = await _begin(rindle, kind, job_id, worker)
     except Exception as exc:  # the database is unreachable: nothing was counted, try later
         log.warning("job %s %s could not start: %s", kind.name, job_id, describe(exc))
         raise Retry(defer=kind.delay(1)) from exc
     if job is None:
         return "skipped: the job is no longer in the ledger (done or discarded)"
     if job.attempt > kind.tries:
-        await _discard(job, f"gave up: {kind.tries} attempt(s) started and none finished")
+        await _discard(job, f"gave up: {kind.tries} attempt(s) started and none finished; each "
+                            "ended with its worker (killed, crashed or stalled: the input may be "
+                            "what kills it)")
         return "discarded"
     started = time.monotonic()
     try:
@@ -233,8 +238,10 @@ def arq_function(kind: JobKind) -> Function:
     """
 
     async def coroutine(ctx: dict[str, Any], job_id: int) -> str:
+        dispatcher = ctx.get(DISPATCHER)
         with holding_slot(ctx):
-            return await run_job(ctx["rindle"], kind, job_id)
+            return await run_job(ctx["rindle"], kind, job_id,
+                                 worker=dispatcher.claimant if dispatcher is not None else None)
 
     coroutine.__qualname__ = coroutine.__name__ = kind.name
     # arq's own limits sit above ours so the ledger, not arq, decides when to give up; an

@@ -575,6 +575,19 @@ async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1))
             f" AND state_changed_at < $1", cutoff),
     }
     ledger = await rindle.ledger_summary()
+    running = {r["worker"] or "(unknown)": r["n"] for r in await rindle.pool.fetch(
+        f"SELECT worker, count(*) AS n FROM {schema}.processing_runs WHERE outcome = 'running'"
+        " GROUP BY worker ORDER BY worker")}
+    try:
+        from .liveness import live_workers
+
+        fleets = await live_workers(rindle.arq)
+        workers: dict[str, Any] = {
+            queue: [{"id": w.id, "host": w.host, "pid": w.pid, "processes": w.processes,
+                     "running": running.get(w.id, 0)} for w in fleets.get(queue, [])]
+            for queue in sorted({rindle.ledger.queue_for(kind) for kind in rindle.ledger.kinds})}
+    except Exception as exc:  # Redis away: the database's part of the picture still helps
+        workers = {"error": f"{type(exc).__name__}: {exc}"}
     return {
         "assets": await by_state("assets"),
         "variants": await by_state("variants"),
@@ -585,6 +598,8 @@ async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1))
                    "discarded": ledger.discarded,
                    "oldest_pending_seconds": ledger.oldest_pending_age,
                    "oldest_enqueued_seconds": ledger.oldest_enqueued_age},
+        "workers": workers,
+        "attempts_running": running,
     }
 
 
@@ -633,7 +648,7 @@ async def doctor(rindle: Rindle) -> list[Check]:
     rindle: the opened Rindle.
     """
     from .profiles import _libvips_can_save, _libvips_version
-    from .worker import HEARTBEAT_KEY
+    from .liveness import live_workers
 
     checks = []
     try:
@@ -657,11 +672,14 @@ async def doctor(rindle: Rindle) -> list[Check]:
         except Exception as exc:  # CONFIG disabled on some managed Redis
             checks.append(Check("redis", True, f"reachable; cannot read maxmemory-policy ({exc})"))
         queues = sorted({rindle.ledger.queue_for(kind) for kind in rindle.ledger.kinds})
-        missing = [q for q in queues if not await rindle.arq.exists(HEARTBEAT_KEY.format(queue=q))]
+        fleets = await live_workers(rindle.arq)
+        missing = [q for q in queues if not fleets.get(q)]
+        seen = ", ".join(f"{q}: {len(fleets.get(q, []))}" for q in queues)
         checks.append(Check("workers", not missing,
-                            f"heartbeat seen on {', '.join(queues)}" if not missing else
-                            f"no worker heartbeat in the last 3 minutes on {', '.join(missing)}; "
-                            "is `arq rindle_async.WorkerSettings` running?"))
+                            f"workers holding a lease: {seen}" if not missing else
+                            f"no live worker on {', '.join(missing)} (workers holding a lease: {seen}); "
+                            "is `arq rindle_async.WorkerSettings` running"
+                            + (" with RINDLE_QUEUE set for each routed queue?" if len(queues) > 1 else "?")))
     except Exception as exc:
         checks.append(Check("redis", False, f"{type(exc).__name__}: {exc}"))
     for name, storage in sorted(rindle.storages.items()):

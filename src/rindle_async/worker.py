@@ -18,16 +18,17 @@ from __future__ import annotations
 
 import logging
 import os
+import time
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
 from arq.connections import RedisSettings
 from arq.cron import cron
-from redis.asyncio import ConnectionPool
 
-from .dispatch import DISPATCHER, Dispatcher, WorkerRedis, holding_slot
+from .dispatch import DISPATCHER, Dispatcher, WorkerRedis, holding_slot, worker_connections
 from .jobs import JobKind
+from .liveness import Liveness, WorkerInfo
 from .processing.pool import ProcessingPool
 
 if TYPE_CHECKING:
@@ -45,7 +46,6 @@ DEFAULTS = {
 }
 #: Jobs of the default lane a worker runs at once (promotions, purges, maintenance, host kinds).
 DEFAULT_LANE_SLOTS = 8
-HEARTBEAT_KEY = "rindle:worker-heartbeat:{queue}"
 
 
 def builtin_job_kinds(settings: dict[str, dict[str, Any]] | None = None) -> list[JobKind]:
@@ -83,7 +83,6 @@ async def relay_tick(ctx: dict[str, Any]) -> str:
     with holding_slot(ctx):
         sent = await rindle.flush_jobs()
         resent = await rindle.reconcile_jobs()
-        await rindle.arq.set(HEARTBEAT_KEY.format(queue=rindle.ledger.queue), "1", ex=180)
     return f"sent {sent}, re-sent {resent}"
 
 
@@ -129,6 +128,17 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
     size = processes or rindle.processing.size
     lanes = {"render": 2 * size, "default": DEFAULT_LANE_SLOTS, **(concurrency or {})}
     dispatcher = Dispatcher(queue, lanes, {k.name: k.lane for k in kinds})
+    job_timeout = max((k.timeout for k in kinds), default=60.0) + 5
+    functions = [arq_function(kind) for kind in kinds]
+    # arq's in-progress lease: its longest function timeout + 10 s
+    in_progress_ttl = max([job_timeout, *(f.timeout_s or 0 for f in functions)]) + 10
+    redis_pool = WorkerRedis(worker_connections(rindle.redis_url), dispatcher=dispatcher,
+                             default_queue_name=queue)
+    leases: list[Liveness] = []
+
+    async def redis_reset() -> None:
+        await rindle.flush_jobs()
+        await rindle.reconcile_jobs()
 
     async def on_startup(ctx: dict[str, Any]) -> None:
         if processes is not None and processes != rindle.processing.size:
@@ -137,7 +147,13 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
             await rindle.open()
         ctx["rindle"] = rindle
         await anyio.to_thread.run_sync(rindle.processing.start)
-        await rindle.arq.set(HEARTBEAT_KEY.format(queue=queue), "1", ex=180)
+        host, pid, _ = dispatcher.claimant.rsplit(":", 2)
+        liveness = Liveness(redis_pool, WorkerInfo(dispatcher.claimant, queue, host, int(pid), time.time(),
+                                                   rindle.processing.size),
+                            jobs=dispatcher.jobs, in_progress_ttl=in_progress_ttl,
+                            on_redis_reset=redis_reset)
+        await liveness.start()  # also frees the jobs of workers that died
+        leases.append(liveness)
         sent, resent = await rindle.flush_jobs(), await rindle.reconcile_jobs()
         stale = await rindle.mark_stale_variants()
         log.info("rindle worker on queue %s: %d job kind(s), %d render process(es), lanes %s; "
@@ -146,13 +162,14 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await dispatcher.close()
+        for liveness in leases:
+            await liveness.stop()
         await rindle.close()
 
     settings: dict[str, Any] = {
-        "functions": [arq_function(kind) for kind in kinds],
+        "functions": functions,
         "queue_name": queue,
-        "redis_pool": WorkerRedis(ConnectionPool.from_url(rindle.redis_url), dispatcher=dispatcher,
-                                  default_queue_name=queue),
+        "redis_pool": redis_pool,
         "redis_settings": RedisSettings.from_dsn(rindle.redis_url),  # for `arq --check`
         "ctx": {DISPATCHER: dispatcher},
         "on_startup": on_startup,
@@ -164,8 +181,8 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         "max_jobs": dispatcher.capacity + 1,
         # the dispatcher waits for work itself; arq must not add a sleep after each handover
         "poll_delay": 0.005,
-        # also the in-progress lease: a job whose worker died reruns this + 10 s later
-        "job_timeout": max((k.timeout for k in kinds), default=60.0) + 5,
+        # arq's in-progress lease follows from it; a dead worker's jobs are freed sooner (liveness.py)
+        "job_timeout": job_timeout,
     }
     if queue == rindle.ledger.queue:
         settings["cron_jobs"] = [

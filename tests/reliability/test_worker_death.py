@@ -1,0 +1,130 @@
+"""Real ``arq`` workers dying: a SIGKILLed worker's jobs run again within seconds however
+long their timeouts are, and a long job on a live worker is never taken by another."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import pathlib
+import signal
+import subprocess
+import time
+
+import pytest
+
+from ..media import jpeg, stored_files
+from ..servers import WorkerProcess
+
+#: what issue 9 promises: a dead worker's jobs start again within this many seconds
+RECOVERY_SECONDS = 30
+
+
+@pytest.fixture
+def workers(host_env, tmp_path, monkeypatch):
+    # job timeouts of ten minutes: arq's own lease on a job would be about 20 minutes
+    monkeypatch.setenv("T_TIMEOUT", "600")
+    started: list[WorkerProcess] = []
+
+    def start(name: str, **extra: str) -> WorkerProcess:
+        process = WorkerProcess({**host_env, "T_TIMEOUT": "600"}, tmp_path / f"{name}.log")
+        process.start(**extra)
+        started.append(process)
+        return process
+
+    yield start
+    for process in started:
+        process.stop()
+
+
+def logs(tmp_path: pathlib.Path) -> str:
+    return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(tmp_path.glob("*.log")))
+
+
+async def all_ready(host, asset_ids, timeout: float, tmp_path) -> float:
+    """Wait until every asset is ready with every variant ready; return when (monotonic)."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        states = await host.pool.fetch(
+            f"SELECT a.state, bool_and(v.state = 'ready') AS variants_ready FROM {host.schema}.assets a"
+            f" JOIN {host.schema}.variants v ON v.asset_id = a.id WHERE a.id = ANY($1::uuid[])"
+            " GROUP BY a.id", asset_ids)
+        if len(states) == len(asset_ids) and all(r["state"] == "ready" and r["variants_ready"]
+                                                for r in states):
+            return time.monotonic()
+        await asyncio.sleep(0.1)
+    raise AssertionError(f"not ready after {timeout}s: {[tuple(r) for r in states]}\n{logs(tmp_path)}")
+
+
+def children(pid: int) -> list[int]:
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def running(pid: int) -> bool:
+    try:
+        return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False
+
+
+async def test_a_sigkilled_workers_jobs_run_again_within_seconds(host, workers, tmp_path):
+    doomed = workers("doomed", T_SLOW_FIRST_PUT="1")
+    marker = pathlib.Path(os.environ["T_ROOT"]) / ".first-variant-put"
+    assets = [await host.upload("photos", jpeg(300, 200), filename=f"{i}.jpg") for i in range(3)]
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, logs(tmp_path)
+        await asyncio.sleep(0.05)
+    pool = children(doomed.process.pid)
+    assert pool  # the libvips processes: killed with their worker, as by the OOM killer
+    doomed_pid = doomed.process.pid
+    for pid in pool:
+        os.kill(pid, signal.SIGKILL)
+    doomed.stop(signal.SIGKILL)  # in the middle of storing a variant
+    killed_at = time.monotonic()
+    deadline = time.monotonic() + 10
+    while any(running(pid) for pid in pool):
+        assert time.monotonic() < deadline, "the dead worker's pool processes are still running"
+        await asyncio.sleep(0.1)
+    workers("successor")
+
+    ready_at = await all_ready(host, [a.id for a in assets], RECOVERY_SECONDS + 30, tmp_path)
+    recovery = ready_at - killed_at
+    assert recovery < RECOVERY_SECONDS, f"recovered in {recovery:.1f}s\n{logs(tmp_path)}"
+    assert "stopped renewing its lease" in (tmp_path / "successor.log").read_text()
+
+    runs = await host.pool.fetch(
+        f"SELECT job_id, attempt, outcome, error, worker FROM {host.schema}.processing_runs"
+        " WHERE kind = 'process_variant' ORDER BY job_id, attempt")
+    abandoned = [r for r in runs if r["outcome"] == "abandoned"]
+    assert abandoned, [tuple(r) for r in runs]  # the render in flight when the worker died
+    for r in abandoned:
+        assert r["worker"].split(":")[1] == str(doomed_pid)
+        assert r["error"] == (f"its worker {r['worker']} stopped before the attempt finished "
+                              "(killed, crashed or lost its lease)")
+        assert (r["job_id"], r["attempt"] + 1, "succeeded") in [
+            (x["job_id"], x["attempt"], x["outcome"]) for x in runs]
+    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
+    root = pathlib.Path(os.environ["T_ROOT"])
+    variant_files = [p for p in stored_files(root) if "/variants/" in str(p)]
+    assert len(variant_files) == 4 * len(assets)  # one object per variant: reruns wrote the same keys
+
+
+async def test_a_job_longer_than_the_lease_is_never_taken_from_its_live_worker(host, workers, tmp_path):
+    slow = {"T_SLOW_VARIANT_PUT": "20"}  # the first variant upload takes 20 s; a lease 15 s
+    first = workers("first", **slow)
+    marker = pathlib.Path(os.environ["T_ROOT"]) / ".first-variant-put"
+    asset = await host.upload("photos", jpeg(300, 200), filename="slow.jpg")
+    deadline = time.monotonic() + 60
+    while not marker.exists():
+        assert time.monotonic() < deadline, logs(tmp_path)
+        await asyncio.sleep(0.05)
+    workers("second", **slow)  # idle, and looking for dead workers' jobs at every beat
+
+    await all_ready(host, [asset.id], 90, tmp_path)
+    runs = await host.pool.fetch(
+        f"SELECT kind, attempt, outcome, worker FROM {host.schema}.processing_runs"
+        " WHERE kind = 'process_variant'")
+    assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "succeeded")]
+    assert runs[0]["worker"].split(":")[1] == str(first.process.pid)
+    assert "stopped renewing its lease" not in logs(tmp_path)
