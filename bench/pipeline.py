@@ -17,7 +17,7 @@ storage; profile: 128x128 ``cover`` WebP q80 and 800x800 ``inside`` JPEG q85).
 - Work per upload: database round trips and transactions from ``upload`` to
   ready, counted on the wire by a proxy in front of PostgreSQL.
 
-    .venv/bin/python bench/pipeline.py [--uploads 48] [--rounds 3] [--processes 2]
+    .venv/bin/python bench/pipeline.py [--uploads 32] [--rounds 3] [--processes 2]
                                        [--latency-uploads 200] [--smoke]
 """
 
@@ -212,7 +212,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 async def main() -> None:
-    args = arguments(__doc__.splitlines()[0], uploads=48, rounds=3, processes=2,
+    args = arguments(__doc__.splitlines()[0], uploads=32, rounds=3, processes=2,
                      latency_uploads=200, roundtrip_uploads=10, idle_seconds=10)
     if args.smoke:
         args.uploads, args.rounds, args.latency_uploads = 3, 1, 3
