@@ -11,7 +11,7 @@ from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
 from rindle_async.ledger import wake_channel
-from rindle_async.liveness import REGISTRY, Liveness, WorkerInfo, held_key, live_workers
+from rindle_async.liveness import CLAIM_PREFIX, REGISTRY, Liveness, WorkerInfo, held_key, live_workers
 
 
 @pytest.fixture
@@ -122,11 +122,14 @@ async def test_each_beat_drops_held_jobs_that_ended_and_keeps_those_being_starte
     jobs = {f"{queue}:claimed": False}
     worker = lease(arq, f"w-{uuid.uuid4().hex[:6]}", queue, jobs)
     await worker.beat()
-    await arq.sadd(held_key(worker.worker), f"{queue}:claimed", f"{queue}:ended", f"{queue}:running")
+    await arq.sadd(held_key(worker.worker), f"{queue}:claimed", f"{queue}:ended", f"{queue}:running",
+                   f"{queue}:just-claimed")
     await arq.set(in_progress_key_prefix + f"{queue}:running", b"1", px=60_000)
+    # claimed by the dispatcher after the beat listed the jobs held here, not started yet
+    await arq.set(CLAIM_PREFIX + f"{queue}:just-claimed", worker.worker, px=5_000)
     await worker.beat()
     assert sorted(await arq.smembers(held_key(worker.worker))) == [
-        f"{queue}:claimed".encode(), f"{queue}:running".encode()]
+        f"{queue}:claimed".encode(), f"{queue}:just-claimed".encode(), f"{queue}:running".encode()]
     await worker.stop()
     assert not await arq.exists(held_key(worker.worker))
 

@@ -43,13 +43,12 @@ from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
 from .ledger import wake_channel
-from .liveness import held_key, new_worker_id
+from .liveness import CLAIM_PREFIX, held_key, new_worker_id
 
 log = logging.getLogger("rindle_async.dispatch")
 T = TypeVar("T")
 
 LANES = ("default", "render")
-CLAIM_PREFIX = "rindle:claim:"
 #: the worker ctx key of the dispatcher that admitted the job
 DISPATCHER = "rindle_dispatcher"
 

@@ -10,7 +10,7 @@ rindle adds one:
   renewed every ``interval`` seconds while its event loop runs, and is listed in
   ``rindle:workers`` (worker -> queue, host, pid, start time);
 - the dispatcher records every job it claims in ``rindle:held:<worker>``; each
-  beat drops the entries whose job is neither being started here nor holds
+  beat drops the entries whose job is neither claimed or started here nor holds
   arq's in-progress key (arq deletes that key when the job ends);
 - every beat of every worker also looks for workers whose lease lapsed: it frees
   the in-progress keys of their jobs (unless a live worker holds the job now),
@@ -54,6 +54,8 @@ REGISTRY = "rindle:workers"
 ALIVE_PREFIX = "rindle:alive:"
 HELD_PREFIX = "rindle:held:"
 SUSPECT_PREFIX = "rindle:suspect:"
+#: the dispatcher's claim keys (``dispatch.py``): job id -> the worker that claimed it
+CLAIM_PREFIX = "rindle:claim:"
 #: seconds a worker's lease lasts without renewal; between renewals; and how long a lapsed
 #: lease must stay lapsed before its jobs are freed (a worker reconnecting after a Redis
 #: outage renews within that time)
@@ -99,14 +101,16 @@ end
 return result
 """
 
-# KEYS: this worker's held set.  ARGV: in-progress prefix, job ids running here.
-# Drops held entries that neither run here nor hold an in-progress key; returns how many.
+# KEYS: this worker's held set.  ARGV: in-progress prefix, claim prefix, this worker, the job
+# ids it holds.  Drops held entries that are not held here, hold no in-progress key and are
+# not claimed by this worker (a claim made after the list of ids was taken); returns how many.
 _PRUNE = """
 local here = {}
-for i = 2, #ARGV do here[ARGV[i]] = true end
+for i = 4, #ARGV do here[ARGV[i]] = true end
 local dropped = 0
 for _, id in ipairs(redis.call('SMEMBERS', KEYS[1])) do
-  if not here[id] and redis.call('EXISTS', ARGV[1] .. id) == 0 then
+  if not here[id] and redis.call('EXISTS', ARGV[1] .. id) == 0
+      and redis.call('GET', ARGV[2] .. id) ~= ARGV[3] then
     redis.call('SREM', KEYS[1], id)
     dropped = dropped + 1
   end
@@ -210,7 +214,8 @@ class Liveness:
             pipe.set(ALIVE_PREFIX + self.worker, "1", px=int(self.lease * 1000))
             pipe.delete(SUSPECT_PREFIX + self.worker)
             pipe.hset(REGISTRY, self.worker, msgspec.json.encode(self.info))
-            pipe.eval(_PRUNE, 1, held_key(self.worker), in_progress_key_prefix, *jobs)
+            pipe.eval(_PRUNE, 1, held_key(self.worker), in_progress_key_prefix, CLAIM_PREFIX,
+                      self.worker, *jobs)
             pipe.eval(_RECOVER, 0, REGISTRY, ALIVE_PREFIX, HELD_PREFIX, in_progress_key_prefix,
                       SUSPECT_PREFIX, int(self.grace * 1000))
             _, _, added, _, found = await pipe.execute()
