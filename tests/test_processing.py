@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import pyvips
@@ -356,3 +359,39 @@ async def test_a_refused_image_leaves_the_process_in_service(pool, tmp_path):
     with pytest.raises(images.ImageRefused, match="libvips cannot read the file"):
         await pool.run(images.analyze, str(bogus), 1_000_000, timeout=60, lane="analysis")
     assert await pool.run(os.getpid, timeout=60, lane="analysis") == before  # reused, not killed
+
+
+POOL_CYCLES = textwrap.dedent("""
+    import asyncio, threading, time
+    from concurrent.futures.process import _ExecutorManagerThread
+    from rindle_async.processing.pool import ProcessingPool, RenderTimeout
+
+    def running_managers():
+        return [t for t in threading.enumerate() if isinstance(t, _ExecutorManagerThread)]
+
+    async def main():
+        for _ in range(4):
+            pool = ProcessingPool(1)
+            pool.start()
+            try:
+                await pool.run(time.sleep, 5, timeout=0.05)  # its process is killed
+            except RenderTimeout:
+                pass
+            await pool.run(time.sleep, 0, timeout=30)
+            pool.close()
+            left = running_managers()
+            assert not left, f"{len(left)} executor threads outlived close()"
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+""")
+
+
+def test_a_pool_started_and_closed_repeatedly_shuts_down_cleanly(tmp_path):
+    # an executor thread left running at close races the interpreter's exit for its pipes
+    script = tmp_path / "cycles.py"
+    script.write_text(POOL_CYCLES)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr
