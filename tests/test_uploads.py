@@ -297,6 +297,16 @@ async def test_proxied_upload_refuses_a_declared_type_early(media_rindle):
         await rindle.upload("avatar", png(), content_type="image/gif")
 
 
+@pytest.mark.parametrize("declared", ["image/jpeg", "IMAGE/JPEG; q=1"])
+async def test_proxied_upload_refuses_a_declared_type_the_bytes_contradict(media_rindle, storage, db,
+                                                                          schema, declared):
+    rindle = await media_rindle(storage)
+    with pytest.raises(ValidationError, match="declared image/jpeg but the bytes are image/png"):
+        await rindle.upload("avatar", png(), filename="a", content_type=declared)
+    assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+    assert [o async for o in storage.list("")] == []
+
+
 async def test_the_guard_catches_storage_calls_inside_a_transaction(media_rindle, local_storage):
     rindle = await media_rindle()
     async with rindle.transaction():

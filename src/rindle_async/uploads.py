@@ -398,11 +398,14 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
     profile_name: the profile the file is uploaded under.
     data: bytes, a path to a local file, or an async iterator of byte chunks.
     filename: the client's file name (sanitized before it is stored).
-    content_type: the declared type, if any; refused early when the profile forbids it.
+    content_type: the declared type, if any; refused early when the profile forbids it,
+        and when the bytes are of another type.
     """
     profile = find_profile(rindle.profiles, profile_name)
+    declared = None
     if content_type is not None:
-        security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
+        declared = security.check_declared_type(content_type, profile.allow_mime,
+                                                profile=profile.name)
     head, stream = await _head_and_rest(data)
     if not head:
         raise ValidationError("the upload is empty (0 bytes)")
@@ -410,6 +413,9 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
     if sniffed is None or sniffed not in profile.allow_mime:
         raise ValidationError(f"the file's bytes are {sniffed or 'of an unknown type'}, which profile "
                               f"{profile.name!r} does not allow; allowed: {', '.join(profile.allow_mime)}")
+    if declared is not None and declared != sniffed:  # what promotion quarantines a direct upload for
+        raise ValidationError(f"declared {declared} but the bytes are {sniffed}; "
+                              "declare the file's real type")
     if filename:
         security.check_extension(filename, sniffed)
     asset_id = uuid.uuid4()
