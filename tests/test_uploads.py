@@ -21,6 +21,7 @@ from rindle_async import (
 from rindle_async.db.transaction import in_transaction
 from rindle_async.storage import Part
 
+from .conftest import drain
 from .media import StorageCalledInTransaction, gif, jpeg, png
 
 
@@ -142,6 +143,33 @@ async def test_initiate_refuses_what_the_profile_forbids(media_rindle, db, schem
         await rindle.initiate_upload("avatar", filename="a", content_type=content_type,
                                      byte_size=byte_size)
     assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+
+
+@pytest.mark.parametrize("filename, content_type", [
+    ("photo.png", "image/jpeg"), ("photo.JPG", "image/png"), ("photo\uff0ejpg", "image/png")])
+async def test_initiate_refuses_a_declared_type_the_filename_contradicts(media_rindle, db, schema,
+                                                                        filename, content_type):
+    rindle = await media_rindle()
+    with pytest.raises(ValidationError, match=f"says image/.* but the declared type is {content_type}"):
+        await rindle.initiate_upload("avatar", filename=filename, content_type=content_type,
+                                     byte_size=100)
+    assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+
+
+async def test_promotion_quarantines_bytes_the_stored_filename_contradicts(media_rindle, db, schema,
+                                                                          redis_url):
+    rindle = await media_rindle()
+    body = jpeg()
+    ticket = await rindle.initiate_upload("avatar", filename="photo.jpg", content_type="image/jpeg",
+                                          byte_size=len(body))
+    # a session opened before initiate_upload compared the filename with the declared type
+    await db.execute(f"UPDATE {schema}.assets SET filename = 'photo.png'")
+    await send(rindle.storages["media"], ticket, body)
+    await rindle.verify_upload(ticket.session_id)
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(ticket.asset_id)
+    assert (asset.state, asset.reason) == (
+        "quarantined", "filename 'photo.png' says image/png but the bytes are image/jpeg")
 
 
 async def test_initiate_refuses_unknown_profiles_and_bad_checksums(media_rindle):

@@ -20,7 +20,7 @@ import msgspec
 
 from . import security, states
 from .assets import asset_uuid
-from .errors import InvalidTransition, NotFound
+from .errors import InvalidTransition, NotFound, ValidationError
 from .scratch import scratch_folder
 from .states import ASSET
 
@@ -220,6 +220,11 @@ def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | 
                 f"(allowed: {', '.join(profile.allow_mime)})")
     if asset["content_type"] and asset["content_type"] != sniffed:
         return f"declared {asset['content_type']} but the bytes are {sniffed}"
+    if asset["filename"]:  # initiate_upload refuses these now; rows from before it did
+        try:
+            security.check_extension(asset["filename"], sniffed)
+        except ValidationError as exc:
+            return str(exc)
     if size > profile.max_bytes:
         return f"the file has {size} bytes, over the profile's limit of {profile.max_bytes}"
     if asset["byte_size"] is not None and size != asset["byte_size"]:

@@ -359,7 +359,7 @@ def extension_for(mime: str) -> str | None:
     return guessed.removeprefix(".") if guessed else None
 
 
-def check_extension(filename: str, mime: str) -> None:
+def check_extension(filename: str, mime: str, *, declared: bool = False) -> None:
     """Refuse a filename whose extension names a different known type than the bytes.
 
     The extension is read from the name as :func:`sanitize_filename` stores it (so
@@ -367,7 +367,8 @@ def check_extension(filename: str, mime: str) -> None:
     is case-insensitive.
 
     filename: the client's filename.
-    mime: the type sniffed from the bytes (or declared, before any bytes exist).
+    mime: the type sniffed from the bytes, or the declared one before any bytes exist.
+    declared: ``mime`` is the client's declared type (the message says so).
     """
     stem, dot, extension = sanitize_filename(filename).rpartition(".")
     if not (dot and stem.strip(". ")):
@@ -382,7 +383,8 @@ def check_extension(filename: str, mime: str) -> None:
     if mime == "application/zip" and any(t.startswith(_ZIP_BASED) or t.endswith("+zip")
                                           for t in named):
         return
-    raise ValidationError(f"filename {filename!r} says {named[0]} but the bytes are {mime}")
+    claim = "the declared type is" if declared else "the bytes are"
+    raise ValidationError(f"filename {filename!r} says {named[0]} but {claim} {mime}")
 
 
 # --- declared types ----------------------------------------------------------------------

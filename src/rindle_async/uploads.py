@@ -109,7 +109,8 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
 
     rindle: the opened Rindle.
     profile_name: the profile the file is uploaded under.
-    filename: the client's file name (sanitized before it is stored).
+    filename: the client's file name (sanitized before it is stored); its extension must
+        not name another type than ``content_type``.
     content_type: the declared type; must be one the profile allows.
     byte_size: the declared size; must be within the profile's max_bytes.
     checksum: optional ``md5:<hex>`` or ``sha256:<hex>`` checked at verification.
@@ -118,6 +119,8 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
     """
     profile = find_profile(rindle.profiles, profile_name)
     declared = security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
+    if filename:  # what the proxied path refuses before storing anything
+        security.check_extension(filename, declared, declared=True)
     size = _check_size(profile, byte_size)
     checksum = _check_checksum(checksum)
     storage = _storage(rindle, profile.storage)
