@@ -16,6 +16,8 @@ import pyvips
 from rindle_async.processing import images
 from rindle_async.processing.pool import ProcessingPool, RenderTimeout
 
+from .conftest import drain
+from .media import gif_bomb
 from .test_worker import bomb_png
 
 RECIPE = {"width": 64, "height": 64, "fit": "cover", "format": "webp", "quality": 80,
@@ -271,6 +273,32 @@ def test_refused_sources_are_never_decoded(tmp_path, thumbnail_calls):
     with pytest.raises(images.ImageRefused, match="libvips cannot read the file"):
         images.render_variants(str(bogus), str(tmp_path), PIPELINE, 50_000_000)
     assert thumbnail_calls == []
+
+
+def test_a_gif_is_refused_by_the_logical_screen_it_declares(tmp_path, thumbnail_calls):
+    bomb = tmp_path / "bomb.gif"
+    bomb.write_bytes(gif_bomb(65535, 65535))
+    assert len(gif_bomb()) == 43
+    refusal = (r"the image declares 65535x65535 = 4294836225 pixels \(its GIF logical screen\), "
+               r"over the profile's max_pixels of 50000000; it was not decoded")
+    with pytest.raises(images.ImageRefused, match=refusal):
+        images.analyze(str(bomb), 50_000_000)
+    with pytest.raises(images.ImageRefused, match=refusal):
+        images.render_variants(str(bomb), str(tmp_path), PIPELINE, 50_000_000)
+    assert thumbnail_calls == []
+    small = tmp_path / "small.gif"
+    small.write_bytes(gif_bomb(100, 100))  # a screen within the limit is not refused for it
+    assert images.analyze(str(small), 50_000_000)["width"] == 100
+
+
+async def test_promotion_quarantines_a_gif_bomb_with_the_declared_size(media_rindle, redis_url):
+    rindle = await media_rindle(allow_mime=("image/gif",))
+    asset = await rindle.upload("avatar", gif_bomb(), filename="tiny.gif")
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(asset.id)
+    assert asset.state == "quarantined"
+    assert asset.reason.startswith("the image declares 65535x65535 = 4294836225 pixels (its GIF "
+                                   "logical screen), over the profile's max_pixels of 50000000")
 
 
 @pytest.fixture(params=["mapped", "read"])
