@@ -123,6 +123,74 @@ async def test_multipart_upload_on_s3(media_rindle, s3_storage, db, schema):
     assert info.size == len(body)
 
 
+async def multipart_session(rindle, size: int = 6 * 1024 * 1024):
+    return await rindle.initiate_upload("avatar", filename="big.png", content_type="image/png",
+                                        byte_size=size, multipart=True, part_size=5 * 1024 * 1024)
+
+
+GOOD = [Part(part_number=1, etag='"a"'), Part(part_number=2, etag='"b"')]
+
+
+@pytest.mark.parametrize("parts, message", [
+    ([Part(part_number=n, etag=f'"{n}"') for n in range(1, 10_001)],
+     "10000 parts given, but 6291456 bytes in 5242880-byte parts make 2"),
+    ([GOOD[0]], "1 parts given, but 6291456 bytes in 5242880-byte parts make 2"),
+    ([GOOD[0], GOOD[0]], "part_number 1 is listed twice"),
+    ([GOOD[0], Part(part_number=3, etag='"c"')], r"parts\[1\].part_number=3 is outside 1..2"),
+    ([Part(part_number=0, etag='"z"'), GOOD[1]], r"parts\[0\].part_number=0 is outside 1..2"),
+    ([GOOD[0], Part(part_number="2", etag='"b"')], r"parts\[1\].part_number='2' is outside 1..2"),
+    ([GOOD[0], Part(part_number=2, etag="")], r"parts\[1\].etag='' is not the ETag"),
+    ([GOOD[0], Part(part_number=2, etag='""')], r"parts\[1\].etag='\"\"' is not the ETag"),
+    ([GOOD[0], Part(part_number=2, etag=None)], r"parts\[1\].etag=None is not the ETag"),
+    ([GOOD[0], Part(part_number=2, etag="e" * 2000)], r"parts\[1\].etag='eeee.*' is not the ETag"),
+    ([GOOD[0], {"PartNumber": 2, "ETag": '"b"'}], r"parts\[1\] is a dict, not a Part"),
+])
+async def test_a_bad_part_list_is_refused_before_storage_and_the_session_stays_open(
+        media_rindle, s3_storage, db, schema, parts, message):
+    rindle = await media_rindle(s3_storage, max_bytes=20 * 1024 * 1024)
+    ticket = await multipart_session(rindle)
+    with pytest.raises(ValidationError, match=message):
+        await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert s3_storage.calls["complete_multipart"] == s3_storage.calls["head"] == 0
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "signed"
+
+
+async def test_after_a_bad_part_list_the_right_one_verifies(media_rindle, s3_storage):
+    rindle = await media_rindle(s3_storage, max_bytes=20 * 1024 * 1024)
+    body = png() + bytes(6 * 1024 * 1024)
+    ticket = await multipart_session(rindle, len(body))
+    parts = await send_parts(rindle, ticket, body)
+    with pytest.raises(ValidationError, match="part_number 2 is listed twice"):
+        await rindle.verify_upload(ticket.session_id, parts=[parts[1], parts[1]])
+    asset = await rindle.verify_upload(ticket.session_id, parts=list(reversed(parts)))  # any order
+    assert (asset.state, asset.byte_size) == ("validating", len(body))
+
+
+async def test_a_storage_error_completing_the_parts_leaves_the_session_open(media_rindle, s3_storage,
+                                                                         db, schema):
+    from rindle_async import StorageError
+
+    class CompleteFailsOnce(type(s3_storage)):
+        failed = False
+
+        async def complete_multipart(self, key, upload_id, parts):
+            if not CompleteFailsOnce.failed:
+                CompleteFailsOnce.failed = True
+                raise StorageError("complete_multipart timed out")
+            return await self._inner.complete_multipart(key, upload_id, parts)
+
+    storage = CompleteFailsOnce(s3_storage._inner)
+    rindle = await media_rindle(storage, max_bytes=20 * 1024 * 1024)
+    body = png() + bytes(6 * 1024 * 1024)
+    ticket = await multipart_session(rindle, len(body))
+    parts = await send_parts(rindle, ticket, body)
+    with pytest.raises(StorageError, match="complete_multipart timed out"):
+        await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "signed"
+    asset = await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert (asset.state, asset.byte_size) == ("validating", len(body))
+
+
 async def test_multipart_is_refused_on_local_storage(media_rindle):
     rindle = await media_rindle()
     with pytest.raises(ValidationError, match="cannot do multipart uploads"):
@@ -367,6 +435,6 @@ async def test_a_multipart_verify_that_fails_midway_can_be_retried(media_rindle,
     parts = await send_parts(rindle, ticket, body)
     with pytest.raises(StorageError, match="head timed out"):
         await rindle.verify_upload(ticket.session_id, parts=parts)
-    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "verifying"
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "signed"
     asset = await rindle.verify_upload(ticket.session_id, parts=parts)  # the retry completes it
     assert (asset.state, asset.byte_size) == ("validating", len(body))

@@ -48,6 +48,7 @@ if TYPE_CHECKING:
 SNIFF_BYTES = 8192
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PARTS = 10_000
+MAX_ETAG = 1024  # S3's are under 40 characters; anything longer is not one
 OPEN_STATES = ("initialized", "signed", "uploading", "uploaded", "verifying")
 _CHECKSUM_LENGTHS = {"md5": 32, "sha256": 64}
 
@@ -213,15 +214,50 @@ async def presign_part(rindle: Rindle, session_id: str, part_number: int) -> Pre
     _open_session(session, "upload parts")
     if session["strategy"] != "multipart" or not session["multipart_upload_id"]:
         raise ValidationError(f"upload session {session_id} is not a multipart upload")
-    total = math.ceil(session["byte_size"] / session["part_size"])
+    total = _part_count(session)
     if not isinstance(part_number, int) or not 1 <= part_number <= total:
         raise ValidationError(f"part_number={part_number!r} is outside 1..{total} for "
-                              f"{session['byte_size']} bytes in {session['part_size']}-byte parts")
+                              f"{_part_layout(session)}")
     profile = find_profile(rindle.profiles, session["profile"])
     remaining = int((session["expires_at"] - _now()).total_seconds())
     return await _storage(rindle, session["storage"]).presign_part(
         session["storage_key"], session["multipart_upload_id"], part_number,
         expires_in=max(1, min(remaining, profile.upload_ttl)))
+
+
+def _part_count(session: dict) -> int:
+    return math.ceil(session["byte_size"] / session["part_size"])
+
+
+def _part_layout(session: dict) -> str:
+    return f"{session['byte_size']} bytes in {session['part_size']}-byte parts"
+
+
+def _check_parts(session: dict, parts: Sequence[Part]) -> list[Part]:
+    """The client's part list in part-number order, refused (ValidationError) unless it names
+    every part the session's size and part size make, once each, with an ETag."""
+    listed = list(parts)
+    total, prefix = _part_count(session), f"upload session {session['id']}: parts="
+    if len(listed) != total:
+        raise ValidationError(f"{prefix} {len(listed)} parts given, but {_part_layout(session)} "
+                              f"make {total}; pass every uploaded part once")
+    seen: set[int] = set()
+    for index, part in enumerate(listed):
+        if not isinstance(part, Part):
+            raise ValidationError(f"{prefix} parts[{index}] is a {type(part).__name__}, not a "
+                                  "Part(part_number=..., etag=...)")
+        number, etag = part.part_number, part.etag
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= total:
+            raise ValidationError(f"{prefix} parts[{index}].part_number={number!r} is outside "
+                                  f"1..{total} for {_part_layout(session)}")
+        if number in seen:
+            raise ValidationError(f"{prefix} part_number {number} is listed twice")
+        if not isinstance(etag, str) or not etag.strip('" ') or len(etag) > MAX_ETAG:
+            shown = repr(etag) if not isinstance(etag, str) else repr(etag[:40])
+            raise ValidationError(f"{prefix} parts[{index}].etag={shown} is not the ETag header "
+                                  f"the PUT of part {number} returned")
+        seen.add(number)
+    return sorted(listed, key=lambda part: part.part_number)
 
 
 async def _fail(rindle: Rindle, session: dict, reason: str) -> VerificationFailed:
@@ -272,8 +308,10 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
 
     rindle: the opened Rindle.
     session_id: the session from ``initiate_upload``.
-    parts: for multipart sessions, the uploaded parts (number and ETag) to assemble first.
-    A second call on a completed session returns the same asset.
+    parts: for multipart sessions, the uploaded parts (number and ETag) to assemble first:
+        every part the session's size makes, once each, in any order.
+    A second call on a completed session returns the same asset.  A bad part list raises
+    ValidationError and a storage failure StorageError; both leave the session open.
     """
     session = await _session(rindle, session_id)
     if session["state"] == "completed":
@@ -287,17 +325,15 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
     storage = _storage(rindle, session["storage"])
     key = session["storage_key"]
     if session["strategy"] == "multipart":
-        if session["state"] != "verifying":
-            if not parts:
-                raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
-                                      "(part_number and etag of every uploaded part)")
-            # claimed before completing, so a retry after a failure below finds it verifying
-            if not await _claim(rindle, session):
-                return await verify_upload(rindle, session_id, parts=parts)
-            session["state"] = "verifying"
+        if not parts and session["state"] != "verifying":
+            raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
+                                  "(part_number and etag of every uploaded part)")
         if parts:
+            # Checked and assembled before the session is claimed: a bad list or a storage
+            # failure leaves it open, for a retry with the right parts.
+            ordered = _check_parts(session, parts)
             try:
-                await storage.complete_multipart(key, session["multipart_upload_id"], list(parts))
+                await storage.complete_multipart(key, session["multipart_upload_id"], ordered)
             except NotFound:
                 pass  # completed by an earlier call; the stored object decides below
     info = await storage.head(key)
