@@ -8,6 +8,7 @@ import hashlib
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
+import msgspec
 import pytest
 
 from rindle_async import (
@@ -315,6 +316,61 @@ async def test_checksums(media_rindle, storage, db, schema, algorithm):
     await send(storage, ticket, body)
     with pytest.raises(VerificationFailed, match=f"checksum mismatch: declared {wrong}"):
         await rindle.verify_upload(ticket.session_id)
+
+
+def same_size_other_bytes(body: bytes) -> bytes:
+    """Another valid JPEG (8x8) of the same size as ``body``, padded with a comment segment."""
+    other = jpeg(8, 8)
+    gap = len(body) - len(other)
+    assert 4 <= gap < 65_000
+    return other[:2] + b"\xff\xfe" + (gap - 2).to_bytes(2, "big") + b"x" * (gap - 4) + other[2:]
+
+
+@pytest.mark.parametrize("with_checksum", [False, True])
+async def test_bytes_swapped_after_verification_are_quarantined(media_rindle, storage, db, schema,
+                                                                redis_url, with_checksum):
+    rindle = await media_rindle(storage)
+    body = jpeg()
+    swapped = same_size_other_bytes(body)
+    checksum = "sha256:" + hashlib.sha256(body).hexdigest() if with_checksum else None
+    ticket = await rindle.initiate_upload("avatar", filename="a.jpg", content_type="image/jpeg",
+                                          byte_size=len(body), checksum=checksum)
+    await send(storage, ticket, body)
+    await rindle.verify_upload(ticket.session_id)
+    # S3 cannot revoke the presigned PUT; locally, a PUT that passed the routes' session check
+    # before verify_upload claimed the session can still finish after it
+    await send(storage, ticket, swapped)
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(ticket.asset_id)
+    assert asset.state == "quarantined", asset
+    assert asset.reason.startswith("the object changed after verification")
+    assert asset.variants == {}
+
+
+async def test_a_swap_is_caught_by_the_verified_sha256_where_the_store_gives_no_etag(
+        media_rindle, local_storage, db, schema, redis_url):
+    class NoETags(type(local_storage)):
+        """A store whose HEAD carries no ETag: only the bytes' sha256 can tell."""
+
+        async def head(self, key):
+            info = await self._inner.head(key)
+            return info and msgspec.structs.replace(info, etag=None)
+
+    storage = NoETags(local_storage._inner)
+    rindle = await media_rindle(storage)
+    body = jpeg()
+    ticket = await rindle.initiate_upload("avatar", filename="a.jpg", content_type="image/jpeg",
+                                          byte_size=len(body),
+                                          checksum="md5:" + hashlib.md5(body).hexdigest())
+    await send(storage, ticket, body)
+    await rindle.verify_upload(ticket.session_id)
+    await send(storage, ticket, same_size_other_bytes(body))
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(ticket.asset_id)
+    assert asset.state == "quarantined"
+    assert asset.reason == (f"the object changed after verification: its sha256 is "
+                            f"{hashlib.sha256(same_size_other_bytes(body)).hexdigest()}, verify_upload "
+                            f"read {hashlib.sha256(body).hexdigest()}")
 
 
 async def test_abort_upload(media_rindle, storage, db, schema):

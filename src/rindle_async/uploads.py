@@ -5,8 +5,11 @@ commits a staged asset and its session, then presigns outside the transaction.
 The client sends the bytes straight to the store; ``verify_upload`` is the only
 trust gate: it checks the stored object (size, deadline, checksum) outside any
 transaction, then completes the session and hands the asset to promotion in one
-transaction.  The real type, pixel count and the rest are checked from the bytes
-by the promotion job before anything is promoted.
+transaction, recording what it saw (size, ETag, sha256 when it read the bytes) so
+that promotion can prove it reads the same object.  The real type, pixel count and
+the rest are checked from the bytes by the promotion job before anything is
+promoted.  ``check_writable`` tells the local storage routes whether a PUT may
+still write: only while its session is open and not yet being verified.
 
 Proxied uploads stream through the host (``upload``): the type is sniffed from
 the first bytes before anything is stored, and the size limit holds while
@@ -24,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 
 from . import security, states
 from .assets import asset_uuid
@@ -32,6 +36,7 @@ from .errors import (
     NotFound,
     StorageError,
     TooLarge,
+    UploadClosed,
     ValidationError,
     VerificationFailed,
 )
@@ -50,6 +55,9 @@ MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PARTS = 10_000
 MAX_ETAG = 1024  # S3's are under 40 characters; anything longer is not one
 OPEN_STATES = ("initialized", "signed", "uploading", "uploaded", "verifying")
+#: Open states whose upload URL may still write: once verification claims the session, the
+#: stored object is the one being checked.
+WRITABLE_STATES = OPEN_STATES[:-1]
 _CHECKSUM_LENGTHS = {"md5": 32, "sha256": 64}
 
 
@@ -181,6 +189,33 @@ def _open_session(session: dict, action: str) -> None:
                                  f"{session['expires_at'].isoformat()}; start a new upload")
 
 
+async def check_writable(rindle: Rindle, storage: str, key: str) -> None:
+    """Refuse (UploadClosed) a write to ``key`` unless an upload session open for writing owns it.
+
+    The local storage routes call this before they store a PUT; S3 cannot be asked, and
+    promotion's check that it reads the object verification saw is what protects it.
+    rindle: the opened Rindle.
+    storage: the name of the storage the key is in.
+    key: the key the PUT would write.
+    """
+    session = await rindle.pool.fetchrow(
+        f"SELECT s.id, s.state, s.expires_at, s.reason FROM {rindle.schema}.upload_sessions s"
+        f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id"
+        f" WHERE s.storage_key = $1 AND a.storage = $2 ORDER BY s.created_at DESC LIMIT 1",
+        key, storage)
+    if session is None:  # never a session's key, or its rows were purged since
+        raise UploadClosed(f"no upload session is open for {key!r}; this URL accepts no writes, "
+                           "start a new upload")
+    if session["state"] not in WRITABLE_STATES:
+        detail = f" ({session['reason']})" if session["reason"] else ""
+        raise UploadClosed(f"upload session {session['id']} is {session['state']}{detail}; its URL "
+                           "no longer accepts writes, start a new upload")
+    if session["expires_at"] <= _now():
+        raise UploadClosed(f"upload session {session['id']} expired at "
+                           f"{session['expires_at'].isoformat()}; its URL no longer accepts writes, "
+                           "start a new upload")
+
+
 async def sign_upload(rindle: Rindle, session_id: str) -> UploadTicket:
     """A fresh ticket for an open session whose URL expired (the session deadline holds).
 
@@ -295,11 +330,13 @@ async def _claim(rindle: Rindle, session: dict) -> bool:
     return True
 
 
-async def _object_checksum(storage: Storage, key: str, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
+async def _object_digests(storage: Storage, key: str, algorithms: set[str]) -> dict[str, str]:
+    """Hex digests of the stored object, one read for every algorithm."""
+    digests = {algorithm: hashlib.new(algorithm) for algorithm in algorithms}
     async for chunk in storage.get(key):
-        digest.update(chunk)
-    return f"{algorithm}:{digest.hexdigest()}"
+        for digest in digests.values():
+            digest.update(chunk)
+    return {algorithm: digest.hexdigest() for algorithm, digest in digests.items()}
 
 
 async def verify_upload(rindle: Rindle, session_id: str, *,
@@ -344,23 +381,28 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
         return await verify_upload(rindle, session_id)  # a concurrent verify moved it
     profile = find_profile(rindle.profiles, session["profile"])
     reason = None
+    digests: dict[str, str] = {}
     if info.size != session["byte_size"]:
         reason = f"the stored object has {info.size} bytes but {session['byte_size']} were declared"
     elif info.size > profile.max_bytes:
         reason = f"the stored object has {info.size} bytes, over the {profile.max_bytes}-byte limit"
     elif session["checksum"]:
         algorithm = session["checksum"].split(":", 1)[0]
-        actual = await _object_checksum(storage, key, algorithm)
+        digests = await _object_digests(storage, key, {algorithm, "sha256"})
+        actual = f"{algorithm}:{digests[algorithm]}"
         if actual != session["checksum"]:
             reason = f"checksum mismatch: declared {session['checksum']}, stored object has {actual}"
     if reason is not None:
         raise await _fail(rindle, session, reason)
+    # What promotion must find again: the upload URL may still write (S3 cannot revoke it).
+    verified = {"size": info.size, "etag": info.etag, "sha256": digests.get("sha256")}
     try:
         async with rindle.db.transaction() as uow:
             await states.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "completed",
                                     verified_at=_now())
             await states.transition(uow, ASSET, session["asset_id"], "staged", "validating",
-                                    byte_size=info.size)
+                                    byte_size=info.size,
+                                    metadata=msgspec.json.encode({"verified": verified}).decode())
             await uow.stage("promote_asset", {"asset_id": str(session["asset_id"])},
                             dedupe_key=f"promote:{session['asset_id']}")
             uow.emit(UploadCompleted(session_id=str(session["id"]), asset_id=str(session["asset_id"]),
