@@ -326,7 +326,8 @@ async def test_upload_cut_off_midway_stores_nothing(rindle: Rindle, server: str,
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def test_chunked_body_over_max_bytes_is_413_and_stores_nothing(rindle: Rindle, client: httpx.AsyncClient,
+async def test_chunked_body_over_max_bytes_is_413_and_stores_nothing(rindle: Rindle,
+                                                                     client: httpx.AsyncClient,
                                                                      storage: LocalStorage) -> None:
     ticket, key = await upload_ticket(rindle, 100)
 
