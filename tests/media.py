@@ -11,6 +11,7 @@ import functools
 import inspect
 import os
 import pathlib
+import struct
 from collections import Counter
 from collections.abc import AsyncIterator, Callable
 
@@ -95,6 +96,14 @@ def jpeg(width: int = 64, height: int = 48) -> bytes:
 
 def gif(width: int = 16, height: int = 16) -> bytes:
     return pyvips.Image.black(width, height).gifsave_buffer()
+
+
+def gif_bomb(width: int = 65535, height: int = 65535) -> bytes:
+    """A 43-byte GIF whose logical screen declares width x height around one 1x1 frame."""
+    screen = b"GIF89a" + struct.pack("<HHBBB", width, height, 0x80, 0, 0) + b"\0\0\0\xff\xff\xff"
+    control = b"\x21\xf9\x04\x00\x00\x00\x00\x00"
+    frame = b"\x2c" + struct.pack("<HHHHB", 0, 0, 1, 1, 0) + b"\x02\x02\x44\x01\x00"
+    return screen + control + frame + b"\x3b"
 
 
 def avatar_profile(storage: str = "local", **options) -> Profile:

@@ -12,6 +12,7 @@ import os
 import re
 import socket
 import time
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 from pathlib import Path
@@ -25,7 +26,8 @@ from aiohttp import web
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from rindle_async import ConfigurationError, LocalStorage, Profile, Rindle, S3Storage, Variant
+from rindle_async import (ConfigurationError, LocalStorage, Profile, Rindle, S3Storage, UploadTicket, Variant,
+                          VerificationFailed, states)
 from rindle_async.contrib import RangeNotSatisfiable, cache_control, parse_range
 from rindle_async.contrib.aiohttp import add_local_storage_routes
 from rindle_async.contrib.starlette import local_storage_routes
@@ -171,18 +173,76 @@ async def test_direct_upload_flow(rindle: Rindle, client: httpx.AsyncClient, sto
     assert asset.byte_size == len(png)
 
 
-async def test_upload_streams_a_chunked_body(client: httpx.AsyncClient, storage: LocalStorage) -> None:
-    url = storage.sign("PUT", "up/chunked.bin", expires_at=int(time.time()) + 60, max_bytes=len(DATA),
-                       content_type="application/octet-stream")
+async def upload_ticket(rindle: Rindle, byte_size: int) -> tuple[UploadTicket, str]:
+    """A direct upload's ticket and its storage key (the routes write only for open sessions)."""
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                          byte_size=byte_size)
+    key = await rindle.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.upload_sessions"
+                                     " WHERE id = $1::uuid", ticket.session_id)
+    return ticket, key
+
+
+async def test_upload_streams_a_chunked_body(rindle: Rindle, client: httpx.AsyncClient,
+                                             storage: LocalStorage) -> None:
+    ticket, key = await upload_ticket(rindle, len(DATA))
 
     async def body() -> AsyncIterator[bytes]:
         for start in range(0, len(DATA), 10_000):
             yield DATA[start:start + 10_000]
 
-    response = await client.put(url, content=body(), headers={"Content-Type": "application/octet-stream"})
+    response = await client.put(ticket.url, content=body(), headers=ticket.headers)
     assert response.status_code == 200, response.text
-    assert response.json() == {"key": "up/chunked.bin", "size": len(DATA)}
-    assert b"".join([chunk async for chunk in storage.get("up/chunked.bin")]) == DATA
+    assert response.json() == {"key": key, "size": len(DATA)}
+    assert b"".join([chunk async for chunk in storage.get(key)]) == DATA
+
+
+def png_of(size: int, shade: int) -> bytes:
+    """A PNG of exactly ``size`` bytes (padded after IEND, which decoders ignore)."""
+    image = pyvips.Image.black(16, 16).new_from_image([shade, 0, 0]).pngsave_buffer()
+    return image + bytes(size - len(image))
+
+
+async def _close_session(rindle: Rindle, ticket: UploadTicket, state: str) -> None:
+    if state == "completed":
+        await rindle.verify_upload(ticket.session_id)
+    elif state == "failed":
+        with pytest.raises(VerificationFailed, match="bytes but"):
+            await rindle.verify_upload(ticket.session_id)
+    elif state == "aborted":
+        await rindle.abort_upload(ticket.session_id)
+    elif state == "expired":
+        await rindle.pool.execute(f"UPDATE {rindle.schema}.upload_sessions"
+                                  " SET expires_at = now() - interval '1 second'")
+        with pytest.raises(VerificationFailed, match="expired at"):
+            await rindle.verify_upload(ticket.session_id)
+    else:  # verifying: verify_upload claimed it and is checking the stored object
+        async with rindle.db.transaction() as uow:
+            await states.transition(uow, states.UPLOAD_SESSION, uuid.UUID(ticket.session_id),
+                                    "signed", "verifying")
+
+
+@pytest.mark.parametrize("state", ["verifying", "completed", "failed", "aborted", "expired"])
+async def test_a_put_once_the_session_is_no_longer_open_is_410(rindle: Rindle, client: httpx.AsyncClient,
+                                                               storage: LocalStorage, state: str) -> None:
+    first, other = png_of(1000, 10), png_of(1000, 250)
+    ticket, key = await upload_ticket(rindle, len(first))
+    sent = first[:-1] if state == "failed" else first  # one byte short: verification fails
+    response = await client.put(ticket.url, headers=ticket.headers, content=sent)
+    assert response.status_code == 200, response.text
+    await _close_session(rindle, ticket, state)
+    response = await client.put(ticket.url, headers=ticket.headers, content=other)
+    assert_error(response, 410, f"upload session {ticket.session_id} is {state}",
+                 "no longer accepts writes")
+    assert b"".join([chunk async for chunk in storage.get(key)]) == sent  # not swapped
+
+
+async def test_a_put_no_upload_session_owns_is_410(client: httpx.AsyncClient, storage: LocalStorage) -> None:
+    # what a ticket replayed after its asset was purged (rows and all) looks like
+    url = storage.sign("PUT", "avatar/00/0000/upload.png", expires_at=int(time.time()) + 60,
+                       max_bytes=10, content_type="image/png")
+    response = await client.put(url, headers={"Content-Type": "image/png"}, content=b"0123456789")
+    assert_error(response, 410, "no upload session is open for 'avatar/00/0000/upload.png'")
+    assert files_under(storage.root) == []
 
 
 async def test_tampered_signature_is_403(rindle: Rindle, client: httpx.AsyncClient,
@@ -246,12 +306,13 @@ async def test_declared_length_is_refused_before_the_body_arrives(server: str, s
     assert await storage.head("up/huge.bin") is None
 
 
-async def test_upload_cut_off_midway_stores_nothing(server: str, storage: LocalStorage,
+async def test_upload_cut_off_midway_stores_nothing(rindle: Rindle, server: str, storage: LocalStorage,
                                                     caplog: pytest.LogCaptureFixture) -> None:
-    url = urlsplit(storage.sign("PUT", "up/cut.bin", expires_at=int(time.time()) + 60, max_bytes=10_000_000))
+    ticket, key = await upload_ticket(rindle, 10_000_000)
+    url = urlsplit(ticket.url)
     reader, writer = await asyncio.open_connection("127.0.0.1", url.port)
     writer.write(f"PUT {url.path}?{url.query} HTTP/1.1\r\nHost: {url.netloc}\r\n"
-                 f"Content-Length: 10000000\r\n\r\n".encode() + DATA)
+                 f"Content-Type: image/png\r\nContent-Length: 10000000\r\n\r\n".encode() + DATA)
     await writer.drain()
     await asyncio.sleep(0.2)
     writer.close()
@@ -261,22 +322,23 @@ async def test_upload_cut_off_midway_stores_nothing(server: str, storage: LocalS
         if files_under(storage.root) == []:
             break
     assert files_under(storage.root) == []
-    assert await storage.head("up/cut.bin") is None
+    assert await storage.head(key) is None
     assert [r for r in caplog.records if r.levelno >= logging.ERROR] == []
 
 
-async def test_chunked_body_over_max_bytes_is_413_and_stores_nothing(client: httpx.AsyncClient,
+async def test_chunked_body_over_max_bytes_is_413_and_stores_nothing(rindle: Rindle,
+                                                                     client: httpx.AsyncClient,
                                                                      storage: LocalStorage) -> None:
-    url = storage.sign("PUT", "up/big.bin", expires_at=int(time.time()) + 60, max_bytes=100)
+    ticket, key = await upload_ticket(rindle, 100)
 
     async def body() -> AsyncIterator[bytes]:
         for _ in range(3):
             yield b"x" * 64
             await asyncio.sleep(0.01)
 
-    response = await client.put(url, content=body())
+    response = await client.put(ticket.url, content=body(), headers=ticket.headers)
     assert_error(response, 413, "100 bytes")
-    assert await storage.head("up/big.bin") is None
+    assert await storage.head(key) is None
     assert files_under(storage.root) == []
 
 
@@ -315,7 +377,8 @@ async def test_signed_key_through_a_symlink_is_refused(client: httpx.AsyncClient
     assert_error(response, 400, "outside the storage root")
     assert OUTSIDE not in response.content
     put = storage.sign("PUT", "link/evil.txt", expires_at=int(time.time()) + 60, max_bytes=10)
-    assert_error(await client.put(put, content=b"evil"), 400, "outside the storage root")
+    # no session owns the key (rindle never makes one there); put() refuses it too (test_storage)
+    assert_error(await client.put(put, content=b"evil"), 410, "no upload session")
     assert not (tmp_path / "evil.txt").exists()
 
 

@@ -7,9 +7,10 @@ import asyncio
 import uuid
 from urllib.parse import urlsplit
 
+import httpx
 import pytest
 
-from rindle_async import CleanupRun, ConfigurationError, Variant, maintenance, states
+from rindle_async import CleanupRun, ConfigurationError, Variant, VerificationFailed, maintenance, states
 from rindle_async.dispatch import DISPATCHER
 from rindle_async.jobs import run_job
 from rindle_async.errors import ValidationError
@@ -134,6 +135,43 @@ async def test_verify_storage_marks_a_deleted_object_missing(media_rindle, db, s
     asset = await rindle.get_asset(asset.id)
     assert asset.state == "ready" and asset.variants["thumb"].state == "ready"
     assert await local_storage.head(key) is not None
+
+
+async def test_cleanup_removes_what_a_ticket_replayed_on_s3_wrote(media_rindle, s3_storage, db, schema,
+                                                                  redis_url):
+    rindle = await media_rindle(s3_storage)
+    body = jpeg(100, 80)
+    promoted = await rindle.initiate_upload("avatar", filename="a.jpg", content_type="image/jpeg",
+                                            byte_size=len(body))
+    failed = await rindle.initiate_upload("avatar", filename="b.jpg", content_type="image/jpeg",
+                                          byte_size=len(body) + 1)
+    async with httpx.AsyncClient() as client:
+        async def put(ticket, data):
+            response = await client.put(ticket.url, headers=ticket.headers, content=data)
+            assert response.status_code == 200  # S3 cannot revoke a presigned PUT (moto checks nothing)
+
+        await put(promoted, body)
+        await rindle.verify_upload(promoted.session_id)
+        await put(failed, body)
+        with pytest.raises(VerificationFailed):
+            await rindle.verify_upload(failed.session_id)  # quarantined, kept until cleanup
+        await drain(rindle, redis_url)
+        assert (await rindle.get_asset(promoted.asset_id)).state == "ready"
+        await put(promoted, jpeg(80, 100))  # the ticket replayed after promotion
+        await put(failed, jpeg(80, 100))  # and after its verification failed
+    upload_key, failed_key = [await db.fetchval(
+        f"SELECT storage_key FROM {schema}.upload_sessions WHERE id = $1::uuid", ticket.session_id)
+        for ticket in (promoted, failed)]
+    original = await db.fetchval(f"SELECT storage_key FROM {schema}.assets WHERE id = $1::uuid",
+                                 promoted.asset_id)
+    report = await maintenance.cleanup_orphans(rindle, dry_run=False)  # default 24 h grace
+    assert report.items["stray_objects"] == [f"media:{upload_key}"]
+    assert report.items["session_assets"] == [failed.asset_id]  # its purge removes failed_key
+    assert await s3_storage.head(upload_key) is None
+    assert b"".join([c async for c in s3_storage.get(original)]) == body
+    await drain(rindle, redis_url)
+    assert await s3_storage.head(failed_key) is None
+    assert (await rindle.get_asset(promoted.asset_id)).state == "ready"
 
 
 async def test_a_recipe_change_marks_stale_and_regenerates(make_rindle, local_storage, db, schema,

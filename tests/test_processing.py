@@ -6,6 +6,9 @@ from __future__ import annotations
 import asyncio
 import os
 import random
+import subprocess
+import sys
+import textwrap
 
 import pytest
 import pyvips
@@ -13,6 +16,8 @@ import pyvips
 from rindle_async.processing import images
 from rindle_async.processing.pool import ProcessingPool, RenderTimeout
 
+from .conftest import drain
+from .media import gif_bomb
 from .test_worker import bomb_png
 
 RECIPE = {"width": 64, "height": 64, "fit": "cover", "format": "webp", "quality": 80,
@@ -270,6 +275,32 @@ def test_refused_sources_are_never_decoded(tmp_path, thumbnail_calls):
     assert thumbnail_calls == []
 
 
+def test_a_gif_is_refused_by_the_logical_screen_it_declares(tmp_path, thumbnail_calls):
+    bomb = tmp_path / "bomb.gif"
+    bomb.write_bytes(gif_bomb(65535, 65535))
+    assert len(gif_bomb()) == 43
+    refusal = (r"the image declares 65535x65535 = 4294836225 pixels \(its GIF logical screen\), "
+               r"over the profile's max_pixels of 50000000; it was not decoded")
+    with pytest.raises(images.ImageRefused, match=refusal):
+        images.analyze(str(bomb), 50_000_000)
+    with pytest.raises(images.ImageRefused, match=refusal):
+        images.render_variants(str(bomb), str(tmp_path), PIPELINE, 50_000_000)
+    assert thumbnail_calls == []
+    small = tmp_path / "small.gif"
+    small.write_bytes(gif_bomb(100, 100))  # a screen within the limit is not refused for it
+    assert images.analyze(str(small), 50_000_000)["width"] == 100
+
+
+async def test_promotion_quarantines_a_gif_bomb_with_the_declared_size(media_rindle, redis_url):
+    rindle = await media_rindle(allow_mime=("image/gif",))
+    asset = await rindle.upload("avatar", gif_bomb(), filename="tiny.gif")
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(asset.id)
+    assert asset.state == "quarantined"
+    assert asset.reason.startswith("the image declares 65535x65535 = 4294836225 pixels (its GIF "
+                                   "logical screen), over the profile's max_pixels of 50000000")
+
+
 @pytest.fixture(params=["mapped", "read"])
 def decoding(request, monkeypatch) -> str:
     """Originals decoded by name (libvips maps the file) or, as large ones are, read through
@@ -356,3 +387,39 @@ async def test_a_refused_image_leaves_the_process_in_service(pool, tmp_path):
     with pytest.raises(images.ImageRefused, match="libvips cannot read the file"):
         await pool.run(images.analyze, str(bogus), 1_000_000, timeout=60, lane="analysis")
     assert await pool.run(os.getpid, timeout=60, lane="analysis") == before  # reused, not killed
+
+
+POOL_CYCLES = textwrap.dedent("""
+    import asyncio, threading, time
+    from concurrent.futures.process import _ExecutorManagerThread
+    from rindle_async.processing.pool import ProcessingPool, RenderTimeout
+
+    def running_managers():
+        return [t for t in threading.enumerate() if isinstance(t, _ExecutorManagerThread)]
+
+    async def main():
+        for _ in range(4):
+            pool = ProcessingPool(1)
+            pool.start()
+            try:
+                await pool.run(time.sleep, 5, timeout=0.05)  # its process is killed
+            except RenderTimeout:
+                pass
+            await pool.run(time.sleep, 0, timeout=30)
+            pool.close()
+            left = running_managers()
+            assert not left, f"{len(left)} executor threads outlived close()"
+
+    if __name__ == "__main__":
+        asyncio.run(main())
+""")
+
+
+def test_a_pool_started_and_closed_repeatedly_shuts_down_cleanly(tmp_path):
+    # an executor thread left running at close races the interpreter's exit for its pipes
+    script = tmp_path / "cycles.py"
+    script.write_text(POOL_CYCLES)
+    result = subprocess.run([sys.executable, str(script)], capture_output=True, text=True,
+                            timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "Traceback" not in result.stderr, result.stderr

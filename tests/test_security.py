@@ -66,6 +66,31 @@ def test_sanitize_filename_hostile_names(name: str | None, expected: str) -> Non
     assert sanitize_filename(name) == expected
 
 
+# Compatibility characters that NFKC (what a later normalisation, a file system or a best-fit
+# code page may apply) turns into dots and separators, and slash look-alikes that it leaves.
+@pytest.mark.parametrize(("name", "expected"), [
+    ("\uff0e\uff0e\uff0fx.jpg", "x.jpg"),  # fullwidth "../x.jpg"
+    ("\uff0e\uff0e\uff0f\uff0e\uff0e\uff0fetc\uff0fpasswd", "passwd"),
+    ("..\uff3c..\uff3cboot.ini", "boot.ini"),  # fullwidth reverse solidus
+    ("..\ufe68x.png", "x.png"),  # small reverse solidus
+    ("\ufe52\ufe52/x.png", "x.png"),  # small full stops
+    ("\u2025/x.png", "x.png"),  # two dot leader
+    ("..\u2215..\u2215etc\u2215passwd", "passwd"),  # division slash
+    ("..\u2044x.jpg", "x.jpg"),  # fraction slash
+    ("..\u29f8x.jpg", "x.jpg"),  # big solidus
+    ("a\u29f5b\u2216c.png", "c.png"),  # reverse solidus operator, set minus
+    ("\uff0e\uff0e", "file"),
+    ("\u2215", "file"),
+    ("\uff50\uff48\uff4f\uff54\uff4f\uff0e\uff4a\uff50\uff47", "photo.jpg"),  # fullwidth letters
+    ("\uff23\uff2f\uff2e.txt", "_CON.txt"),  # a device name once normalised
+    ("\ufb01le.png", "file.png"),  # the "fi" ligature
+])
+def test_sanitize_filename_neutralises_compatibility_characters(name: str, expected: str) -> None:
+    result = sanitize_filename(name)
+    assert result == expected
+    assert unicodedata.normalize("NFKC", result) == result
+
+
 def test_sanitize_filename_truncates_multibyte_names_in_bytes_keeping_the_extension() -> None:
     name = "\u65e5" * 133 + ".png"  # 403 bytes: 3 bytes per character
     assert len(name.encode("utf-8")) > 400
@@ -97,7 +122,10 @@ def test_sanitize_filename_never_raises_for_odd_input(odd: object) -> None:
 
 _HOSTILE_PIECES = ["..", ".", "/", "\\", " ", "\t", "\r\n", "\x00", "\x7f", "\x85", "\u202e",
                    "\u2066", "\u2028", "\ufeff", "\u3000", "CON", "com1", "LPT\u00b9", ".txt",
-                   ".png", "\u65e5\u672c", "\u00e9", "e\u0301", "\U0001f600", "\ud800", "a"]
+                   ".png", "\u65e5\u672c", "\u00e9", "e\u0301", "\u0301", "\U0001f600", "\ud800", "a",
+                   "\uff0e", "\uff0f", "\uff3c", "\u2024", "\u2025", "\ufe52", "\ufe68", "\u2044",
+                   "\u2215", "\u29f8", "\u29f5", "\uff23\uff2f\uff2e", "\ufb01"]
+_SLASH_LIKE = "/\\\u2044\u2215\u2216\u2571\u2572\u27cb\u27cd\u29f5\u29f8\u29f9"
 _DEVICES = {"CON", "PRN", "AUX", "NUL", *(f"{p}{n}" for p in ("COM", "LPT") for n in "123456789")}
 _FILENAMES = st.one_of(
     st.text(st.characters(exclude_categories=())),
@@ -112,10 +140,12 @@ def test_sanitize_filename_is_always_a_safe_display_name(name: str, max_length: 
 
     assert isinstance(result, str) and result
     assert "/" not in result and "\\" not in result
+    normalized = unicodedata.normalize("NFKC", result)
+    assert normalized == result  # no later normalisation can turn it into a path
+    assert not any(ch in _SLASH_LIKE for ch in result)
     assert not any(unicodedata.category(ch) in {"Cc", "Cs", "Zl", "Zp"} for ch in result)
     assert not any("\u202a" <= ch <= "\u202e" or "\u2066" <= ch <= "\u2069" for ch in result)
     assert len(result.encode("utf-8")) <= max_length
-    assert result == unicodedata.normalize("NFC", result)
     assert result[0] not in ". " and result[-1] not in ". "
     assert result.split(".", 1)[0].rstrip(" ").upper() not in _DEVICES
     assert sanitize_filename(result, max_length=max_length) == result
@@ -283,6 +313,7 @@ def test_check_extension_refuses_png_bytes_named_jpg() -> None:
     ("notes.txt", "image/png"),
     ("photo.heic", "image/avif"),
     ("folder.png/cat.jpg", "image/png"),
+    ("cat\uff0ejpg", "image/png"),  # the extension the stored (normalised) name shows
 ])
 def test_check_extension_refuses_a_different_known_type(filename: str, mime: str) -> None:
     with pytest.raises(ValidationError, match="but the bytes are"):

@@ -16,8 +16,8 @@ import httpx
 import msgspec
 import pytest
 
-from rindle_async.errors import (ConfigurationError, DeliveryForbidden, NotFound, StorageError, TooLarge,
-                                 Unsupported, ValidationError)
+from rindle_async.errors import (ConfigurationError, DeliveryForbidden, NotFound, ObjectChanged, StorageError,
+                                 TooLarge, Unsupported, ValidationError)
 from rindle_async.storage import LocalStorage, Part, S3Storage, Storage
 from rindle_async.storage.s3 import MIN_PART_SIZE
 from rindle_async.storage.signing import HmacSha256
@@ -194,6 +194,18 @@ async def test_download_to_a_file(store: Storage, tmp_path: pathlib.Path) -> Non
     with pytest.raises(NotFound):
         await store.download("d/missing", tmp_path / "none.bin")
     assert not (tmp_path / "none.bin").exists()
+
+
+async def test_download_if_match_refuses_an_object_rewritten_since(store: Storage,
+                                                                   tmp_path: pathlib.Path) -> None:
+    await store.put("d/v.bin", b"a" * 1000)
+    etag = (await store.head("d/v.bin")).etag
+    assert await store.download("d/v.bin", tmp_path / "first.bin", if_match=etag) == 1000
+    await store.put("d/v.bin", b"b" * 1000)  # the same size, other bytes, at once
+    assert (await store.head("d/v.bin")).etag != etag
+    with pytest.raises(ObjectChanged, match="d/v.bin"):
+        await store.download("d/v.bin", tmp_path / "second.bin", if_match=etag)
+    assert not (tmp_path / "second.bin").exists()
 
 
 async def test_head_and_delete_are_idempotent(store: Storage) -> None:

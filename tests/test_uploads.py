@@ -8,6 +8,7 @@ import hashlib
 from urllib.parse import parse_qsl, unquote, urlsplit
 
 import httpx
+import msgspec
 import pytest
 
 from rindle_async import (
@@ -21,6 +22,7 @@ from rindle_async import (
 from rindle_async.db.transaction import in_transaction
 from rindle_async.storage import Part
 
+from .conftest import drain
 from .media import StorageCalledInTransaction, gif, jpeg, png
 
 
@@ -122,6 +124,74 @@ async def test_multipart_upload_on_s3(media_rindle, s3_storage, db, schema):
     assert info.size == len(body)
 
 
+async def multipart_session(rindle, size: int = 6 * 1024 * 1024):
+    return await rindle.initiate_upload("avatar", filename="big.png", content_type="image/png",
+                                        byte_size=size, multipart=True, part_size=5 * 1024 * 1024)
+
+
+GOOD = [Part(part_number=1, etag='"a"'), Part(part_number=2, etag='"b"')]
+
+
+@pytest.mark.parametrize("parts, message", [
+    ([Part(part_number=n, etag=f'"{n}"') for n in range(1, 10_001)],
+     "10000 parts given, but 6291456 bytes in 5242880-byte parts make 2"),
+    ([GOOD[0]], "1 parts given, but 6291456 bytes in 5242880-byte parts make 2"),
+    ([GOOD[0], GOOD[0]], "part_number 1 is listed twice"),
+    ([GOOD[0], Part(part_number=3, etag='"c"')], r"parts\[1\].part_number=3 is outside 1..2"),
+    ([Part(part_number=0, etag='"z"'), GOOD[1]], r"parts\[0\].part_number=0 is outside 1..2"),
+    ([GOOD[0], Part(part_number="2", etag='"b"')], r"parts\[1\].part_number='2' is outside 1..2"),
+    ([GOOD[0], Part(part_number=2, etag="")], r"parts\[1\].etag='' is not the ETag"),
+    ([GOOD[0], Part(part_number=2, etag='""')], r"parts\[1\].etag='\"\"' is not the ETag"),
+    ([GOOD[0], Part(part_number=2, etag=None)], r"parts\[1\].etag=None is not the ETag"),
+    ([GOOD[0], Part(part_number=2, etag="e" * 2000)], r"parts\[1\].etag='eeee.*' is not the ETag"),
+    ([GOOD[0], {"PartNumber": 2, "ETag": '"b"'}], r"parts\[1\] is a dict, not a Part"),
+])
+async def test_a_bad_part_list_is_refused_before_storage_and_the_session_stays_open(
+        media_rindle, s3_storage, db, schema, parts, message):
+    rindle = await media_rindle(s3_storage, max_bytes=20 * 1024 * 1024)
+    ticket = await multipart_session(rindle)
+    with pytest.raises(ValidationError, match=message):
+        await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert s3_storage.calls["complete_multipart"] == s3_storage.calls["head"] == 0
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "signed"
+
+
+async def test_after_a_bad_part_list_the_right_one_verifies(media_rindle, s3_storage):
+    rindle = await media_rindle(s3_storage, max_bytes=20 * 1024 * 1024)
+    body = png() + bytes(6 * 1024 * 1024)
+    ticket = await multipart_session(rindle, len(body))
+    parts = await send_parts(rindle, ticket, body)
+    with pytest.raises(ValidationError, match="part_number 2 is listed twice"):
+        await rindle.verify_upload(ticket.session_id, parts=[parts[1], parts[1]])
+    asset = await rindle.verify_upload(ticket.session_id, parts=list(reversed(parts)))  # any order
+    assert (asset.state, asset.byte_size) == ("validating", len(body))
+
+
+async def test_a_storage_error_completing_the_parts_leaves_the_session_open(media_rindle, s3_storage,
+                                                                         db, schema):
+    from rindle_async import StorageError
+
+    class CompleteFailsOnce(type(s3_storage)):
+        failed = False
+
+        async def complete_multipart(self, key, upload_id, parts):
+            if not CompleteFailsOnce.failed:
+                CompleteFailsOnce.failed = True
+                raise StorageError("complete_multipart timed out")
+            return await self._inner.complete_multipart(key, upload_id, parts)
+
+    storage = CompleteFailsOnce(s3_storage._inner)
+    rindle = await media_rindle(storage, max_bytes=20 * 1024 * 1024)
+    body = png() + bytes(6 * 1024 * 1024)
+    ticket = await multipart_session(rindle, len(body))
+    parts = await send_parts(rindle, ticket, body)
+    with pytest.raises(StorageError, match="complete_multipart timed out"):
+        await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "signed"
+    asset = await rindle.verify_upload(ticket.session_id, parts=parts)
+    assert (asset.state, asset.byte_size) == ("validating", len(body))
+
+
 async def test_multipart_is_refused_on_local_storage(media_rindle):
     rindle = await media_rindle()
     with pytest.raises(ValidationError, match="cannot do multipart uploads"):
@@ -142,6 +212,33 @@ async def test_initiate_refuses_what_the_profile_forbids(media_rindle, db, schem
         await rindle.initiate_upload("avatar", filename="a", content_type=content_type,
                                      byte_size=byte_size)
     assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+
+
+@pytest.mark.parametrize("filename, content_type", [
+    ("photo.png", "image/jpeg"), ("photo.JPG", "image/png"), ("photo\uff0ejpg", "image/png")])
+async def test_initiate_refuses_a_declared_type_the_filename_contradicts(media_rindle, db, schema,
+                                                                        filename, content_type):
+    rindle = await media_rindle()
+    with pytest.raises(ValidationError, match=f"says image/.* but the declared type is {content_type}"):
+        await rindle.initiate_upload("avatar", filename=filename, content_type=content_type,
+                                     byte_size=100)
+    assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+
+
+async def test_promotion_quarantines_bytes_the_stored_filename_contradicts(media_rindle, db, schema,
+                                                                          redis_url):
+    rindle = await media_rindle()
+    body = jpeg()
+    ticket = await rindle.initiate_upload("avatar", filename="photo.jpg", content_type="image/jpeg",
+                                          byte_size=len(body))
+    # a session opened before initiate_upload compared the filename with the declared type
+    await db.execute(f"UPDATE {schema}.assets SET filename = 'photo.png'")
+    await send(rindle.storages["media"], ticket, body)
+    await rindle.verify_upload(ticket.session_id)
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(ticket.asset_id)
+    assert (asset.state, asset.reason) == (
+        "quarantined", "filename 'photo.png' says image/png but the bytes are image/jpeg")
 
 
 async def test_initiate_refuses_unknown_profiles_and_bad_checksums(media_rindle):
@@ -221,6 +318,61 @@ async def test_checksums(media_rindle, storage, db, schema, algorithm):
         await rindle.verify_upload(ticket.session_id)
 
 
+def same_size_other_bytes(body: bytes) -> bytes:
+    """Another valid JPEG (8x8) of the same size as ``body``, padded with a comment segment."""
+    other = jpeg(8, 8)
+    gap = len(body) - len(other)
+    assert 4 <= gap < 65_000
+    return other[:2] + b"\xff\xfe" + (gap - 2).to_bytes(2, "big") + b"x" * (gap - 4) + other[2:]
+
+
+@pytest.mark.parametrize("with_checksum", [False, True])
+async def test_bytes_swapped_after_verification_are_quarantined(media_rindle, storage, db, schema,
+                                                                redis_url, with_checksum):
+    rindle = await media_rindle(storage)
+    body = jpeg()
+    swapped = same_size_other_bytes(body)
+    checksum = "sha256:" + hashlib.sha256(body).hexdigest() if with_checksum else None
+    ticket = await rindle.initiate_upload("avatar", filename="a.jpg", content_type="image/jpeg",
+                                          byte_size=len(body), checksum=checksum)
+    await send(storage, ticket, body)
+    await rindle.verify_upload(ticket.session_id)
+    # S3 cannot revoke the presigned PUT; locally, a PUT that passed the routes' session check
+    # before verify_upload claimed the session can still finish after it
+    await send(storage, ticket, swapped)
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(ticket.asset_id)
+    assert asset.state == "quarantined", asset
+    assert asset.reason.startswith("the object changed after verification")
+    assert asset.variants == {}
+
+
+async def test_a_swap_is_caught_by_the_verified_sha256_where_the_store_gives_no_etag(
+        media_rindle, local_storage, db, schema, redis_url):
+    class NoETags(type(local_storage)):
+        """A store whose HEAD carries no ETag: only the bytes' sha256 can tell."""
+
+        async def head(self, key):
+            info = await self._inner.head(key)
+            return info and msgspec.structs.replace(info, etag=None)
+
+    storage = NoETags(local_storage._inner)
+    rindle = await media_rindle(storage)
+    body = jpeg()
+    ticket = await rindle.initiate_upload("avatar", filename="a.jpg", content_type="image/jpeg",
+                                          byte_size=len(body),
+                                          checksum="md5:" + hashlib.md5(body).hexdigest())
+    await send(storage, ticket, body)
+    await rindle.verify_upload(ticket.session_id)
+    await send(storage, ticket, same_size_other_bytes(body))
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(ticket.asset_id)
+    assert asset.state == "quarantined"
+    assert asset.reason == (f"the object changed after verification: its sha256 is "
+                            f"{hashlib.sha256(same_size_other_bytes(body)).hexdigest()}, verify_upload "
+                            f"read {hashlib.sha256(body).hexdigest()}")
+
+
 async def test_abort_upload(media_rindle, storage, db, schema):
     rindle = await media_rindle(storage)
     ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
@@ -297,6 +449,16 @@ async def test_proxied_upload_refuses_a_declared_type_early(media_rindle):
         await rindle.upload("avatar", png(), content_type="image/gif")
 
 
+@pytest.mark.parametrize("declared", ["image/jpeg", "IMAGE/JPEG; q=1"])
+async def test_proxied_upload_refuses_a_declared_type_the_bytes_contradict(media_rindle, storage, db,
+                                                                          schema, declared):
+    rindle = await media_rindle(storage)
+    with pytest.raises(ValidationError, match="declared image/jpeg but the bytes are image/png"):
+        await rindle.upload("avatar", png(), filename="a", content_type=declared)
+    assert await counts(db, schema) == {"assets": 0, "upload_sessions": 0, "jobs": 0}
+    assert [o async for o in storage.list("")] == []
+
+
 async def test_the_guard_catches_storage_calls_inside_a_transaction(media_rindle, local_storage):
     rindle = await media_rindle()
     async with rindle.transaction():
@@ -329,6 +491,6 @@ async def test_a_multipart_verify_that_fails_midway_can_be_retried(media_rindle,
     parts = await send_parts(rindle, ticket, body)
     with pytest.raises(StorageError, match="head timed out"):
         await rindle.verify_upload(ticket.session_id, parts=parts)
-    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "verifying"
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions") == "signed"
     asset = await rindle.verify_upload(ticket.session_id, parts=parts)  # the retry completes it
     assert (asset.state, asset.byte_size) == ("validating", len(body))

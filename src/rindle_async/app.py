@@ -306,7 +306,7 @@ class Rindle:
         profile: the profile name.
         data: the file's bytes, a path to it, or an async iterator of chunks.
         filename: the client's file name.
-        content_type: the declared type, if any.
+        content_type: the declared type, if any (refused unless the bytes are of that type).
         """
         return await uploads.upload(self, profile, data, filename=filename,
                                     content_type=content_type)

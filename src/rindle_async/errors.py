@@ -47,10 +47,19 @@ class VerificationFailed(RindleError):
     """An uploaded object did not match what its upload session declared."""
 
 
+class UploadClosed(RindleError):
+    """A write to a direct upload's URL was refused: no upload session open for writing owns
+    its key any more (it is being verified, or completed, failed, aborted or expired)."""
+
+
 class StorageError(RindleError):
     """The object store failed; usually worth a retry."""
 
     retryable = True
+
+
+class ObjectChanged(RindleError):
+    """A stored object is not the version asked for: it was rewritten since its ETag was read."""
 
 
 class DeliveryForbidden(RindleError):

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import states
+from . import security, states
 from .assets import asset_uuid
 from .db import migrate
 from .errors import InvalidTransition, NotFound, ValidationError
@@ -247,8 +247,9 @@ async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
     keep_items: list every affected id in ``report.items`` (memory grows with them).
     Steps: one pass over the assets in id order for assets of failed, aborted or
     expired sessions, unattached assets older than ``grace``, and tombstoned assets
-    whose purge is not pending (re-staged); then stray objects no row refers to;
-    then abandoned multipart uploads.
+    whose purge is not pending (re-staged); then stray objects no row refers to (at a
+    direct upload's key whatever their age: what a replayed upload URL wrote); then
+    abandoned multipart uploads.
     """
     now = now or _now()
     cutoff = now - grace
@@ -312,9 +313,12 @@ async def _stray_objects(rindle: Rindle, report: Report, cutoff: datetime, batch
     for profile in rindle.profiles.values():
         storage = rindle.storages[profile.storage]
         async for page in _in_pages(storage.list(f"{profile.name}/"), batch):
-            # young ones are left: an upload or a render may be about to refer to them
+            # Young ones are left: an upload or a render may be about to refer to them.  Not
+            # at a direct upload's key: its rows commit before its URL exists, so an object
+            # there that no row refers to is a ticket replayed after promotion or purge.
             old = [info.key for info in page
-                   if info.last_modified is None or info.last_modified < cutoff]
+                   if info.last_modified is None or info.last_modified < cutoff
+                   or (security.is_upload_key(info.key) and _asset_of(info.key) is not None)]
             for key in await _unreferenced(rindle, profile.storage, old):
                 report.add("stray_objects", f"{profile.storage}:{key}")
                 if not report.dry_run:

@@ -4,7 +4,10 @@
 it against the profile (allowed types, the declared type, size, pixel count
 read from the header before any decode) and either quarantines the asset with
 its reason or promotes it, planning one variant per profile variant and staging
-their renders in the same transaction.
+their renders in the same transaction.  A direct upload's URL can still write
+its key (S3 cannot revoke a presigned PUT), so promotion reads only the version
+verify_upload accepted (a conditional download on its ETag, and its sha256 when
+verification read the bytes) and quarantines one that changed.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import msgspec
 
 from . import security, states
 from .assets import asset_uuid
-from .errors import InvalidTransition, NotFound
+from .errors import InvalidTransition, NotFound, ObjectChanged, ValidationError
 from .scratch import scratch_folder
 from .states import ASSET
 
@@ -164,11 +167,16 @@ async def _check_bytes(rindle: Rindle, storage: Any, profile: Any, asset: Any) -
     from .processing import images  # loads libvips, in workers only
 
     upload_key = asset["storage_key"]
+    verified = _verified(asset)
     with scratch_folder("rindle-promote-") as workdir:
-        path = await _readable_copy(storage, upload_key, asset, workdir)
+        try:
+            path = await _readable_copy(storage, upload_key, asset, workdir, verified.get("etag"))
+        except ObjectChanged as exc:
+            return _Checked(f"the object changed after verification: {exc}", upload_key, None,
+                            asset["byte_size"] or 0, {})
         sha256, head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
         sniffed = security.sniff(head)
-        reason = _refusal(profile, asset, sniffed, size)
+        reason = _changed(verified, sha256) or _refusal(profile, asset, sniffed, size)
         metadata: dict[str, Any] = {"sha256": sha256}
         if reason is None and sniffed in IMAGE_TYPES:
             try:
@@ -187,14 +195,29 @@ async def _check_bytes(rindle: Rindle, storage: Any, profile: Any, asset: Any) -
     return _Checked(reason, original, sniffed, size, metadata)
 
 
-async def _readable_copy(storage: Any, key: str, asset: Any, workdir: str) -> str:
+def _verified(asset: Any) -> dict[str, Any]:
+    """What verify_upload saw of a direct upload's object (size, ETag, sha256); {} for others."""
+    metadata = msgspec.json.decode(asset["metadata"] or "{}")
+    return metadata.get("verified") or {}
+
+
+def _changed(verified: dict[str, Any], sha256: str) -> str | None:
+    if verified.get("sha256") and verified["sha256"] != sha256:
+        return (f"the object changed after verification: its sha256 is {sha256}, "
+                f"verify_upload read {verified['sha256']}")
+    return None
+
+
+async def _readable_copy(storage: Any, key: str, asset: Any, workdir: str,
+                         etag: str | None = None) -> str:
     """A local file with the object's bytes: the stored file itself when the store is local
-    and no client can write the key any more (proxied uploads), else a downloaded copy."""
+    and no client can write the key any more (proxied uploads), else a downloaded copy (of
+    the version with ``etag`` only: ObjectChanged if the upload URL rewrote it since)."""
     local_path = getattr(storage, "local_path", None)
     if local_path is not None and not security.is_upload_key(key):
         return await local_path(key)
     path = os.path.join(workdir, "original")
-    await storage.download(key, path)
+    await storage.download(key, path, if_match=etag)
     return path
 
 
@@ -220,6 +243,11 @@ def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | 
                 f"(allowed: {', '.join(profile.allow_mime)})")
     if asset["content_type"] and asset["content_type"] != sniffed:
         return f"declared {asset['content_type']} but the bytes are {sniffed}"
+    if asset["filename"]:  # initiate_upload refuses these now; rows from before it did
+        try:
+            security.check_extension(asset["filename"], sniffed)
+        except ValidationError as exc:
+            return str(exc)
     if size > profile.max_bytes:
         return f"the file has {size} bytes, over the profile's limit of {profile.max_bytes}"
     if asset["byte_size"] is not None and size != asset["byte_size"]:

@@ -35,7 +35,9 @@ _SNIFF_LIMIT = 64 * 1024  # more never changes the answer, and keeps detection c
 # --- filenames ---------------------------------------------------------------------------
 
 _FALLBACK_FILENAME = "file"
-_SEPARATORS = re.compile(r"[/\\]")
+# "/" and "\\" (NFKC makes them of U+FF0F, U+FF3C, U+FE68), and the slash look-alikes NFKC
+# leaves alone but best-fit code pages and some tools map to "/" or "\\".
+_SEPARATORS = re.compile("[/\\\\\u2044\u2215\u2216\u2571\u2572\u27cb\u27cd\u29f5\u29f8\u29f9]")
 _WHITESPACE = re.compile(r"\s+")
 # Bidi embeddings, overrides and isolates, marks, and the BOM: invisible, and able to
 # make "exe.\u202egnp" display as "exe.png".
@@ -52,11 +54,14 @@ _MAX_EXTENSION_CHARS = 16
 def sanitize_filename(name: str | None, *, max_length: int = 255) -> str:
     """The display filename stored in rows and sent in Content-Disposition.
 
-    Keeps only the last path component, NFC-normalizes, drops control, line-separator
-    and bidi characters, collapses whitespace, strips leading and trailing dots and
-    spaces, prefixes Windows device names (``CON.txt`` -> ``_CON.txt``) and truncates
-    to ``max_length`` UTF-8 bytes, keeping the extension when it fits.  Never raises
-    for odd input; an empty result becomes ``"file"``.
+    Drops control, line-separator and bidi characters, NFKC-normalizes (so compatibility
+    characters such as fullwidth dots and solidi, "\uff0e\uff0e\uff0f", become the "../"
+    they stand for), keeps only the last path component (slash look-alikes such as U+2215
+    separate components too), collapses whitespace, strips leading and trailing dots and
+    spaces, prefixes Windows device names (``CON.txt`` -> ``_CON.txt``) and truncates to
+    ``max_length`` UTF-8 bytes, keeping the extension when it fits.  The result is its own
+    NFKC form, so no later normalisation can turn it into a path.  Never raises for odd
+    input; an empty result becomes ``"file"``.
 
     name: the client's filename (any string, or None).
     max_length: the largest result in UTF-8 bytes, at least 1.
@@ -69,11 +74,12 @@ def sanitize_filename(name: str | None, *, max_length: int = 255) -> str:
         text = bytes(name).decode("utf-8", errors="replace")
     else:
         text = str(name)
-    text = unicodedata.normalize("NFC", text)
-    components = [part for part in _SEPARATORS.split(text) if part]
-    text = components[-1] if components else ""
+    # Dropped before normalizing, so what they separated is composed too ("e\u200e\u0301").
     text = "".join(ch for ch in text if ch not in _INVISIBLE
                    and unicodedata.category(ch) not in _DROPPED_CATEGORIES)
+    text = unicodedata.normalize("NFKC", text)
+    components = [part for part in _SEPARATORS.split(text) if part]
+    text = components[-1] if components else ""
     text = _WHITESPACE.sub(" ", text).strip(". ")
     result = _fit(text, max_length)
     if _is_reserved_device(result):  # checked after cutting: "CONSOLE.txt" may become "CON.txt"
@@ -353,16 +359,18 @@ def extension_for(mime: str) -> str | None:
     return guessed.removeprefix(".") if guessed else None
 
 
-def check_extension(filename: str, mime: str) -> None:
+def check_extension(filename: str, mime: str, *, declared: bool = False) -> None:
     """Refuse a filename whose extension names a different known type than the bytes.
 
-    A missing or unknown extension is accepted; comparison is case-insensitive.
+    The extension is read from the name as :func:`sanitize_filename` stores it (so
+    "cat\uff0ejpg" names a JPEG).  A missing or unknown extension is accepted; comparison
+    is case-insensitive.
 
     filename: the client's filename.
-    mime: the type sniffed from the bytes.
+    mime: the type sniffed from the bytes, or the declared one before any bytes exist.
+    declared: ``mime`` is the client's declared type (the message says so).
     """
-    last = _SEPARATORS.split(filename)[-1].strip()
-    stem, dot, extension = last.rpartition(".")
+    stem, dot, extension = sanitize_filename(filename).rpartition(".")
     if not (dot and stem.strip(". ")):
         return
     extension = extension.strip().lower()
@@ -375,7 +383,8 @@ def check_extension(filename: str, mime: str) -> None:
     if mime == "application/zip" and any(t.startswith(_ZIP_BASED) or t.endswith("+zip")
                                           for t in named):
         return
-    raise ValidationError(f"filename {filename!r} says {named[0]} but the bytes are {mime}")
+    claim = "the declared type is" if declared else "the bytes are"
+    raise ValidationError(f"filename {filename!r} says {named[0]} but {claim} {mime}")
 
 
 # --- declared types ----------------------------------------------------------------------

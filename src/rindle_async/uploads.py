@@ -5,8 +5,11 @@ commits a staged asset and its session, then presigns outside the transaction.
 The client sends the bytes straight to the store; ``verify_upload`` is the only
 trust gate: it checks the stored object (size, deadline, checksum) outside any
 transaction, then completes the session and hands the asset to promotion in one
-transaction.  The real type, pixel count and the rest are checked from the bytes
-by the promotion job before anything is promoted.
+transaction, recording what it saw (size, ETag, sha256 when it read the bytes) so
+that promotion can prove it reads the same object.  The real type, pixel count and
+the rest are checked from the bytes by the promotion job before anything is
+promoted.  ``check_writable`` tells the local storage routes whether a PUT may
+still write: only while its session is open and not yet being verified.
 
 Proxied uploads stream through the host (``upload``): the type is sniffed from
 the first bytes before anything is stored, and the size limit holds while
@@ -24,6 +27,7 @@ from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING
 
 import anyio
+import msgspec
 
 from . import security, states
 from .assets import asset_uuid
@@ -32,6 +36,7 @@ from .errors import (
     NotFound,
     StorageError,
     TooLarge,
+    UploadClosed,
     ValidationError,
     VerificationFailed,
 )
@@ -48,7 +53,11 @@ if TYPE_CHECKING:
 SNIFF_BYTES = 8192
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PARTS = 10_000
+MAX_ETAG = 1024  # S3's are under 40 characters; anything longer is not one
 OPEN_STATES = ("initialized", "signed", "uploading", "uploaded", "verifying")
+#: Open states whose upload URL may still write: once verification claims the session, the
+#: stored object is the one being checked.
+WRITABLE_STATES = OPEN_STATES[:-1]
 _CHECKSUM_LENGTHS = {"md5": 32, "sha256": 64}
 
 
@@ -109,7 +118,8 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
 
     rindle: the opened Rindle.
     profile_name: the profile the file is uploaded under.
-    filename: the client's file name (sanitized before it is stored).
+    filename: the client's file name (sanitized before it is stored); its extension must
+        not name another type than ``content_type``.
     content_type: the declared type; must be one the profile allows.
     byte_size: the declared size; must be within the profile's max_bytes.
     checksum: optional ``md5:<hex>`` or ``sha256:<hex>`` checked at verification.
@@ -118,6 +128,8 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
     """
     profile = find_profile(rindle.profiles, profile_name)
     declared = security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
+    if filename:  # what the proxied path refuses before storing anything
+        security.check_extension(filename, declared, declared=True)
     size = _check_size(profile, byte_size)
     checksum = _check_checksum(checksum)
     storage = _storage(rindle, profile.storage)
@@ -177,6 +189,33 @@ def _open_session(session: dict, action: str) -> None:
                                  f"{session['expires_at'].isoformat()}; start a new upload")
 
 
+async def check_writable(rindle: Rindle, storage: str, key: str) -> None:
+    """Refuse (UploadClosed) a write to ``key`` unless an upload session open for writing owns it.
+
+    The local storage routes call this before they store a PUT; S3 cannot be asked, and
+    promotion's check that it reads the object verification saw is what protects it.
+    rindle: the opened Rindle.
+    storage: the name of the storage the key is in.
+    key: the key the PUT would write.
+    """
+    session = await rindle.pool.fetchrow(
+        f"SELECT s.id, s.state, s.expires_at, s.reason FROM {rindle.schema}.upload_sessions s"
+        f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id"
+        f" WHERE s.storage_key = $1 AND a.storage = $2 ORDER BY s.created_at DESC LIMIT 1",
+        key, storage)
+    if session is None:  # never a session's key, or its rows were purged since
+        raise UploadClosed(f"no upload session is open for {key!r}; this URL accepts no writes, "
+                           "start a new upload")
+    if session["state"] not in WRITABLE_STATES:
+        detail = f" ({session['reason']})" if session["reason"] else ""
+        raise UploadClosed(f"upload session {session['id']} is {session['state']}{detail}; its URL "
+                           "no longer accepts writes, start a new upload")
+    if session["expires_at"] <= _now():
+        raise UploadClosed(f"upload session {session['id']} expired at "
+                           f"{session['expires_at'].isoformat()}; its URL no longer accepts writes, "
+                           "start a new upload")
+
+
 async def sign_upload(rindle: Rindle, session_id: str) -> UploadTicket:
     """A fresh ticket for an open session whose URL expired (the session deadline holds).
 
@@ -210,15 +249,50 @@ async def presign_part(rindle: Rindle, session_id: str, part_number: int) -> Pre
     _open_session(session, "upload parts")
     if session["strategy"] != "multipart" or not session["multipart_upload_id"]:
         raise ValidationError(f"upload session {session_id} is not a multipart upload")
-    total = math.ceil(session["byte_size"] / session["part_size"])
+    total = _part_count(session)
     if not isinstance(part_number, int) or not 1 <= part_number <= total:
         raise ValidationError(f"part_number={part_number!r} is outside 1..{total} for "
-                              f"{session['byte_size']} bytes in {session['part_size']}-byte parts")
+                              f"{_part_layout(session)}")
     profile = find_profile(rindle.profiles, session["profile"])
     remaining = int((session["expires_at"] - _now()).total_seconds())
     return await _storage(rindle, session["storage"]).presign_part(
         session["storage_key"], session["multipart_upload_id"], part_number,
         expires_in=max(1, min(remaining, profile.upload_ttl)))
+
+
+def _part_count(session: dict) -> int:
+    return math.ceil(session["byte_size"] / session["part_size"])
+
+
+def _part_layout(session: dict) -> str:
+    return f"{session['byte_size']} bytes in {session['part_size']}-byte parts"
+
+
+def _check_parts(session: dict, parts: Sequence[Part]) -> list[Part]:
+    """The client's part list in part-number order, refused (ValidationError) unless it names
+    every part the session's size and part size make, once each, with an ETag."""
+    listed = list(parts)
+    total, prefix = _part_count(session), f"upload session {session['id']}: parts="
+    if len(listed) != total:
+        raise ValidationError(f"{prefix} {len(listed)} parts given, but {_part_layout(session)} "
+                              f"make {total}; pass every uploaded part once")
+    seen: set[int] = set()
+    for index, part in enumerate(listed):
+        if not isinstance(part, Part):
+            raise ValidationError(f"{prefix} parts[{index}] is a {type(part).__name__}, not a "
+                                  "Part(part_number=..., etag=...)")
+        number, etag = part.part_number, part.etag
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= total:
+            raise ValidationError(f"{prefix} parts[{index}].part_number={number!r} is outside "
+                                  f"1..{total} for {_part_layout(session)}")
+        if number in seen:
+            raise ValidationError(f"{prefix} part_number {number} is listed twice")
+        if not isinstance(etag, str) or not etag.strip('" ') or len(etag) > MAX_ETAG:
+            shown = repr(etag) if not isinstance(etag, str) else repr(etag[:40])
+            raise ValidationError(f"{prefix} parts[{index}].etag={shown} is not the ETag header "
+                                  f"the PUT of part {number} returned")
+        seen.add(number)
+    return sorted(listed, key=lambda part: part.part_number)
 
 
 async def _fail(rindle: Rindle, session: dict, reason: str) -> VerificationFailed:
@@ -256,11 +330,13 @@ async def _claim(rindle: Rindle, session: dict) -> bool:
     return True
 
 
-async def _object_checksum(storage: Storage, key: str, algorithm: str) -> str:
-    digest = hashlib.new(algorithm)
+async def _object_digests(storage: Storage, key: str, algorithms: set[str]) -> dict[str, str]:
+    """Hex digests of the stored object, one read for every algorithm."""
+    digests = {algorithm: hashlib.new(algorithm) for algorithm in algorithms}
     async for chunk in storage.get(key):
-        digest.update(chunk)
-    return f"{algorithm}:{digest.hexdigest()}"
+        for digest in digests.values():
+            digest.update(chunk)
+    return {algorithm: digest.hexdigest() for algorithm, digest in digests.items()}
 
 
 async def verify_upload(rindle: Rindle, session_id: str, *,
@@ -269,8 +345,10 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
 
     rindle: the opened Rindle.
     session_id: the session from ``initiate_upload``.
-    parts: for multipart sessions, the uploaded parts (number and ETag) to assemble first.
-    A second call on a completed session returns the same asset.
+    parts: for multipart sessions, the uploaded parts (number and ETag) to assemble first:
+        every part the session's size makes, once each, in any order.
+    A second call on a completed session returns the same asset.  A bad part list raises
+    ValidationError and a storage failure StorageError; both leave the session open.
     """
     session = await _session(rindle, session_id)
     if session["state"] == "completed":
@@ -284,17 +362,15 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
     storage = _storage(rindle, session["storage"])
     key = session["storage_key"]
     if session["strategy"] == "multipart":
-        if session["state"] != "verifying":
-            if not parts:
-                raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
-                                      "(part_number and etag of every uploaded part)")
-            # claimed before completing, so a retry after a failure below finds it verifying
-            if not await _claim(rindle, session):
-                return await verify_upload(rindle, session_id, parts=parts)
-            session["state"] = "verifying"
+        if not parts and session["state"] != "verifying":
+            raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
+                                  "(part_number and etag of every uploaded part)")
         if parts:
+            # Checked and assembled before the session is claimed: a bad list or a storage
+            # failure leaves it open, for a retry with the right parts.
+            ordered = _check_parts(session, parts)
             try:
-                await storage.complete_multipart(key, session["multipart_upload_id"], list(parts))
+                await storage.complete_multipart(key, session["multipart_upload_id"], ordered)
             except NotFound:
                 pass  # completed by an earlier call; the stored object decides below
     info = await storage.head(key)
@@ -305,23 +381,28 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
         return await verify_upload(rindle, session_id)  # a concurrent verify moved it
     profile = find_profile(rindle.profiles, session["profile"])
     reason = None
+    digests: dict[str, str] = {}
     if info.size != session["byte_size"]:
         reason = f"the stored object has {info.size} bytes but {session['byte_size']} were declared"
     elif info.size > profile.max_bytes:
         reason = f"the stored object has {info.size} bytes, over the {profile.max_bytes}-byte limit"
     elif session["checksum"]:
         algorithm = session["checksum"].split(":", 1)[0]
-        actual = await _object_checksum(storage, key, algorithm)
+        digests = await _object_digests(storage, key, {algorithm, "sha256"})
+        actual = f"{algorithm}:{digests[algorithm]}"
         if actual != session["checksum"]:
             reason = f"checksum mismatch: declared {session['checksum']}, stored object has {actual}"
     if reason is not None:
         raise await _fail(rindle, session, reason)
+    # What promotion must find again: the upload URL may still write (S3 cannot revoke it).
+    verified = {"size": info.size, "etag": info.etag, "sha256": digests.get("sha256")}
     try:
         async with rindle.db.transaction() as uow:
             await states.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "completed",
                                     verified_at=_now())
             await states.transition(uow, ASSET, session["asset_id"], "staged", "validating",
-                                    byte_size=info.size)
+                                    byte_size=info.size,
+                                    metadata=msgspec.json.encode({"verified": verified}).decode())
             await uow.stage("promote_asset", {"asset_id": str(session["asset_id"])},
                             dedupe_key=f"promote:{session['asset_id']}")
             uow.emit(UploadCompleted(session_id=str(session["id"]), asset_id=str(session["asset_id"]),
@@ -398,11 +479,14 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
     profile_name: the profile the file is uploaded under.
     data: bytes, a path to a local file, or an async iterator of byte chunks.
     filename: the client's file name (sanitized before it is stored).
-    content_type: the declared type, if any; refused early when the profile forbids it.
+    content_type: the declared type, if any; refused early when the profile forbids it,
+        and when the bytes are of another type.
     """
     profile = find_profile(rindle.profiles, profile_name)
+    declared = None
     if content_type is not None:
-        security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
+        declared = security.check_declared_type(content_type, profile.allow_mime,
+                                                profile=profile.name)
     head, stream = await _head_and_rest(data)
     if not head:
         raise ValidationError("the upload is empty (0 bytes)")
@@ -410,6 +494,9 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
     if sniffed is None or sniffed not in profile.allow_mime:
         raise ValidationError(f"the file's bytes are {sniffed or 'of an unknown type'}, which profile "
                               f"{profile.name!r} does not allow; allowed: {', '.join(profile.allow_mime)}")
+    if declared is not None and declared != sniffed:  # what promotion quarantines a direct upload for
+        raise ValidationError(f"declared {declared} but the bytes are {sniffed}; "
+                              "declare the file's real type")
     if filename:
         security.check_extension(filename, sniffed)
     asset_id = uuid.uuid4()

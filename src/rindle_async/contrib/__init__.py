@@ -1,10 +1,13 @@
 """The HTTP side of :class:`~rindle_async.LocalStorage` URLs, independent of any web framework.
 
 ``rindle_async.contrib.starlette`` and ``rindle_async.contrib.aiohttp`` are thin
-adapters over :func:`handle_request`: they hand it the request's method, key,
-query, headers and body stream, and turn the :class:`Answer` it returns into
-their own response object.  Every status code, header and error body is
-decided here, so both frameworks behave the same.
+adapters over :func:`handle_request`: they hand it the host's Rindle, the
+storage's name, the request's method, key, query, headers and body stream, and
+turn the :class:`Answer` it returns into their own response object.  Every
+status code, header and error body is decided here, so both frameworks behave
+the same.  A PUT writes only while the upload session that owns its key is open
+for writing (410 otherwise), so a ticket replayed after verification cannot
+swap the file or leave an object behind.
 """
 
 from __future__ import annotations
@@ -16,12 +19,14 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
+from .. import uploads
 from ..errors import (
     ConfigurationError,
     DeliveryForbidden,
     NotFound,
     RindleError,
     TooLarge,
+    UploadClosed,
     ValidationError,
 )
 from ..storage.local import LocalStorage, SignedRequest, check_key
@@ -164,8 +169,8 @@ def error_status(exc: BaseException) -> int | None:
 
     exc: the exception raised while handling the request
     """
-    for kind, status in ((DeliveryForbidden, 403), (NotFound, 404), (TooLarge, 413),
-                         (RangeNotSatisfiable, 416), (ValidationError, 400)):
+    for kind, status in ((DeliveryForbidden, 403), (NotFound, 404), (UploadClosed, 410),
+                         (TooLarge, 413), (RangeNotSatisfiable, 416), (ValidationError, 400)):
         if isinstance(exc, kind):
             return status
     return None
@@ -194,43 +199,55 @@ def method_not_allowed(method: str) -> Answer:
                  {"Allow": ", ".join(ALLOWED_METHODS)})
 
 
-async def handle_request(storage: LocalStorage, method: str, key: str, query: Iterable[tuple[str, str]],
-                         headers: Mapping[str, str], body: AsyncIterable[bytes]) -> Answer:
+async def handle_request(rindle: Rindle, storage: str, method: str, key: str,
+                         query: Iterable[tuple[str, str]], headers: Mapping[str, str],
+                         body: AsyncIterable[bytes]) -> Answer:
     """Answer one request to a LocalStorage URL; the adapters call only this.
 
-    storage: the LocalStorage that signed the URL
+    rindle: the host's Rindle (opened); its upload sessions decide which PUTs may still write
+    storage: the name of the LocalStorage in ``Rindle(storages=...)`` that signed the URL
     method: the request's HTTP method
     key: the object key from the request path, URL-decoded
     query: the request's query (name, value) pairs, repeats included
     headers: the request's headers, looked up case-insensitively
     body: the request body as a stream of chunks (read only for PUT)
+    Raises ConfigurationError when that storage is missing or not a LocalStorage.
     """
+    local = local_storage(rindle, storage)
     method = method.upper()
     if method == "PUT":
-        return await receive_upload(storage, key, query, content_type=headers.get("content-type"),
+        return await receive_upload(rindle, storage, key, query,
+                                    content_type=headers.get("content-type"),
                                     content_length=headers.get("content-length"), body=body)
     if method in ("GET", "HEAD"):
-        return await deliver(storage, method, key, query, range_header=headers.get("range"),
+        return await deliver(local, method, key, query, range_header=headers.get("range"),
                              if_range=headers.get("if-range"))
     return method_not_allowed(method)
 
 
-async def receive_upload(storage: LocalStorage, key: str, query: Iterable[tuple[str, str]], *,
+async def receive_upload(rindle: Rindle, storage: str, key: str, query: Iterable[tuple[str, str]], *,
                          content_type: str | None, content_length: str | None,
                          body: AsyncIterable[bytes]) -> Answer:
     """Handle a PUT to a signed upload URL: check it, stream the body into storage, answer.
 
-    storage: the LocalStorage that signed the URL
+    The signature (403), the signed Content-Type (400) and length (413), then the upload
+    session that owns the key: it must be open for writing (410 once it is being verified,
+    or completed, failed, aborted, expired or gone), then the body's size while streaming (413).
+
+    rindle: the host's Rindle (opened)
+    storage: the name of the LocalStorage that signed the URL
     key: the object key from the request path, URL-decoded
     query: the request's query (name, value) pairs
     content_type: the request's Content-Type header, if any
     content_length: the request's Content-Length header, if any (absent for chunked bodies)
     body: the request body as a stream of chunks; it is never read whole into memory
     """
+    local = local_storage(rindle, storage)
     try:
-        signed = _verify(storage, "PUT", key, query)
+        signed = _verify(local, "PUT", key, query)
         _check_upload_headers(signed, content_type, content_length)
-        info = await storage.put(key, body, content_type=signed.content_type, max_bytes=signed.max_bytes)
+        await uploads.check_writable(rindle, storage, key)
+        info = await local.put(key, body, content_type=signed.content_type, max_bytes=signed.max_bytes)
     except RindleError as exc:
         return _refuse(exc)
     return _json(200, {"key": key, "size": info.size})

@@ -40,7 +40,7 @@ def add_local_storage_routes(app: web.Application, rindle: Rindle, *, prefix: st
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
-            answer = await handle_request(local_storage(rindle, storage), request.method,
+            answer = await handle_request(rindle, storage, request.method,
                                           request.match_info["key"], request.query.items(),
                                           request.headers, request.content.iter_chunked(CHUNK_SIZE))
         except ConnectionResetError:

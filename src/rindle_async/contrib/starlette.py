@@ -48,7 +48,7 @@ class _LocalStorageEndpoint:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            answer = await handle_request(local_storage(self.rindle, self.storage), request.method,
+            answer = await handle_request(self.rindle, self.storage, request.method,
                                           request.path_params["key"], request.query_params.multi_items(),
                                           request.headers, request.stream())
         except ClientDisconnect:

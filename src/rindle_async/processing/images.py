@@ -91,12 +91,32 @@ def analyze(path: str, max_pixels: int) -> dict[str, Any]:
 
 def _header(path: str, max_pixels: int) -> pyvips.Image:
     """The opened, not decoded, image; refused when it declares more than ``max_pixels``."""
+    screen = _gif_screen(path)
+    if screen is not None:
+        _check_pixels(*screen, max_pixels, " (its GIF logical screen)")
     image = _open(path)
-    width, height = image.width, image.height
-    if width * height > max_pixels:
-        raise ImageRefused(f"the image declares {width}x{height} = {width * height} pixels, over "
-                           f"the profile's max_pixels of {max_pixels}; it was not decoded")
+    _check_pixels(image.width, image.height, max_pixels)
     return image
+
+
+def _check_pixels(width: int, height: int, max_pixels: int, what: str = "") -> None:
+    if width * height > max_pixels:
+        raise ImageRefused(f"the image declares {width}x{height} = {width * height} pixels{what}, "
+                           f"over the profile's max_pixels of {max_pixels}; it was not decoded")
+
+
+def _gif_screen(path: str) -> tuple[int, int] | None:
+    """The logical screen a GIF's header declares, or None for other files.
+
+    libvips reports the size of the frames, but a GIF's frames are drawn on its logical
+    screen: 43 bytes can declare 65535x65535 around one 1x1 frame.  JPEG (SOF), PNG (IHDR)
+    and WebP (the VP8X canvas) headers give libvips the size it reports.
+    """
+    with open(path, "rb") as file:
+        head = file.read(10)
+    if len(head) < 10 or head[:6] not in (b"GIF87a", b"GIF89a"):
+        return None
+    return int.from_bytes(head[6:8], "little"), int.from_bytes(head[8:10], "little")
 
 
 def render(source: str, dest_dir: str, recipe: dict[str, Any], max_pixels: int) -> dict[str, Any]:

@@ -159,6 +159,12 @@ def _finished_cleanly(future: asyncio.Future[Any]) -> bool:
 
 
 def _kill(executor: ProcessPoolExecutor) -> None:
+    """Kill the executor's process, then wait for its management thread to wind down.
+
+    Left running (``shutdown(wait=False)``), that thread races the interpreter's exit hook
+    for the wakeup pipe it is closing: "OSError: Bad file descriptor" tracebacks at shutdown.
+    With the process dead it finishes at once (a few milliseconds).
+    """
     for process in list((executor._processes or {}).values()):  # no public way to kill one
         process.kill()
-    executor.shutdown(wait=False, cancel_futures=True)
+    executor.shutdown(wait=True, cancel_futures=True)

@@ -150,11 +150,16 @@ class Storage(Protocol):
             ) -> AsyncIterator[bytes]:
         """Stream the object (bytes ``start``..``end`` inclusive when given); NotFound if missing."""
 
-    async def download(self, key: str, path: str | os.PathLike) -> int:
-        """Copy the object to a local file; return its size; NotFound if missing."""
+    async def download(self, key: str, path: str | os.PathLike, *, if_match: str | None = None) -> int:
+        """Copy the object to a local file; return its size; NotFound if missing.
+
+        With ``if_match`` (an ETag ``head`` gave), only that version of the object is copied;
+        ObjectChanged if it was rewritten since (no file is created then).
+        """
 
     async def head(self, key: str) -> ObjectInfo | None:
-        """The object's size and type, or None when it does not exist."""
+        """The object's size, type and ETag (which changes whenever it is rewritten), or None
+        when it does not exist."""
 
     async def delete(self, key: str) -> None:
         """Delete the object; a missing object is not an error."""

@@ -25,8 +25,8 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..errors import (ConfigurationError, DeliveryForbidden, NotFound, StorageError, Unsupported,
-                      ValidationError)
+from ..errors import (ConfigurationError, DeliveryForbidden, NotFound, ObjectChanged, StorageError,
+                      Unsupported, ValidationError)
 from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
                    check_range, iter_source, too_large, unreadable_source)
 from .signing import HmacSha256, quote_component, quote_path
@@ -232,15 +232,17 @@ class LocalStorage:
         """
         return str(await self._resolve(key))
 
-    async def download(self, key: str, path: str | os.PathLike[str]) -> int:
+    async def download(self, key: str, path: str | os.PathLike[str], *,
+                       if_match: str | None = None) -> int:
         """Copy the object to a local file and return its size; NotFound if it is missing.
 
         key: the object key
         path: the destination file (overwritten; not created when the object is missing)
+        if_match: copy only the version with this ETag (ObjectChanged otherwise)
         """
         source = await self._resolve(key)
         with self._disk("download", key):
-            return await anyio.to_thread.run_sync(_copy, key, source, path)
+            return await anyio.to_thread.run_sync(_copy, key, source, path, if_match)
 
     async def head(self, key: str) -> ObjectInfo | None:
         """The object's size, etag and modification time, or None when it does not exist.
@@ -414,8 +416,14 @@ def _byte_range(key: str, size: int, start: int | None, end: int | None) -> tupl
     return first, last
 
 
+def _etag(stat: os.stat_result) -> str:
+    # Writes are a new file renamed into place, made while the old one still holds its inode:
+    # a rewrite changes the inode even within one tick of the file system's clock.
+    return f"{stat.st_ino:x}-{stat.st_mtime_ns:x}-{stat.st_size:x}"
+
+
 def _info(key: str, stat: os.stat_result) -> ObjectInfo:
-    return ObjectInfo(key=key, size=stat.st_size, etag=f"{stat.st_mtime_ns:x}-{stat.st_size:x}",
+    return ObjectInfo(key=key, size=stat.st_size, etag=_etag(stat),
                       last_modified=datetime.fromtimestamp(stat.st_mtime, timezone.utc))
 
 
@@ -429,14 +437,19 @@ def _commit(temp: Path, path: Path) -> None:
         os.close(folder)
 
 
-def _copy(key: str, source: Path, target: str | os.PathLike[str]) -> int:
+def _copy(key: str, source: Path, target: str | os.PathLike[str], if_match: str | None = None) -> int:
     try:
         src = open(source, "rb")
     except ABSENT as exc:
         raise NotFound(f"no object {key!r} in local storage") from exc
-    with src, open(target, "wb") as dst:
-        shutil.copyfileobj(src, dst, CHUNK_SIZE * 16)
-        return dst.tell()
+    with src:
+        # the open file is one version for good: a rewrite renames another file into place
+        if if_match is not None and (etag := _etag(os.fstat(src.fileno()))) != if_match:
+            raise ObjectChanged(f"{key!r} in local storage was rewritten: its ETag is {etag}, "
+                                f"not {if_match}")
+        with open(target, "wb") as dst:
+            shutil.copyfileobj(src, dst, CHUNK_SIZE * 16)
+            return dst.tell()
 
 
 def _walk(folder: Path, key_prefix: str, name_prefix: str) -> Iterator[ObjectInfo]:

@@ -22,7 +22,7 @@ from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
 from botocore.loaders import Loader, create_loader
 
-from ..errors import ConfigurationError, NotFound, StorageError, ValidationError
+from ..errors import ConfigurationError, NotFound, ObjectChanged, StorageError, ValidationError
 from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
                    check_range, iter_source)
 from .sigv4 import Presigner
@@ -189,6 +189,9 @@ class S3Storage:
                 return None
             if missing and code in MISSING:
                 raise NotFound(missing) from exc
+            if code == "PreconditionFailed":  # only conditional requests (IfMatch) get it
+                raise ObjectChanged(f"s3://{self.bucket}/{key} was rewritten: it is not the "
+                                    "version whose ETag was asked for") from exc
             if code == "InvalidRange":
                 raise ValidationError(f"the byte range asked of {key!r} is not satisfiable") from exc
             self._fail(op, key, exc)
@@ -246,8 +249,10 @@ class S3Storage:
         return Part(part_number=number, etag=response["ETag"])
 
     async def _body(self, op: str, key: str, start: int | None = None, end: int | None = None,
-                    *, chunk_size: int = CHUNK_SIZE) -> AsyncIterator[bytes]:
+                    *, chunk_size: int = CHUNK_SIZE, if_match: str | None = None) -> AsyncIterator[bytes]:
         params: dict[str, Any] = {}
+        if if_match is not None:
+            params["IfMatch"] = f'"{_etag(if_match)}"'
         if start is not None or end is not None:
             check_range(key, start, end)
             params["Range"] = f"bytes={start or 0}-{'' if end is None else end}"
@@ -269,13 +274,15 @@ class S3Storage:
         """
         return self._body("get", key, start, end)
 
-    async def download(self, key: str, path: str | os.PathLike[str]) -> int:
+    async def download(self, key: str, path: str | os.PathLike[str], *,
+                       if_match: str | None = None) -> int:
         """Stream the object into a local file and return its size; NotFound if it is missing.
 
         key: the object key
         path: the destination file (overwritten; not created when the object is missing)
+        if_match: a conditional GET of the version with this ETag (ObjectChanged otherwise)
         """
-        chunks = self._body("download", key, chunk_size=CHUNK_SIZE * 16)
+        chunks = self._body("download", key, chunk_size=CHUNK_SIZE * 16, if_match=if_match)
         async with aclosing(chunks):
             first = await anext(chunks, b"")  # NotFound surfaces here, before the file exists
             try:
