@@ -99,8 +99,10 @@ async def test_sign_upload_gives_a_fresh_working_ticket(media_rindle, storage):
                                          byte_size=len(body))
     await asyncio.sleep(1.01)
     second = await rindle.sign_upload(first.session_id)
-    assert second.session_id == first.session_id and second.url != first.url
-    assert second.session_expires_at == first.session_expires_at
+    # signed anew, never past the session's deadline (so, when the first ticket already ran to
+    # that deadline, the second may carry the same expiry and URL)
+    assert second.session_id == first.session_id
+    assert max(first.expires_at, second.expires_at) <= second.session_expires_at == first.session_expires_at
     await send(storage, second, body)
     assert (await rindle.verify_upload(first.session_id)).state == "validating"
 
