@@ -270,8 +270,10 @@ def test_refused_sources_are_never_decoded(tmp_path, thumbnail_calls):
         images.render_variants(str(bomb), str(tmp_path), PIPELINE, 50_000_000)
     bogus = tmp_path / "bogus.jpg"
     bogus.write_bytes(b"not an image at all")
-    with pytest.raises(images.ImageRefused, match="libvips cannot read the file"):
+    with pytest.raises(images.ImageRefused, match="libvips cannot read the file") as refused:
         images.render_variants(str(bogus), str(tmp_path), PIPELINE, 50_000_000)
+    assert str(tmp_path) not in str(refused.value)  # the reason is shown to users: no worker paths
+    assert "the file is not a known file format" in str(refused.value)
     assert thumbnail_calls == []
 
 

@@ -67,11 +67,14 @@ def _open(path: str, **options: Any) -> pyvips.Image:
     try:
         return pyvips.Image.new_from_file(path, access="sequential", fail_on="warning", **options)
     except pyvips.Error as exc:
-        raise ImageRefused(f"libvips cannot read the file: {_first_line(exc)}") from None
+        raise ImageRefused(f"libvips cannot read the file: {_first_line(exc, path)}") from None
 
 
-def _first_line(exc: pyvips.Error) -> str:
+def _first_line(exc: pyvips.Error, *paths: str) -> str:
+    """libvips' message, without the worker's file paths (reasons are shown to users)."""
     text = str(getattr(exc, "detail", "") or exc).strip()
+    for path in paths:
+        text = text.replace(f'"{path}"', "the file").replace(path, "the file")
     return text.splitlines()[0] if text else "unknown error"
 
 
@@ -242,7 +245,7 @@ def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) 
             return pyvips.Image.thumbnail_source(reader, width, option_string="fail_on=warning",
                                                  **options).copy_memory()
     except pyvips.Error as exc:
-        raise ImageRefused(f"libvips could not decode the image: {_first_line(exc)}") from None
+        raise ImageRefused(f"libvips could not decode the image: {_first_line(exc, source)}") from None
 
 
 def _reader(file: Any) -> pyvips.Source:
@@ -265,7 +268,7 @@ def _write(image: pyvips.Image, frame: tuple[int, int] | None, recipe: dict[str,
         if os.path.exists(output):
             os.remove(output)  # a saver that failed half way
         return {"error": f"libvips could not render the variant as {recipe['format']}: "
-                         f"{_first_line(exc)}"}
+                         f"{_first_line(exc, output)}"}
     return {"path": output, "width": image.width, "height": image.height,
             "byte_size": os.path.getsize(output)}
 
