@@ -55,6 +55,8 @@ DISPATCHER = "rindle_dispatcher"
 
 # KEYS: the queue.  ARGV: now (ms), claim ttl (ms), claimant, window, kind -> lane (JSON),
 # lane -> wanted (JSON), in-progress key prefix, claim key prefix, the claimant's held set.
+# A claim names the job's score in the queue: a job sent again (a retry, a re-send) has a
+# new score, so the claim of its previous delivery does not hold it back.
 # Returns {next due score or -1, claimed ids...}.
 _CLAIM = """
 local queue, now, ttl, owner, window = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
@@ -64,21 +66,25 @@ local remaining = 0
 for _, n in pairs(wanted) do remaining = remaining + n end
 local claimed, offset = {}, 0
 while remaining > 0 and offset < window do
-  local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', offset, 256)
-  if #ids == 0 then break end
-  for _, id in ipairs(ids) do
+  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset, 256)
+  if #due == 0 then break end
+  for i = 1, #due, 2 do
+    local id, score = due[i], due[i + 1]
     local kind = string.match(id, ':([%w_%-]+):%d+$')
     local lane = (kind and lanes[kind]) or 'default'
-    if (wanted[lane] or 0) > 0 and redis.call('EXISTS', running .. id) == 0
-        and redis.call('SET', claims .. id, owner, 'NX', 'PX', ttl) then
-      claimed[#claimed + 1] = id
-      redis.call('SADD', held, id)
-      wanted[lane] = wanted[lane] - 1
-      remaining = remaining - 1
-      if remaining == 0 then break end
+    if (wanted[lane] or 0) > 0 and redis.call('EXISTS', running .. id) == 0 then
+      local claim = redis.call('GET', claims .. id)
+      if not claim or string.sub(claim, -(#score + 1)) ~= '@' .. score then
+        redis.call('SET', claims .. id, owner .. '@' .. score, 'PX', ttl)
+        claimed[#claimed + 1] = id
+        redis.call('SADD', held, id)
+        wanted[lane] = wanted[lane] - 1
+        remaining = remaining - 1
+        if remaining == 0 then break end
+      end
     end
   end
-  offset = offset + #ids
+  offset = offset + #due / 2
 end
 local nxt = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 local result = {nxt[2] or '-1'}
