@@ -12,6 +12,7 @@ import pathlib
 import time
 
 from rindle_async import LocalStorage, Profile, Rindle, S3Storage, Variant
+from rindle_async.processing.pool import ProcessingPool
 
 
 class SlowFirstVariantPut(LocalStorage):
@@ -27,6 +28,36 @@ class SlowFirstVariantPut(LocalStorage):
             marker.write_text(str(os.getpid()))
             await asyncio.sleep(float(os.environ["T_SLOW_VARIANT_PUT"]))
         return await super().put(key, data, **options)
+
+
+#: With ``T_POISON`` set, images of these widths kill their render process (it exits at once)
+#: or hang it past the render timeout, as a libvips crash or a pathological file would.
+CRASH_WIDTH, HANG_WIDTH = 301, 302
+
+
+def render_or_die(source, dest_dir, recipes, max_pixels):
+    """``images.render_variants`` in a render process, unless the image is poison."""
+    import pyvips
+
+    from rindle_async.processing import images
+
+    width = pyvips.Image.new_from_file(source).width
+    if width in (CRASH_WIDTH, HANG_WIDTH):  # the test checks that this process is gone
+        (pathlib.Path(os.environ["T_ROOT"]) / f".poisoned-{os.getpid()}").write_text(str(width))
+    if width == CRASH_WIDTH:
+        os._exit(1)
+    if width == HANG_WIDTH:
+        time.sleep(3600)
+    return images.render_variants(source, dest_dir, recipes, max_pixels)
+
+
+class PoisonedPool(ProcessingPool):
+    """The worker's real process pool, rendering with :func:`render_or_die`."""
+
+    async def run(self, fn, *args, **options):
+        if fn.__name__ == "render_variants":
+            fn = render_or_die
+        return await super().run(fn, *args, **options)
 
 
 VARIANTS = {
@@ -52,12 +83,17 @@ def build() -> Rindle:
                     variants={"thumb": VARIANTS["thumb"]}),
         ]
     quick = {"timeout": float(os.environ.get("T_TIMEOUT", "8")), "backoff": 0.2}
-    return Rindle(database_url=os.environ["T_DATABASE_URL"], redis_url=os.environ["T_REDIS_URL"],
-                  schema=os.environ["T_SCHEMA"], queue=f"q-{os.environ['T_SCHEMA']}",
-                  storages=storages, profiles=profiles, processes=1, relay_interval=0.5,
-                  job_settings={kind: quick for kind in ("promote_asset", "process_variant",
-                                                          "purge_storage", "cleanup_orphans",
-                                                          "abort_incomplete_uploads")})
+    if os.environ.get("T_TRIES"):
+        quick["tries"] = int(os.environ["T_TRIES"])
+    rindle = Rindle(database_url=os.environ["T_DATABASE_URL"], redis_url=os.environ["T_REDIS_URL"],
+                    schema=os.environ["T_SCHEMA"], queue=f"q-{os.environ['T_SCHEMA']}",
+                    storages=storages, profiles=profiles, processes=1, relay_interval=0.5,
+                    job_settings={kind: quick for kind in ("promote_asset", "process_variant",
+                                                            "purge_storage", "cleanup_orphans",
+                                                            "abort_incomplete_uploads")})
+    if os.environ.get("T_POISON"):
+        rindle.processing = PoisonedPool(1)
+    return rindle
 
 
 def __getattr__(name: str) -> Rindle:

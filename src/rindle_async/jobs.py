@@ -227,8 +227,13 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | N
         return "discarded"
     started = time.monotonic()
     try:
-        with anyio.fail_after(kind.timeout) as job._deadline:
-            await kind.handler(job)
+        try:
+            with anyio.fail_after(kind.timeout) as job._deadline:
+                await kind.handler(job)
+        except TimeoutError:
+            if not job._deadline.cancelled_caught:
+                raise  # a timeout of the handler's own
+            raise TimeoutError(f"{kind.name} ran longer than its {kind.timeout:g}s timeout") from None
         if not job.completed:  # nothing of its own to commit: one statement
             await rindle.pool.execute(_succeed_sql(rindle.schema), job.id, job.run_id)
             job.completed = True
