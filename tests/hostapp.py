@@ -74,8 +74,12 @@ def build() -> Rindle:
     storages: dict = {"local": local}
     profiles = [Profile(name="photos", storage="local", variants=VARIANTS)]
     if os.environ.get("T_S3"):
+        # T_S3_TIMEOUT, T_S3_ATTEMPTS: a faulty endpoint's hangs and errors reach the jobs soon
+        limits = {"read_timeout": float(os.environ["T_S3_TIMEOUT"])} if os.environ.get("T_S3_TIMEOUT") else {}
+        if os.environ.get("T_S3_ATTEMPTS"):
+            limits["max_attempts"] = int(os.environ["T_S3_ATTEMPTS"])
         storages["s3"] = S3Storage(bucket=os.environ["T_BUCKET"], endpoint_url=os.environ["T_S3"],
-                                   path_style=True)
+                                   path_style=True, **limits)
         profiles += [
             Profile(name="uploads", storage="s3", allow_mime=("image/jpeg", "image/png"),
                     variants=VARIANTS),
