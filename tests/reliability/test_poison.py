@@ -17,8 +17,9 @@ from ..media import jpeg
 from .outcomes import all_final, logs, nothing_left_behind, one_object_per_variant
 from .test_worker_death import children
 
-#: job timeout of the host app here (a render may run 90% of it), and tries per job
-TIMEOUT, TRIES = "3", 3
+#: job timeout of the host app here (a render may run 90% of it: the rest is the margin for
+#: the job's own steps, so a loaded machine needs seconds), and tries per job
+TIMEOUT, TRIES = "8", 3
 
 
 @pytest.fixture
@@ -58,7 +59,7 @@ async def test_a_poison_image_degrades_its_asset_and_nothing_else(width, reason,
         f"SELECT attempt, outcome, error FROM {host.schema}.processing_runs"
         " WHERE asset_id = $1 AND kind = 'process_variant' ORDER BY attempt", poison.id)
     assert [r["outcome"] for r in runs] == ["retrying"] * (TRIES - 1) + ["failed"], [tuple(r) for r in runs]
-    assert all(reason in r["error"] for r in runs)
+    assert all(reason in r["error"] for r in runs), [tuple(r) for r in runs]
     discarded = await host.pool.fetch(f"SELECT kind, error FROM {host.schema}.jobs")
     assert [(r["kind"], reason in r["error"]) for r in discarded] == [("process_variant", True)]
     await nothing_left_behind(host)
