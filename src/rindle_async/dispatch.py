@@ -54,37 +54,36 @@ CLAIM_PREFIX = "rindle:claim:"
 DISPATCHER = "rindle_dispatcher"
 
 # KEYS: the queue.  ARGV: now (ms), claim ttl (ms), claimant, window, kind -> lane (JSON),
-# lane -> wanted (JSON), in-progress key prefix, claim key prefix, the claimant's held set.
-# A claim names the job's score in the queue: a job sent again (a retry, a re-send) has a
-# new score, so the claim of its previous delivery does not hold it back.
+# lane -> wanted (JSON), in-progress key prefix, claim key prefix, the claimant's held set,
+# then the ids of jobs that ended here since the last call: their claims are dropped first,
+# so a job sent again (a retry) can be claimed as soon as it is due.
 # Returns {next due score or -1, claimed ids...}.
 _CLAIM = """
 local queue, now, ttl, owner, window = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local lanes, wanted = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
 local running, claims, held = ARGV[7], ARGV[8], ARGV[9]
+for i = 10, #ARGV do
+  if redis.call('GET', claims .. ARGV[i]) == owner then redis.call('DEL', claims .. ARGV[i]) end
+end
 local remaining = 0
 for _, n in pairs(wanted) do remaining = remaining + n end
 local claimed, offset = {}, 0
 while remaining > 0 and offset < window do
-  local due = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'WITHSCORES', 'LIMIT', offset, 256)
-  if #due == 0 then break end
-  for i = 1, #due, 2 do
-    local id, score = due[i], due[i + 1]
+  local ids = redis.call('ZRANGEBYSCORE', queue, '-inf', now, 'LIMIT', offset, 256)
+  if #ids == 0 then break end
+  for _, id in ipairs(ids) do
     local kind = string.match(id, ':([%w_%-]+):%d+$')
     local lane = (kind and lanes[kind]) or 'default'
-    if (wanted[lane] or 0) > 0 and redis.call('EXISTS', running .. id) == 0 then
-      local claim = redis.call('GET', claims .. id)
-      if not claim or string.sub(claim, -(#score + 1)) ~= '@' .. score then
-        redis.call('SET', claims .. id, owner .. '@' .. score, 'PX', ttl)
-        claimed[#claimed + 1] = id
-        redis.call('SADD', held, id)
-        wanted[lane] = wanted[lane] - 1
-        remaining = remaining - 1
-        if remaining == 0 then break end
-      end
+    if (wanted[lane] or 0) > 0 and redis.call('EXISTS', running .. id) == 0
+        and redis.call('SET', claims .. id, owner, 'NX', 'PX', ttl) then
+      claimed[#claimed + 1] = id
+      redis.call('SADD', held, id)
+      wanted[lane] = wanted[lane] - 1
+      remaining = remaining - 1
+      if remaining == 0 then break end
     end
   end
-  offset = offset + #due / 2
+  offset = offset + #ids
 end
 local nxt = redis.call('ZRANGEBYSCORE', queue, '(' .. now, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
 local result = {nxt[2] or '-1'}
@@ -138,6 +137,7 @@ class Dispatcher:
         self._listener: asyncio.Task[None] | None = None
         self._next_rescan = 0.0
         self._next_due: float | None = None
+        self._ended: set[str] = set()  # jobs that ended here whose claims are still in Redis
 
     @property
     def capacity(self) -> int:
@@ -164,6 +164,7 @@ class Dispatcher:
         lane = self.lane_of(job_id)
         if lane.held.pop(job_id, None) is not None:
             lane.hint = True
+        self._ended.add(job_id)  # its claim goes with the next claim call (no extra round trip)
         self._wake.set()
 
     def announce(self, lanes: list[str]) -> None:
@@ -207,7 +208,8 @@ class Dispatcher:
         result = await redis.eval(
             _CLAIM, 1, self.queue, now_ms, int(self.claim_ttl * 1000), self.claimant, self.window,
             json.dumps(self.kinds), json.dumps(wanted), in_progress_key_prefix, CLAIM_PREFIX,
-            held_key(self.claimant))
+            held_key(self.claimant), *(ended := list(self._ended)))
+        self._ended.difference_update(ended)
         next_due, claimed = float(result[0]), [item.decode() for item in result[1:]]
         if next_due >= 0:
             self._next_due = loop.time() + max(0.0, (next_due - now_ms) / 1000)
