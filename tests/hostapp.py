@@ -12,6 +12,7 @@ import pathlib
 import time
 
 from rindle_async import LocalStorage, Profile, Rindle, S3Storage, Variant
+from rindle_async.processing.pool import ProcessingPool
 
 
 class SlowFirstVariantPut(LocalStorage):
@@ -29,6 +30,36 @@ class SlowFirstVariantPut(LocalStorage):
         return await super().put(key, data, **options)
 
 
+#: With ``T_POISON`` set, images of these widths kill their render process (it exits at once)
+#: or hang it past the render timeout, as a libvips crash or a pathological file would.
+CRASH_WIDTH, HANG_WIDTH = 301, 302
+
+
+def render_or_die(source, dest_dir, recipes, max_pixels):
+    """``images.render_variants`` in a render process, unless the image is poison."""
+    import pyvips
+
+    from rindle_async.processing import images
+
+    width = pyvips.Image.new_from_file(source).width
+    if width in (CRASH_WIDTH, HANG_WIDTH):  # the test checks that this process is gone
+        (pathlib.Path(os.environ["T_ROOT"]) / f".poisoned-{os.getpid()}").write_text(str(width))
+    if width == CRASH_WIDTH:
+        os._exit(1)
+    if width == HANG_WIDTH:
+        time.sleep(3600)
+    return images.render_variants(source, dest_dir, recipes, max_pixels)
+
+
+class PoisonedPool(ProcessingPool):
+    """The worker's real process pool, rendering with :func:`render_or_die`."""
+
+    async def run(self, fn, *args, **options):
+        if fn.__name__ == "render_variants":
+            fn = render_or_die
+        return await super().run(fn, *args, **options)
+
+
 VARIANTS = {
     "thumb": Variant(width=64, height=64, fit="cover", format="webp", quality=75),
     "large": Variant(width=200, fit="inside", format="jpeg", quality=85),
@@ -43,8 +74,12 @@ def build() -> Rindle:
     storages: dict = {"local": local}
     profiles = [Profile(name="photos", storage="local", variants=VARIANTS)]
     if os.environ.get("T_S3"):
+        # T_S3_TIMEOUT, T_S3_ATTEMPTS: a faulty endpoint's hangs and errors reach the jobs soon
+        limits = {"read_timeout": float(os.environ["T_S3_TIMEOUT"])} if os.environ.get("T_S3_TIMEOUT") else {}
+        if os.environ.get("T_S3_ATTEMPTS"):
+            limits["max_attempts"] = int(os.environ["T_S3_ATTEMPTS"])
         storages["s3"] = S3Storage(bucket=os.environ["T_BUCKET"], endpoint_url=os.environ["T_S3"],
-                                   path_style=True)
+                                   path_style=True, **limits)
         profiles += [
             Profile(name="uploads", storage="s3", allow_mime=("image/jpeg", "image/png"),
                     variants=VARIANTS),
@@ -52,12 +87,17 @@ def build() -> Rindle:
                     variants={"thumb": VARIANTS["thumb"]}),
         ]
     quick = {"timeout": float(os.environ.get("T_TIMEOUT", "8")), "backoff": 0.2}
-    return Rindle(database_url=os.environ["T_DATABASE_URL"], redis_url=os.environ["T_REDIS_URL"],
-                  schema=os.environ["T_SCHEMA"], queue=f"q-{os.environ['T_SCHEMA']}",
-                  storages=storages, profiles=profiles, processes=1, relay_interval=0.5,
-                  job_settings={kind: quick for kind in ("promote_asset", "process_variant",
-                                                          "purge_storage", "cleanup_orphans",
-                                                          "abort_incomplete_uploads")})
+    if os.environ.get("T_TRIES"):
+        quick["tries"] = int(os.environ["T_TRIES"])
+    rindle = Rindle(database_url=os.environ["T_DATABASE_URL"], redis_url=os.environ["T_REDIS_URL"],
+                    schema=os.environ["T_SCHEMA"], queue=f"q-{os.environ['T_SCHEMA']}",
+                    storages=storages, profiles=profiles, processes=1, relay_interval=0.5,
+                    job_settings={kind: quick for kind in ("promote_asset", "process_variant",
+                                                            "purge_storage", "cleanup_orphans",
+                                                            "abort_incomplete_uploads")})
+    if os.environ.get("T_POISON"):
+        rindle.processing = PoisonedPool(1)
+    return rindle
 
 
 def __getattr__(name: str) -> Rindle:

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import os
 import pathlib
+import shutil
 import signal
 import socket
 import subprocess
 import sys
+import tempfile
 import time
 
 TESTS = pathlib.Path(__file__).resolve().parent
@@ -46,6 +48,51 @@ class RedisProcess:
             self.process.kill()
             self.process.wait()
             self.process = None
+
+
+class PostgresProcess:
+    """A private PostgreSQL server (Debian's binaries), trust auth, on a free port of 127.0.0.1.
+
+    Its data lives in a folder of its own owned by ``postgres`` (Debian's ``initdb`` and
+    ``postgres`` refuse to run as root); :meth:`remove` stops it and deletes the folder.
+    """
+
+    BIN = pathlib.Path("/usr/lib/postgresql/15/bin")
+
+    def __init__(self) -> None:
+        self.port = free_port()
+        self.folder = pathlib.Path(tempfile.mkdtemp(prefix="rindle-pg-"))
+        self.data = self.folder / "data"
+        self.url = f"postgresql://postgres@127.0.0.1:{self.port}/postgres"
+        shutil.chown(self.folder, "postgres", "postgres")
+        self._run("initdb", "-D", str(self.data), "-U", "postgres", "-A", "trust", "--no-sync")
+
+    def _run(self, tool: str, *args: str) -> None:
+        as_postgres = ["runuser", "-u", "postgres", "--"] if os.geteuid() == 0 else []
+        subprocess.run([*as_postgres, str(self.BIN / tool), *args], check=True, cwd=self.folder,
+                       stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, timeout=60)
+
+    def _ctl(self, *args: str) -> None:
+        self._run("pg_ctl", "-D", str(self.data), "-l", str(self.folder / "server.log"), "-w", *args)
+
+    def start(self) -> None:
+        self._ctl("-o", f"-k {self.folder} -p {self.port} -c listen_addresses=127.0.0.1"
+                        " -c fsync=off -c max_connections=50", "start")
+
+    def stop(self, mode: str = "fast") -> None:
+        """``fast``: sessions are told and ended; ``immediate``: a crash (recovery at start)."""
+        self._ctl("-m", mode, "stop")
+
+    def remove(self) -> None:
+        try:
+            self._ctl("-m", "immediate", "stop")
+        except subprocess.CalledProcessError:
+            pass  # not running
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+    @property
+    def log(self) -> str:
+        return (self.folder / "server.log").read_text(errors="replace")
 
 
 class WorkerProcess:

@@ -138,3 +138,19 @@ async def test_a_host_transaction_leaves_no_session_state_in_the_pool(make_rindl
         await conn.execute("SELECT pg_advisory_lock(4242)")
     assert await rindle.pool.fetchval("SHOW application_name") != "left-behind"
     assert await rindle.pool.fetchval("SELECT pg_try_advisory_lock(4242)")  # the lock was freed
+
+
+async def test_connections_are_named_in_pg_stat_activity(make_rindle, database_url, db):
+    rindle = await make_rindle(relay=True)
+    assert await rindle.pool.fetchval("SHOW application_name") == "rindle_async"
+    names = set()
+    deadline = time.monotonic() + 10
+    while "rindle_async listener" not in names:  # the relay's LISTEN connection
+        assert time.monotonic() < deadline, names
+        names = {r["application_name"] for r in await db.fetch(
+            "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()")}
+        await asyncio.sleep(0.05)
+    named = await make_rindle(application_name="shop-media", relay=False)
+    assert await named.pool.fetchval("SHOW application_name") == "shop-media"
+    own = await make_rindle(database_url=f"{database_url}?application_name=shop", relay=False)
+    assert await own.pool.fetchval("SHOW application_name") == "shop"  # the DSN's wins

@@ -157,3 +157,22 @@ async def test_waiting_for_a_process_does_not_count_against_the_timeout(make_rin
             await asyncio.sleep(0.05)
     outcomes = await db.fetch(f"SELECT outcome FROM {schema}.processing_runs")
     assert [r["outcome"] for r in outcomes] == ["succeeded"] * 3
+
+
+async def test_a_retry_starts_after_its_backoff_not_after_the_claim_of_its_first_try(
+        make_rindle, run_workers, recorder):
+    started: list[float] = []
+
+    async def flaky(job) -> None:
+        started.append(time.monotonic())
+        if job.attempt == 1:
+            raise ConnectionError("the store blinked")
+        await RECORD.done.put(("flaky", job.id))
+
+    rindle = await make_rindle(jobs=[JobKind(name="flaky", handler=flaky, backoff=0.2,
+                                             max_backoff=0.2)])
+    await run_workers(rindle)
+    await stage(rindle, "flaky")
+    await finished(recorder, 1)
+    # a claim reserves a job for 5 s; the retry is a new delivery that it must not hold back
+    assert started[1] - started[0] < 2.5, started

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 
+import asyncpg
 import pytest
 
 from rindle_async import JobKind, ValidationError
@@ -177,3 +178,43 @@ async def test_an_error_can_ask_for_a_longer_pause(make_rindle, db, schema):
     with pytest.raises(Retry) as info:
         await run_job(rindle, kind, job_id)
     assert info.value.defer_score == 90_000
+
+
+async def test_a_failure_that_finds_the_database_away_is_still_handed_back_for_a_retry(
+        make_rindle, db, schema):
+    """The attempt's own record waits out a database that refuses connections for a second;
+    a Retry goes back to arq either way (any other exception would make arq drop the job)."""
+    from arq import Retry
+
+    from .conftest import BASE_DATABASE_URL
+
+    database = await db.fetchval("SELECT current_database()")
+    admin = await asyncpg.connect(BASE_DATABASE_URL)  # a database cannot lock itself out
+
+    async def allow(allowed: bool) -> None:
+        await admin.execute(f"ALTER DATABASE {database} WITH ALLOW_CONNECTIONS {allowed}")
+
+    async def allow_again() -> None:
+        await asyncio.sleep(1.0)
+        await allow(True)
+
+    async def cut(job):
+        await allow(False)
+        await db.execute("SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
+                         " WHERE datname = current_database() AND application_name = 'rindle_async'")
+        reopening.append(asyncio.create_task(allow_again()))
+        raise ConnectionError("the database went away under the job")
+
+    reopening: list[asyncio.Task] = []
+    kind = JobKind(name="cut", handler=cut, tries=3, backoff=0.01)
+    rindle = await make_rindle(jobs=[kind], relay=False)
+    job_id = await stage_one(rindle, "cut")
+    try:
+        with pytest.raises(Retry):
+            await run_job(rindle, kind, job_id)
+    finally:
+        await allow(True)
+        await admin.close()
+    assert await db.fetchval(f"SELECT error FROM {schema}.processing_runs WHERE job_id = $1",
+                             job_id) == "ConnectionError: the database went away under the job"
+    assert await runs(db, schema, job_id) == [(1, "retrying", True)]

@@ -14,7 +14,7 @@ import pytest
 import pyvips
 
 from rindle_async.processing import images
-from rindle_async.processing.pool import ProcessingPool, RenderTimeout
+from rindle_async.processing.pool import ProcessingPool, RenderCrashed, RenderTimeout
 
 from .conftest import drain
 from .media import gif_bomb
@@ -380,6 +380,14 @@ async def test_a_timeout_kills_only_its_own_process(pool, tmp_path):
     assert results[1]["width"] == 64  # the other call finished in its own process
     again = await pool.run(images.analyze, str(small), 1_000_000, timeout=60)
     assert (again["width"], again["height"]) == (300, 200)  # the pool goes on
+
+
+async def test_a_process_that_dies_is_reported_with_how_and_replaced(pool):
+    with pytest.raises(RenderCrashed, match=r"the render process died \(exit code 3\) while running _exit"):
+        await pool.run(os._exit, 3, timeout=60)
+    with pytest.raises(RenderCrashed, match=r"died \(killed by SIGABRT\) while running abort"):
+        await pool.run(os.abort, timeout=60)
+    assert await pool.run(os.getpid, timeout=60) > 0  # a new process took its place
 
 
 async def test_a_refused_image_leaves_the_process_in_service(pool, tmp_path):

@@ -338,6 +338,10 @@ async def test_s3_refuses_use_before_open_and_bad_options() -> None:
         S3Storage(bucket="media", part_size=1024)
     with pytest.raises(ConfigurationError, match="both"):
         S3Storage(bucket="media", access_key_id="only-half")
+    with pytest.raises(ConfigurationError, match="read_timeout=0"):
+        S3Storage(bucket="media", read_timeout=0)
+    with pytest.raises(ConfigurationError, match="max_attempts=0"):
+        S3Storage(bucket="media", max_attempts=0)
 
 
 # -- local only ----------------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from redis.asyncio import ConnectionPool
 
 from . import attachments, delivery, maintenance, uploads
 from .assets import get_asset
-from .db import check_schema_name
+from .db import check_schema_name, server_settings
 from .db import migrate as migrations
 from .db.transaction import Database, keep_session
 from .errors import ConfigurationError, RindleError
@@ -44,6 +44,8 @@ class Rindle:
     relay_interval: seconds between relay sweeps (commits and NOTIFY wake it sooner).
     relay_listen: wake the relay with LISTEN/NOTIFY.
     pool_size: the size of the pool Rindle opens from ``database_url``.
+    application_name: how that pool's connections appear in ``pg_stat_activity`` (a worker
+      adds " worker", the relay's LISTEN connection " listener"), unless the DSN sets one.
     jobs: extra job kinds to register beside the built-in ones.
     job_settings: per built-in kind overrides, e.g. ``{"process_variant": {"tries": 8, "timeout": 600}}``.
     processes: size of the libvips process pool (default: cores - 1, at least 1).
@@ -56,6 +58,7 @@ class Rindle:
                  schema: str = "rindle", queue: str = "rindle",
                  queues: Mapping[str, str] | None = None, relay: bool = True,
                  relay_interval: float = 5.0, relay_listen: bool = True, pool_size: int = 10,
+                 application_name: str = "rindle_async",
                  jobs: Iterable[JobKind] = (), job_settings: Mapping[str, Mapping[str, Any]] | None = None,
                  processes: int | None = None, detect_stale: bool = True) -> None:
         if (database_url is None) == (pool is None):
@@ -87,6 +90,7 @@ class Rindle:
         self.bus = EventBus()
         self._given_pool = pool
         self._pool_size = pool_size
+        self.application_name = application_name
         self._relay_options = (relay, relay_interval, relay_listen)
         self.processing = ProcessingPool(processes)
         self._detect_stale = detect_stale
@@ -116,7 +120,8 @@ class Rindle:
 
     async def _open(self) -> None:
         pool = self._given_pool or await asyncpg.create_pool(
-            self.database_url, min_size=1, max_size=self._pool_size, reset=keep_session)
+            self.database_url, min_size=1, max_size=self._pool_size, reset=keep_session,
+            server_settings=server_settings(self.database_url, self.application_name))
         # No ping: a Redis that is down must not stop the host; jobs wait in the ledger.
         self._arq = ArqRedis(ConnectionPool.from_url(self.redis_url),
                              default_queue_name=self.ledger.queue)
@@ -125,7 +130,8 @@ class Rindle:
             await storage.open()
         enabled, interval, listen = self._relay_options
         if enabled:
-            self._relay = Relay(self.ledger, pool, self._arq, interval=interval, listen=listen)
+            self._relay = Relay(self.ledger, pool, self._arq, interval=interval, listen=listen,
+                                application_name=f"{self.application_name} listener")
             self._db.relay = self._relay
             self._relay.start()
         if self._detect_stale:

@@ -53,12 +53,17 @@ LANES = ("default", "render")
 DISPATCHER = "rindle_dispatcher"
 
 # KEYS: the queue.  ARGV: now (ms), claim ttl (ms), claimant, window, kind -> lane (JSON),
-# lane -> wanted (JSON), in-progress key prefix, claim key prefix, the claimant's held set.
+# lane -> wanted (JSON), in-progress key prefix, claim key prefix, the claimant's held set,
+# then the ids of jobs that ended here since the last call: their claims are dropped first,
+# so a job sent again (a retry) can be claimed as soon as it is due.
 # Returns {next due score or -1, claimed ids...}.
 _CLAIM = """
 local queue, now, ttl, owner, window = KEYS[1], ARGV[1], ARGV[2], ARGV[3], tonumber(ARGV[4])
 local lanes, wanted = cjson.decode(ARGV[5]), cjson.decode(ARGV[6])
 local running, claims, held = ARGV[7], ARGV[8], ARGV[9]
+for i = 10, #ARGV do
+  if redis.call('GET', claims .. ARGV[i]) == owner then redis.call('DEL', claims .. ARGV[i]) end
+end
 local remaining = 0
 for _, n in pairs(wanted) do remaining = remaining + n end
 local claimed, offset = {}, 0
@@ -131,6 +136,7 @@ class Dispatcher:
         self._listener: asyncio.Task[None] | None = None
         self._next_rescan = 0.0
         self._next_due: float | None = None
+        self._ended: set[str] = set()  # jobs that ended here whose claims are still in Redis
 
     @property
     def capacity(self) -> int:
@@ -157,6 +163,7 @@ class Dispatcher:
         lane = self.lane_of(job_id)
         if lane.held.pop(job_id, None) is not None:
             lane.hint = True
+        self._ended.add(job_id)  # its claim goes with the next claim call (no extra round trip)
         self._wake.set()
 
     def announce(self, lanes: list[str]) -> None:
@@ -200,7 +207,8 @@ class Dispatcher:
         result = await redis.eval(
             _CLAIM, 1, self.queue, now_ms, int(self.claim_ttl * 1000), self.claimant, self.window,
             json.dumps(self.kinds), json.dumps(wanted), in_progress_key_prefix, CLAIM_PREFIX,
-            held_key(self.claimant))
+            held_key(self.claimant), *(ended := list(self._ended)))
+        self._ended.difference_update(ended)
         next_due, claimed = float(result[0]), [item.decode() for item in result[1:]]
         if next_due >= 0:
             self._next_due = loop.time() + max(0.0, (next_due - now_ms) / 1000)

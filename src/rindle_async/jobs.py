@@ -38,6 +38,12 @@ if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
 
 log = logging.getLogger("rindle_async.jobs")
+#: seconds a job's own bookkeeping (recording a retry, a discard) waits for a database that
+#: went away (a restart, a cut connection) before the job is handed back to arq anyway
+BOOKKEEPING_PATIENCE = 10.0
+#: arq deliveries allowed beyond the ledger's tries: deliveries that found the database away
+#: count no attempt, and must not use up arq's own limit
+OUTAGE_DELIVERIES = 10
 
 
 @dataclass(frozen=True)
@@ -170,6 +176,21 @@ async def _begin(rindle: Rindle, kind: JobKind, job_id: int, worker: str | None)
                   row["run_id"])
 
 
+async def _through_outage(statement: Callable[[], Awaitable[Any]]) -> None:
+    """Run a bookkeeping statement, again and again while the database is away, for up to
+    ``BOOKKEEPING_PATIENCE`` seconds; then raise the last error."""
+    deadline, pause = time.monotonic() + BOOKKEEPING_PATIENCE, 0.1
+    while True:
+        try:
+            await statement()
+            return
+        except Exception:
+            if time.monotonic() + pause > deadline:
+                raise
+            await anyio.sleep(pause)
+            pause = min(2 * pause, 2.0)
+
+
 async def _discard(job: JobRun, error: str) -> None:
     schema = job.rindle.schema
     async with job.rindle.db.transaction() as uow:
@@ -182,19 +203,21 @@ async def _discard(job: JobRun, error: str) -> None:
     log.error("job %s %s discarded after %d attempt(s): %s", job.kind.name, job.id, job.attempt, error)
 
 
-async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | None = None) -> str:
+async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | None = None,
+                  delivery: int = 1) -> str:
     """Run one attempt of ledger job ``job_id``; what arq calls for every kind.
 
     rindle: the opened Rindle of this worker.
     kind: the job's kind.
     job_id: the ledger row id sent by the relay.
     worker: this worker's id, recorded on the attempt's processing run.
+    delivery: how many times arq has handed over this job (its ``job_try``).
     """
     try:
         job = await _begin(rindle, kind, job_id, worker)
     except Exception as exc:  # the database is unreachable: nothing was counted, try later
         log.warning("job %s %s could not start: %s", kind.name, job_id, describe(exc))
-        raise Retry(defer=kind.delay(1)) from exc
+        raise Retry(defer=kind.delay(delivery)) from exc
     if job is None:
         return "skipped: the job is no longer in the ledger (done or discarded)"
     if job.attempt > kind.tries:
@@ -204,8 +227,13 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | N
         return "discarded"
     started = time.monotonic()
     try:
-        with anyio.fail_after(kind.timeout) as job._deadline:
-            await kind.handler(job)
+        try:
+            with anyio.fail_after(kind.timeout) as job._deadline:
+                await kind.handler(job)
+        except TimeoutError:
+            if not job._deadline.cancelled_caught:
+                raise  # a timeout of the handler's own
+            raise TimeoutError(f"{kind.name} ran longer than its {kind.timeout:g}s timeout") from None
         if not job.completed:  # nothing of its own to commit: one statement
             await rindle.pool.execute(_succeed_sql(rindle.schema), job.id, job.run_id)
             job.completed = True
@@ -216,15 +244,24 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | N
             return "succeeded"
         if getattr(exc, "retryable", True) and not job.last_attempt:
             schema = rindle.schema
-            await rindle.pool.execute(
-                f"WITH noted AS (UPDATE {schema}.jobs SET error = $3 WHERE id = $4) "
-                + _finish_run_sql(schema), job.run_id, "retrying", error, job_id)
             # an error may ask for a longer pause (e.g. workers of two deploys disagreeing)
             delay = max(kind.delay(job.attempt), getattr(exc, "retry_after", 0.0))
             log.warning("job %s %s attempt %d/%d failed, retrying in %.1fs: %s",
                         kind.name, job_id, job.attempt, kind.tries, delay, error)
+            try:
+                await _through_outage(lambda: rindle.pool.execute(
+                    f"WITH noted AS (UPDATE {schema}.jobs SET error = $3 WHERE id = $4) "
+                    + _finish_run_sql(schema), job.run_id, "retrying", error, job_id))
+            except Exception as lost:  # arq must still get the job back, or it drops it
+                log.warning("job %s %s: attempt %d could not be recorded (%s); the next attempt "
+                            "closes it", kind.name, job_id, job.attempt, describe(lost))
             raise Retry(defer=delay) from exc
-        await _discard(job, error)
+        try:
+            await _through_outage(lambda: _discard(job, error))
+        except Exception as lost:  # the attempt stays counted; the next delivery discards
+            log.warning("job %s %s: its discard could not be recorded (%s); trying again later",
+                        kind.name, job_id, describe(lost))
+            raise Retry(defer=kind.delay(delivery)) from exc
         return "discarded"
     log.debug("job %s %s succeeded in %.3fs", kind.name, job_id, time.monotonic() - started)
     return "succeeded"
@@ -241,9 +278,11 @@ def arq_function(kind: JobKind) -> Function:
         dispatcher = ctx.get(DISPATCHER)
         with holding_slot(ctx):
             return await run_job(ctx["rindle"], kind, job_id,
-                                 worker=dispatcher.claimant if dispatcher is not None else None)
+                                 worker=dispatcher.claimant if dispatcher is not None else None,
+                                 delivery=ctx.get("job_try") or 1)
 
     coroutine.__qualname__ = coroutine.__name__ = kind.name
     # arq's own limits sit above ours so the ledger, not arq, decides when to give up; an
     # attempt may run its own timeout plus at most as long again waiting for a process.
-    return func(coroutine, name=kind.name, max_tries=kind.tries + 2, timeout=2 * kind.timeout + 10)
+    return func(coroutine, name=kind.name, max_tries=kind.tries + OUTAGE_DELIVERIES,
+                timeout=2 * kind.timeout + 10)

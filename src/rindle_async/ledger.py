@@ -227,11 +227,17 @@ class Ledger:
 
 
 class Relay:
-    """Moves committed jobs to arq: woken by LISTEN and by local commits, with a sweep."""
+    """Moves committed jobs to arq: woken by LISTEN and by local commits, with a sweep.
+
+    application_name: how the LISTEN connection appears in ``pg_stat_activity`` while it
+        listens (it is a pooled connection, named back when it returns to the pool).
+    """
 
     def __init__(self, ledger: Ledger, pool: asyncpg.Pool, arq: ArqRedis, *,
-                 interval: float = 5.0, listen: bool = True) -> None:
+                 interval: float = 5.0, listen: bool = True,
+                 application_name: str = "rindle_async listener") -> None:
         self.ledger = ledger
+        self.application_name = application_name
         self.pool = pool
         self.arq = arq
         self.interval = interval
@@ -305,6 +311,8 @@ class Relay:
         await self._unlisten()
         conn = await self.pool.acquire()
         try:
+            await conn.execute("SELECT set_config('application_name', $1, false)",
+                               self.application_name)
             await conn.add_listener(f"{self.ledger.schema}_jobs", self._on_notify)
             # a cut connection wakes the loop, which subscribes again at once
             conn.add_termination_listener(self._on_notify)
@@ -322,6 +330,12 @@ class Relay:
             try:
                 conn.remove_termination_listener(self._on_notify)
                 await conn.remove_listener(f"{self.ledger.schema}_jobs", self._on_notify)
-                await self.pool.release(conn, timeout=5)
+                if not conn.is_closed():
+                    await conn.execute("RESET application_name")  # the pool's own name again
             except Exception:  # a dead listener connection is closed by the pool anyway
-                log.debug("relay: releasing the listener connection failed", exc_info=True)
+                log.debug("relay: unlistening failed", exc_info=True)
+            finally:  # whatever failed above, the pool gets its connection back
+                try:
+                    await self.pool.release(conn, timeout=5)
+                except Exception:
+                    log.debug("relay: releasing the listener connection failed", exc_info=True)

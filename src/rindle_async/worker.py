@@ -144,6 +144,7 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         if processes is not None and processes != rindle.processing.size:
             rindle.processing = ProcessingPool(processes)
         if not rindle.is_open:
+            rindle.application_name = f"{rindle.application_name} worker"  # in pg_stat_activity
             await rindle.open()
         ctx["rindle"] = rindle
         await anyio.to_thread.run_sync(rindle.processing.start)

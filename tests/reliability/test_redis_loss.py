@@ -11,9 +11,9 @@ import time
 import pytest
 import redis.asyncio as redis_asyncio
 
-from ..media import jpeg, stored_files
+from ..media import jpeg
 from ..servers import WorkerProcess
-from .test_worker_death import all_ready, logs
+from .outcomes import all_ready, logs, one_object_per_variant
 
 
 @pytest.fixture
@@ -41,11 +41,6 @@ async def busy(host, tmp_path, count: int = 4) -> list[str]:
     return ids
 
 
-def one_object_per_variant(ids: list[str]) -> None:
-    files = [p for p in stored_files(pathlib.Path(os.environ["T_ROOT"])) if "/variants/" in str(p)]
-    assert len(files) == 4 * len(ids), sorted(map(str, files))
-
-
 async def test_a_worker_rides_out_redis_killed_and_restarted_empty(host, worker, private_redis,
                                                                   tmp_path):
     ids = await busy(host, tmp_path)
@@ -59,7 +54,7 @@ async def test_a_worker_rides_out_redis_killed_and_restarted_empty(host, worker,
     log = (tmp_path / "worker.log").read_text()
     assert "waiting for Redis" in log
     assert "Redis came back without its data" in log
-    one_object_per_variant(ids)
+    await one_object_per_variant(host, "local")
     assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
 
 
@@ -74,7 +69,7 @@ async def test_flushall_under_a_busy_worker_loses_nothing(host, worker, private_
     await all_ready(host, ids, 60, tmp_path)
     assert worker.process.poll() is None, logs(tmp_path)
     assert "Redis came back without its data" in (tmp_path / "worker.log").read_text()
-    one_object_per_variant(ids)
+    await one_object_per_variant(host, "local")
     runs = await host.pool.fetch(
         f"SELECT job_id, count(*) FILTER (WHERE outcome = 'succeeded') AS done,"
         f" count(*) FILTER (WHERE outcome = 'running') AS running"

@@ -12,47 +12,18 @@ import time
 
 import pytest
 
-from ..media import jpeg, stored_files
-from ..servers import WorkerProcess
+from ..media import jpeg
+from .outcomes import all_ready, logs, one_object_per_variant
 
 #: what issue 9 promises: a dead worker's jobs start again within this many seconds
 RECOVERY_SECONDS = 30
 
 
 @pytest.fixture
-def workers(host_env, tmp_path, monkeypatch):
-    # job timeouts of ten minutes: arq's own lease on a job would be about 20 minutes
+def host_env(host_env, monkeypatch):
+    """Job timeouts of ten minutes: arq's own lease on a job would be about 20 minutes."""
     monkeypatch.setenv("T_TIMEOUT", "600")
-    started: list[WorkerProcess] = []
-
-    def start(name: str, **extra: str) -> WorkerProcess:
-        process = WorkerProcess({**host_env, "T_TIMEOUT": "600"}, tmp_path / f"{name}.log")
-        process.start(**extra)
-        started.append(process)
-        return process
-
-    yield start
-    for process in started:
-        process.stop()
-
-
-def logs(tmp_path: pathlib.Path) -> str:
-    return "\n".join(f"--- {p.name}\n{p.read_text()}" for p in sorted(tmp_path.glob("*.log")))
-
-
-async def all_ready(host, asset_ids, timeout: float, tmp_path) -> float:
-    """Wait until every asset is ready with every variant ready; return when (monotonic)."""
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        states = await host.pool.fetch(
-            f"SELECT a.state, bool_and(v.state = 'ready') AS variants_ready FROM {host.schema}.assets a"
-            f" JOIN {host.schema}.variants v ON v.asset_id = a.id WHERE a.id = ANY($1::uuid[])"
-            " GROUP BY a.id", asset_ids)
-        if len(states) == len(asset_ids) and all(r["state"] == "ready" and r["variants_ready"]
-                                                for r in states):
-            return time.monotonic()
-        await asyncio.sleep(0.1)
-    raise AssertionError(f"not ready after {timeout}s: {[tuple(r) for r in states]}\n{logs(tmp_path)}")
+    return {**host_env, "T_TIMEOUT": "600"}
 
 
 def children(pid: int) -> list[int]:
@@ -106,9 +77,7 @@ async def test_a_sigkilled_workers_jobs_run_again_within_seconds(host, workers, 
         assert (r["job_id"], r["attempt"] + 1, "succeeded") in [
             (x["job_id"], x["attempt"], x["outcome"]) for x in runs]
     assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
-    root = pathlib.Path(os.environ["T_ROOT"])
-    variant_files = [p for p in stored_files(root) if "/variants/" in str(p)]
-    assert len(variant_files) == 4 * len(assets)  # one object per variant: reruns wrote the same keys
+    await one_object_per_variant(host, "local")  # reruns wrote the same keys
 
 
 async def test_a_job_longer_than_the_lease_is_never_taken_from_its_live_worker(host, workers, tmp_path):

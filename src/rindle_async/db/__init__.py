@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError
 
@@ -19,3 +20,15 @@ def check_schema_name(name: str) -> str:
             f"schema={name!r} is not a valid schema name: use lowercase letters, digits "
             "and underscores, starting with a letter or underscore, at most 63 characters")
     return name
+
+
+def server_settings(database_url: str, application_name: str) -> dict[str, str]:
+    """The session settings of rindle_async's own connections: ``application_name``, so
+    ``pg_stat_activity`` tells them apart, unless the DSN names one itself.
+
+    database_url: the PostgreSQL DSN.
+    application_name: how the connections appear in ``pg_stat_activity``.
+    """
+    if "application_name" in parse_qs(urlsplit(database_url).query):
+        return {}
+    return {"application_name": application_name}

@@ -123,11 +123,23 @@ class Database:
         uow = UnitOfWork(conn, self.ledger)
         self._open[id(conn)] = uow
         token = _in_transaction.set(True)
+        failure: BaseException | None = None
         try:
             async with conn.transaction():
-                yield uow
-                for callback in uow.before_commit:
-                    await callback(uow)
+                try:
+                    yield uow
+                    for callback in uow.before_commit:
+                        await callback(uow)
+                except BaseException as exc:
+                    failure = exc
+                    raise
+        except asyncpg.InterfaceError as exc:
+            # On a connection the server cut, asyncpg's rollback raises "the underlying
+            # connection is closed" in place of what ended the block (the server's reason,
+            # a timeout's cancellation): raise that instead.
+            if failure is not None and exc is not failure:
+                raise failure from None
+            raise
         finally:
             _in_transaction.reset(token)
             del self._open[id(conn)]

@@ -15,6 +15,7 @@ import asyncio
 import logging
 import multiprocessing
 import os
+import signal
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -31,6 +32,10 @@ ANALYSIS_SLOTS = 1
 
 class RenderTimeout(TimeoutError):
     """A libvips call ran past its timeout; its process was killed."""
+
+
+class RenderCrashed(RuntimeError):
+    """The process running a libvips call died (a crash, the OOM killer); it was replaced."""
 
 
 def usable_cores() -> int:
@@ -105,6 +110,7 @@ class ProcessingPool:
         fn: a module-level function of ``processing.images``.
         args: picklable arguments.
         timeout: seconds before the process is killed (counted once the call has a process).
+        Raises :class:`RenderTimeout` past the timeout, :class:`RenderCrashed` if the process dies.
         lane: "render" or "analysis" (header reads, never queued behind renders).
         waiting: a context manager entered while the call waits for a free process
             (a job pauses its own timeout there).
@@ -114,13 +120,19 @@ class ProcessingPool:
             slots.gate = asyncio.Semaphore(slots.slots)
         async with (waiting or nullcontext)():
             await slots.gate.acquire()
-        try:
             if slots.idle:
                 executor = slots.idle.pop()
-            else:  # a new process starts (about a second) before its call's timeout runs
+            else:  # a new process starts (about a second): waiting, not the call's work
                 executor = self._new_slot()
-                await asyncio.get_running_loop().run_in_executor(executor, os.getpid)
+                try:
+                    await asyncio.get_running_loop().run_in_executor(executor, os.getpid)
+                except BaseException:
+                    _kill(executor)
+                    slots.gate.release()
+                    raise
+        try:
             self._busy.add(executor)
+            processes = _processes(executor)  # a broken executor forgets them
             future = asyncio.get_running_loop().run_in_executor(executor, fn, *args)
             try:
                 async with asyncio.timeout(timeout):
@@ -129,8 +141,11 @@ class ProcessingPool:
                 raise RenderTimeout(f"{fn.__name__} ran longer than {timeout:g}s; its process "
                                     "was killed") from None
             except BrokenProcessPool:
-                log.warning("a processing pool process died (e.g. a libvips crash); replacing it")
-                raise
+                how = await asyncio.to_thread(_how_it_ended, processes)
+                log.warning("a processing pool process died running %s (%s); replacing it",
+                            fn.__name__, how)
+                raise RenderCrashed(f"the {lane} process died ({how}) while running {fn.__name__}; "
+                                    "it was replaced (the input may be what kills it)") from None
             finally:
                 self._busy.discard(executor)
                 if _finished_cleanly(future):
@@ -158,6 +173,21 @@ def _finished_cleanly(future: asyncio.Future[Any]) -> bool:
     return not isinstance(future.exception(), BrokenProcessPool)
 
 
+def _processes(executor: ProcessPoolExecutor) -> list[multiprocessing.process.BaseProcess]:
+    return list((executor._processes or {}).values())  # no public way to reach them
+
+
+def _how_it_ended(processes: list[multiprocessing.process.BaseProcess]) -> str:
+    """``exit code N`` or ``killed by SIGNAME``, for the process of a broken one-process slot."""
+    for process in processes:
+        process.join(timeout=2)
+        if process.exitcode is not None and process.exitcode < 0:
+            return f"killed by {signal.Signals(-process.exitcode).name}"
+        if process.exitcode is not None:
+            return f"exit code {process.exitcode}"
+    return "it ended"
+
+
 def _kill(executor: ProcessPoolExecutor) -> None:
     """Kill the executor's process, then wait for its management thread to wind down.
 
@@ -165,6 +195,6 @@ def _kill(executor: ProcessPoolExecutor) -> None:
     for the wakeup pipe it is closing: "OSError: Bad file descriptor" tracebacks at shutdown.
     With the process dead it finishes at once (a few milliseconds).
     """
-    for process in list((executor._processes or {}).values()):  # no public way to kill one
+    for process in _processes(executor):
         process.kill()
     executor.shutdown(wait=True, cancel_futures=True)

@@ -90,7 +90,8 @@ class S3Storage:
                  path_style: bool = False, public_base_url: str | None = None,
                  access_key_id: str | None = None, secret_access_key: str | None = None,
                  session_token: str | None = None, checksums: str = "when_required",
-                 part_size: int = 8 * 1024 * 1024) -> None:
+                 part_size: int = 8 * 1024 * 1024, connect_timeout: float = 10.0,
+                 read_timeout: float = 60.0, max_attempts: int | None = None) -> None:
         """Configure the store; no connection is made until ``open``.
 
         bucket: the bucket holding the objects
@@ -103,6 +104,10 @@ class S3Storage:
         session_token: for temporary credentials
         checksums: "when_required" (for S3-compatibles that reject CRC32) or "when_supported"
         part_size: bytes per part when ``put`` streams a large input (at least 5 MiB)
+        connect_timeout: seconds to wait for a connection to the endpoint
+        read_timeout: seconds to wait for an answer (a hung endpoint fails the call after it)
+        max_attempts: tries per call, botocore's retries included (default: botocore's, 5);
+            1 leaves every retry to the job (with its backoff and its record in processing_runs)
         """
         if not bucket or len(bucket) < 3:
             raise ConfigurationError(f"S3Storage bucket={bucket!r}; bucket names have at least 3 characters")
@@ -113,6 +118,13 @@ class S3Storage:
                                      "(to use the standard AWS credential chain)")
         if part_size < MIN_PART_SIZE:
             raise ConfigurationError(f"S3Storage part_size={part_size}; S3 needs at least {MIN_PART_SIZE}")
+        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+            if not value > 0:
+                raise ConfigurationError(f"S3Storage {name}={value!r}; use a positive number of seconds")
+        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+            raise ConfigurationError(f"S3Storage max_attempts={max_attempts!r}; use a positive int or None")
+        self.timeouts = (connect_timeout, read_timeout)
+        self.max_attempts = max_attempts
         self.bucket = bucket
         self.endpoint_url = endpoint_url
         self.region = region
@@ -137,7 +149,9 @@ class S3Storage:
         config = Config(signature_version="s3v4",
                         s3={"addressing_style": "path" if self.path_style else "auto"},
                         request_checksum_calculation=self.checksums,
-                        response_checksum_validation=self.checksums)
+                        response_checksum_validation=self.checksums,
+                        connect_timeout=self.timeouts[0], read_timeout=self.timeouts[1],
+                        retries={"total_max_attempts": self.max_attempts} if self.max_attempts else None)
         stack = AsyncExitStack()
         session = botocore_session()
         self._client = await stack.enter_async_context(session.create_client(
