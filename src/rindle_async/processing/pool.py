@@ -16,6 +16,7 @@ import logging
 import multiprocessing
 import os
 import signal
+import time
 from collections.abc import Callable
 from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -179,8 +180,13 @@ def _processes(executor: ProcessPoolExecutor) -> list[multiprocessing.process.Ba
 
 def _how_it_ended(processes: list[multiprocessing.process.BaseProcess]) -> str:
     """``exit code N`` or ``killed by SIGNAME``, for the process of a broken one-process slot."""
+    deadline = time.monotonic() + 2
     for process in processes:
         process.join(timeout=2)
+        # the executor's own thread may have reaped the process a moment before this join
+        # (which then sees no child): its exit code appears on the process object shortly
+        while process.exitcode is None and time.monotonic() < deadline:
+            time.sleep(0.01)
         if process.exitcode is not None and process.exitcode < 0:
             return f"killed by {signal.Signals(-process.exitcode).name}"
         if process.exitcode is not None:
