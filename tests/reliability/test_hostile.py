@@ -338,10 +338,31 @@ def confined(sandbox: Path) -> list[str]:
     return stray + changed
 
 
+#: no process may grow past this while refusing the corpus (issue 9)
+PEAK_RSS_MB = 256
+
+
+def pool_peaks_mb(rindle) -> dict[int, float]:
+    """Peak RSS (VmHWM) of each live process of the Rindle's libvips pool, by pid."""
+    from rindle_async.processing.pool import _processes  # no public way to reach them
+
+    peaks = {}
+    for lane in rindle.processing._lanes.values():
+        for executor in lane.idle:
+            for process in _processes(executor):
+                status = Path(f"/proc/{process.pid}/status").read_text()
+                peaks[process.pid] = int(status.split("VmHWM:")[1].split()[0]) / 1024
+    return peaks
+
+
 async def settle(rindle, redis_url, client, cases, seen: dict[str, Any]) -> list[str]:
     """Run the worker over what was accepted, then compare every case with its outcome."""
     await drain(rindle, redis_url)
-    problems = []
+    peaks = pool_peaks_mb(rindle)
+    problems = [f"pool process {pid} peaked at {mb:.0f} MB, over {PEAK_RSS_MB} MB"
+                for pid, mb in peaks.items() if mb > PEAK_RSS_MB]
+    if not peaks:
+        problems.append("no libvips pool process was found to measure")
     for case in cases:
         observed = seen[case.name]
         if isinstance(observed, str):  # an asset id: what the worker made of it
