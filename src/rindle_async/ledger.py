@@ -78,6 +78,11 @@ class Ledger:
         """The arq queue that serves ``kind``."""
         return self.routes.get(kind, self.queue)
 
+    @property
+    def queues(self) -> list[str]:
+        """The arq queues that serve at least one job kind, sorted."""
+        return sorted({self.queue_for(kind) for kind in self.kinds})
+
     def lane_for(self, kind: str) -> str:
         """The worker lane that runs ``kind`` ("render" or "default")."""
         job_kind = self.kinds.get(kind)

@@ -589,7 +589,7 @@ async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1))
         workers: dict[str, Any] = {
             queue: [{"id": w.id, "host": w.host, "pid": w.pid, "processes": w.processes,
                      "running": running.get(w.id, 0)} for w in fleets.get(queue, [])]
-            for queue in sorted({rindle.ledger.queue_for(kind) for kind in rindle.ledger.kinds})}
+            for queue in rindle.ledger.queues}
     except Exception as exc:  # Redis away: the database's part of the picture still helps
         workers = {"error": f"{type(exc).__name__}: {exc}"}
     return {
@@ -675,7 +675,7 @@ async def doctor(rindle: Rindle) -> list[Check]:
                                 "set maxmemory-policy noeviction"))
         except Exception as exc:  # CONFIG disabled on some managed Redis
             checks.append(Check("redis", True, f"reachable; cannot read maxmemory-policy ({exc})"))
-        queues = sorted({rindle.ledger.queue_for(kind) for kind in rindle.ledger.kinds})
+        queues = rindle.ledger.queues
         fleets = await live_workers(rindle.arq)
         missing = [q for q in queues if not fleets.get(q)]
         seen = ", ".join(f"{q}: {len(fleets.get(q, []))}" for q in queues)

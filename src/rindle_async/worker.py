@@ -77,12 +77,15 @@ def builtin_job_kinds(settings: dict[str, dict[str, Any]] | None = None) -> list
     return [replace(kind, **overrides.get(kind.name, {})) for kind in kinds]
 
 
+async def _send_and_reconcile(rindle: Rindle) -> tuple[int, int]:
+    """Send pending ledger rows, then re-send what Redis lost; return both counts."""
+    return await rindle.flush_jobs(), await rindle.reconcile_jobs()
+
+
 async def relay_tick(ctx: dict[str, Any]) -> str:
     """Cron, every minute: send pending ledger rows and re-send what Redis lost."""
-    rindle: Rindle = ctx["rindle"]
     with holding_slot(ctx):
-        sent = await rindle.flush_jobs()
-        resent = await rindle.reconcile_jobs()
+        sent, resent = await _send_and_reconcile(ctx["rindle"])
     return f"sent {sent}, re-sent {resent}"
 
 
@@ -136,10 +139,6 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
                              default_queue_name=queue)
     leases: list[Liveness] = []
 
-    async def redis_reset() -> None:
-        await rindle.flush_jobs()
-        await rindle.reconcile_jobs()
-
     async def on_startup(ctx: dict[str, Any]) -> None:
         if processes is not None and processes != rindle.processing.size:
             rindle.processing = ProcessingPool(processes)
@@ -152,10 +151,10 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         liveness = Liveness(redis_pool, WorkerInfo(dispatcher.claimant, queue, host, int(pid), time.time(),
                                                    rindle.processing.size),
                             jobs=dispatcher.jobs, in_progress_ttl=in_progress_ttl,
-                            on_redis_reset=redis_reset)
+                            on_redis_reset=lambda: _send_and_reconcile(rindle))
         await liveness.start()  # also frees the jobs of workers that died
         leases.append(liveness)
-        sent, resent = await rindle.flush_jobs(), await rindle.reconcile_jobs()
+        sent, resent = await _send_and_reconcile(rindle)
         stale = await rindle.mark_stale_variants()
         log.info("rindle worker on queue %s: %d job kind(s), %d render process(es), lanes %s; "
                  "startup sent %d, re-sent %d, marked %d stale variant(s)", queue, len(kinds),
