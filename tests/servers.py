@@ -22,6 +22,26 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
+def children(pid: int) -> list[int]:
+    """The pids of ``pid``'s child processes (a worker's libvips processes)."""
+    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
+    return [int(p) for p in out.split()]
+
+
+def running(pid: int) -> bool:
+    """Whether ``pid`` is a live process (not gone, not a zombie)."""
+    try:
+        return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text().lower()
+    except FileNotFoundError:
+        return False
+
+
+def peak_rss_mb(pid: int) -> float:
+    """The peak resident set (``VmHWM``) of a live process, in MiB."""
+    status = pathlib.Path(f"/proc/{pid}/status").read_text()
+    return int(status.split("VmHWM:")[1].split()[0]) / 1024
+
+
 class RedisProcess:
     """A private redis-server that keeps nothing on disk: killing it loses everything."""
 

@@ -25,8 +25,8 @@ import pytest
 from rindle_async import maintenance
 
 from ..media import stored_files
-from ..servers import TESTS, WorkerProcess
-from .test_worker_death import children, logs
+from ..servers import TESTS, WorkerProcess, children
+from .outcomes import logs
 
 UPLOADS = int(os.environ.get("RINDLE_CRASH_UPLOADS", "300"))
 #: after the last kill, everything must have settled within this many seconds

@@ -35,6 +35,7 @@ from rindle_async.delivery import content_disposition
 
 from ..conftest import drain
 from ..media import gif, gif_bomb, jpeg, png
+from ..servers import peak_rss_mb
 from ..test_worker import bomb_png
 
 BASE = "http://rindle.test"
@@ -350,8 +351,7 @@ def pool_peaks_mb(rindle) -> dict[int, float]:
     for lane in rindle.processing._lanes.values():
         for executor in lane.idle:
             for process in _processes(executor):
-                status = Path(f"/proc/{process.pid}/status").read_text()
-                peaks[process.pid] = int(status.split("VmHWM:")[1].split()[0]) / 1024
+                peaks[process.pid] = peak_rss_mb(process.pid)
     return peaks
 
 

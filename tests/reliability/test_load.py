@@ -8,7 +8,6 @@ acquire) and nothing deadlocks.  ``pytest -s`` prints the latencies and peak mem
 from __future__ import annotations
 
 import asyncio
-import pathlib
 import statistics
 import time
 
@@ -16,8 +15,8 @@ import httpx
 import pytest
 
 from ..media import jpeg
-from ..servers import WorkerProcess
-from .test_worker_death import all_ready, children
+from ..servers import WorkerProcess, children, peak_rss_mb
+from .outcomes import all_ready
 
 UPLOADS = 200
 
@@ -28,13 +27,6 @@ def host_env(host_env, s3_endpoint, s3_bucket, monkeypatch):
     for name, value in extra.items():
         monkeypatch.setenv(name, value)
     return {**host_env, **extra}
-
-
-def peak_rss_mb(pid: int) -> float:
-    for line in pathlib.Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmHWM:"):
-            return int(line.split()[1]) / 1024
-    return 0.0
 
 
 def percentile(samples: list[float], q: float) -> float:

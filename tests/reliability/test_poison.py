@@ -14,8 +14,8 @@ import pytest
 
 from ..hostapp import CRASH_WIDTH, HANG_WIDTH
 from ..media import jpeg
+from ..servers import children
 from .outcomes import all_final, logs, nothing_left_behind, one_object_per_variant
-from .test_worker_death import children
 
 #: job timeout of the host app here (a render may run 90% of it: the rest is the margin for
 #: the job's own steps, so a loaded machine needs seconds), and tries per job

@@ -7,12 +7,12 @@ import asyncio
 import os
 import pathlib
 import signal
-import subprocess
 import time
 
 import pytest
 
 from ..media import jpeg
+from ..servers import children, running
 from .outcomes import all_ready, logs, one_object_per_variant
 
 #: what issue 9 promises: a dead worker's jobs start again within this many seconds
@@ -24,18 +24,6 @@ def host_env(host_env, monkeypatch):
     """Job timeouts of ten minutes: arq's own lease on a job would be about 20 minutes."""
     monkeypatch.setenv("T_TIMEOUT", "600")
     return {**host_env, "T_TIMEOUT": "600"}
-
-
-def children(pid: int) -> list[int]:
-    out = subprocess.run(["pgrep", "-P", str(pid)], capture_output=True, text=True).stdout
-    return [int(p) for p in out.split()]
-
-
-def running(pid: int) -> bool:
-    try:
-        return "zombie" not in pathlib.Path(f"/proc/{pid}/status").read_text().lower()
-    except FileNotFoundError:
-        return False
 
 
 async def test_a_sigkilled_workers_jobs_run_again_within_seconds(host, workers, tmp_path):
