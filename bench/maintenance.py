@@ -44,7 +44,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from report import DATABASE_URL, REDIS_URL, Report, arguments  # noqa: E402
 
 from rindle_async import LocalStorage, Profile, Rindle, Variant, maintenance  # noqa: E402
-from rindle_async.jobs import run_job  # noqa: E402
+from rindle_async.ledger.runner import run_job  # noqa: E402
 
 BENCH = Path(__file__).resolve().parent
 COMMAND = Path(sys.executable).parent / "rindle-async"

@@ -138,7 +138,7 @@ async def test_the_purge_job_deletes_objects_then_rows(rindle, db, schema, redis
 
 
 async def test_purge_leaves_an_asset_that_is_not_tombstoned(rindle, db, schema, local_storage):
-    from rindle_async.jobs import run_job
+    from rindle_async.ledger.runner import run_job
 
     asset = await rindle.upload("avatar", png())
     async with rindle.db.transaction() as uow:  # a purge job for a live asset (a stray duplicate)

@@ -27,7 +27,9 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 
 from rindle_async import (ConfigurationError, LocalStorage, Profile, Rindle, S3Storage, UploadTicket, Variant,
-                          VerificationFailed, states)
+                          VerificationFailed)
+from rindle_async.lifecycle import transitions
+from rindle_async.lifecycle.machines import UPLOAD_SESSION
 from rindle_async.contrib import RangeNotSatisfiable, cache_control, parse_range
 from rindle_async.contrib.aiohttp import add_local_storage_routes
 from rindle_async.contrib.starlette import local_storage_routes
@@ -217,7 +219,7 @@ async def _close_session(rindle: Rindle, ticket: UploadTicket, state: str) -> No
             await rindle.verify_upload(ticket.session_id)
     else:  # verifying: verify_upload claimed it and is checking the stored object
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, states.UPLOAD_SESSION, uuid.UUID(ticket.session_id),
+            await transitions.transition(uow, UPLOAD_SESSION, uuid.UUID(ticket.session_id),
                                     "signed", "verifying")
 
 

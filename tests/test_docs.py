@@ -24,7 +24,7 @@ import pytest
 import pyvips
 
 from rindle_async import LocalStorage, Profile, Rindle, Variant
-from rindle_async.states import MACHINES
+from rindle_async.lifecycle.machines import JOB, MACHINES
 
 from .conftest import drain
 
@@ -42,7 +42,7 @@ def snippets(path: pathlib.Path, language: str = "python") -> list[tuple[int, st
 
 def test_lifecycle_tables_match_the_state_machines():
     text = (ROOT / "docs" / "lifecycles.md").read_text()
-    for machine in MACHINES:
+    for machine in (*MACHINES, JOB):
         section = text.split(f"## {machine.name}\n", 1)[1].split("\n## ", 1)[0]
         rows = re.findall(r"^\| (\w+) \| ([^|]+) \|$", section, re.MULTILINE)
         documented = {state: frozenset() if "terminal" in targets else
@@ -51,6 +51,9 @@ def test_lifecycle_tables_match_the_state_machines():
         assert documented == dict(machine.edges), machine.name
         initial = re.search(r"New rows start in: ([^.]+)\.", section).group(1)
         assert frozenset(s.strip() for s in initial.split(",")) == machine.initial
+        groups = dict(re.findall(r"^- `(\w+)`: (.+)$", section, re.MULTILINE))
+        assert {name: frozenset(s.strip() for s in states.split(",")) for name, states in groups.items()
+                } == dict(machine.groups), machine.name
 
 
 def test_readme_gives_the_test_command():

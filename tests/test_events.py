@@ -19,7 +19,8 @@ from rindle_async import (
     VariantStateChanged,
 )
 from rindle_async.events import EVENT_TYPES, EventBus
-from rindle_async.states import ASSET, transition
+from rindle_async.lifecycle.machines import ASSET
+from rindle_async.lifecycle.transitions import transition
 
 # The public contract: changing a name or a field here is a breaking change.
 CONTRACT = {

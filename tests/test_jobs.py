@@ -8,7 +8,7 @@ import asyncpg
 import pytest
 
 from rindle_async import JobKind, ValidationError
-from rindle_async.jobs import run_job
+from rindle_async.ledger.runner import run_job
 
 from .conftest import run_worker
 

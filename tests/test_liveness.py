@@ -10,7 +10,7 @@ import pytest
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
-from rindle_async.ledger import wake_channel
+from rindle_async.ledger.relay import wake_channel
 from rindle_async.liveness import CLAIM_PREFIX, REGISTRY, Liveness, WorkerInfo, held_key, live_workers
 
 

@@ -10,9 +10,11 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from rindle_async import CleanupRun, ConfigurationError, Variant, VerificationFailed, maintenance, states
+from rindle_async import CleanupRun, ConfigurationError, Variant, VerificationFailed, maintenance
+from rindle_async.lifecycle import transitions
+from rindle_async.lifecycle.machines import VARIANT
 from rindle_async.dispatch import DISPATCHER
-from rindle_async.jobs import run_job
+from rindle_async.ledger.runner import run_job
 from rindle_async.errors import ValidationError
 
 from .conftest import drain
@@ -31,7 +33,7 @@ async def test_a_stale_job_cannot_overwrite_newer_work(make_rindle, local_storag
             info = await self._inner.put(key, data, **options)
             if "/variants/thumb-" in key:
                 async with rindle.db.transaction() as uow:
-                    await states.transition(uow, states.VARIANT, variant_id, "processing", "ready",
+                    await transitions.transition(uow, VARIANT, variant_id, "processing", "ready",
                                             storage_key="newer/thumb.webp", recipe_digest="f" * 20)
             return info
 
@@ -243,12 +245,17 @@ async def test_cron_functions_stage_ledger_jobs_and_the_tick_relays(media_rindle
 
     rindle = await media_rindle()
     ctx = {"rindle": rindle}
-    assert (await worker.cron_cleanup_orphans(ctx)).startswith("staged cleanup_orphans as job")
-    assert await worker.cron_cleanup_orphans(ctx) == "cleanup_orphans is already pending"
-    await worker.cron_abort_incomplete_uploads(ctx)
+    cron = {job.name: job for job in rindle.worker_settings().cron_jobs}
+    assert sorted(cron) == ["rindle_abort_incomplete_uploads", "rindle_cleanup_orphans",
+                            "rindle_relay_tick"]
+    assert (cron["rindle_cleanup_orphans"].hour, cron["rindle_abort_incomplete_uploads"].hour) == (2, 1)
+    cleanup = cron["rindle_cleanup_orphans"].coroutine
+    assert (await cleanup(ctx)).startswith("staged cleanup_orphans as job")
+    assert await cleanup(ctx) == "cleanup_orphans is already pending"
+    await cron["rindle_abort_incomplete_uploads"].coroutine(ctx)
     rows = await db.fetch(f"SELECT kind, args::text, status FROM {schema}.jobs ORDER BY id")
     assert [tuple(r) for r in rows] == [("cleanup_orphans", '{"dry_run": false}', "pending"),
-                                        ("abort_incomplete_uploads", "{}", "pending")]
+                                        ("abort_incomplete_uploads", '{"dry_run": false}', "pending")]
     assert await worker.relay_tick(ctx) == "sent 2, re-sent 0"
 
 

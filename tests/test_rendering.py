@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 
-from rindle_async.jobs import run_job
+from rindle_async.ledger.runner import run_job
 
 from .media import jpeg
 

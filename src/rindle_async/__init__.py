@@ -19,7 +19,8 @@ _EXPORTS = {
                      "VerificationFailed"), "errors"),
     **dict.fromkeys(("AssetStateChanged", "CleanupRun", "DeliverySigned", "Event", "UploadCompleted",
                      "UploadStarted", "VariantStateChanged"), "events"),
-    **dict.fromkeys(("JobKind", "JobRun"), "jobs"),
+    "JobKind": "ledger.kinds",
+    "JobRun": "ledger.runner",
     **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadTicket"), "models"),
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
     "LocalStorage": "storage.local",
@@ -55,7 +56,8 @@ if TYPE_CHECKING:
         UploadStarted,
         VariantStateChanged,
     )
-    from .jobs import JobKind, JobRun
+    from .ledger.kinds import JobKind
+    from .ledger.runner import JobRun
     from .models import Asset, AssetVariant, Attachment, UploadTicket
     from .profiles import Profile, Variant, recipe_digest
     from .storage.local import LocalStorage

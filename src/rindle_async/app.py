@@ -20,13 +20,15 @@ from .db import migrate as migrations
 from .db.transaction import Database, keep_session
 from .errors import ConfigurationError, RindleError
 from .events import BaseEvent, EventBus, Handler
-from .jobs import JobKind, arq_function
-from .ledger import Ledger, LedgerSummary, Relay
+from .ledger.kinds import JobKind
+from .ledger.runner import arq_function
+from .ledger.relay import Ledger, LedgerSummary, Relay
 from .models import Asset, Attachment, UploadTicket
 from .processing.pool import ProcessingPool
 from .profiles import Profile, index_profiles
 from .storage.base import Part, PresignedRequest, Source, Storage
-from .worker import builtin_job_kinds, worker_settings
+from .ledger.kinds import builtin_kinds
+from .worker import worker_settings
 
 
 class Rindle:
@@ -81,7 +83,7 @@ class Rindle:
                     f"profile {profile.name!r} uses storage {profile.storage!r}, but storages= has "
                     f"{sorted(self.storages) or 'none'}; add it or change Profile.storage")
         kinds: dict[str, JobKind] = {
-            kind.name: kind for kind in builtin_job_kinds({k: dict(v) for k, v in (job_settings or {}).items()})}
+            kind.name: kind for kind in builtin_kinds(job_settings)}
         for kind in jobs:
             if kind.name in kinds:
                 raise ConfigurationError(f"job kind {kind.name!r} is registered twice")

@@ -2,9 +2,9 @@
 
 Attaching to a taken slot replaces what was there; an asset that is held by no
 attachment when the transaction commits (after a replacement or a detach) is
-tombstoned (``deleted``) and its purge job staged in that same transaction, so
-storage is cleaned after commit and never forgotten; moving an asset between
-slots inside one transaction does not tombstone it.  Changes to one slot are
+tombstoned (``lifecycle.tombstone``: ``deleted``, its purge staged in that same
+transaction); moving an asset between slots inside one transaction does not
+tombstone it.  Changes to one slot are
 serialised with a transaction-scoped advisory lock, and the assets involved are
 locked in id order, so concurrent attaches end with one attachment per slot, no
 orphan and no deadlock.
@@ -18,16 +18,13 @@ from collections.abc import Iterable
 
 import asyncpg
 
-from . import states
 from .assets import asset_uuid as to_uuid
+from .db import assets
 from .db.transaction import UnitOfWork
 from .errors import NotFound, ValidationError
+from .lifecycle.machines import ASSET
+from .lifecycle.tombstone import release_at_commit
 from .models import Attachment
-from .states import ASSET
-
-#: States an asset may be attached in: verified bytes that are not refused or gone.
-ATTACHABLE = frozenset({"validating", "analyzing", "promoting", "available", "processing",
-                        "ready", "degraded"})
 
 
 def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
@@ -43,43 +40,9 @@ def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
 
 
 async def _lock_slot(uow: UnitOfWork, owner_type: str, owner_id: str, slot: str) -> None:
-    name = f"{uow.ledger.schema}\x00{owner_type}\x00{owner_id}\x00{slot}".encode()
+    name = f"{uow.schema}\x00{owner_type}\x00{owner_id}\x00{slot}".encode()
     key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
     await uow.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
-
-
-def release_at_commit(uow: UnitOfWork, asset_id: uuid.UUID) -> None:
-    """Decide just before commit whether an asset that lost an attachment is still held.
-
-    Deciding at commit, not at once, lets one transaction move an asset between slots
-    (detach it here, attach it there) without tombstoning it on the way.
-    """
-    async def release(uow: UnitOfWork) -> None:
-        await release_asset(uow, asset_id)
-
-    uow.before_commit.append(release)
-
-
-async def release_asset(uow: UnitOfWork, asset_id: uuid.UUID) -> bool:
-    """Tombstone ``asset_id`` and stage its purge unless an attachment holds it.
-
-    uow: the unit of work that removed one of its attachments.
-    asset_id: the asset that lost an attachment.
-    Returns whether the asset was tombstoned.
-    """
-    schema = uow.ledger.schema
-    state = await uow.conn.fetchval(
-        f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE", asset_id)
-    if state is None or state == "deleted":
-        return False
-    held = await uow.conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM {schema}.attachments WHERE asset_id = $1)", asset_id)
-    if held:
-        return False
-    await states.transition(uow, ASSET, asset_id, state, "deleted",
-                            reason="detached from its last owner")
-    await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
-    return True
 
 
 async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id: object,
@@ -94,21 +57,18 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
     """
     owner = _check_owner(owner_type, owner_id, slot)
     asset_uuid = to_uuid(asset_id)
-    schema = uow.ledger.schema
+    schema = uow.schema
     await _lock_slot(uow, owner_type, owner, slot)
     current = await uow.conn.fetchrow(
         f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
         owner_type, owner, slot)
     # Lock the incoming and the outgoing asset in id order, so attaches that cross
     # (X into A's slot while Y goes into B's) wait for each other instead of deadlocking.
-    involved = sorted({asset_uuid} | ({current["asset_id"]} if current is not None else set()))
-    locked = {r["id"]: r["state"] for r in await uow.conn.fetch(
-        f"SELECT id, state FROM {schema}.assets WHERE id = ANY($1::uuid[]) ORDER BY id FOR UPDATE",
-        involved)}
-    state = locked.get(asset_uuid)
+    involved = {asset_uuid} | ({current["asset_id"]} if current is not None else set())
+    state = (await assets.lock_states(uow.conn, schema, involved)).get(asset_uuid)
     if state is None:
         raise NotFound(f"asset {asset_id} does not exist")
-    if state not in ATTACHABLE:
+    if state not in ASSET.group("attachable"):
         hint = {"staged": "verify its upload first",
                 "quarantined": "it was refused; see its reason",
                 "deleted": "it was detached and is being purged"}.get(state, "")
@@ -134,7 +94,7 @@ async def detach(uow: UnitOfWork, *, owner_type: str, owner_id: object, slot: st
     slot: the slot on the record.
     """
     owner = _check_owner(owner_type, owner_id, slot)
-    schema = uow.ledger.schema
+    schema = uow.schema
     await _lock_slot(uow, owner_type, owner, slot)
     row = await uow.conn.fetchrow(
         f"DELETE FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3"

@@ -19,6 +19,7 @@ from urllib.parse import quote
 from .assets import asset_uuid
 from .errors import DeliveryForbidden, NotFound, NotReady, ValidationError
 from .events import DeliverySigned
+from .lifecycle.machines import ASSET, VARIANT
 from .profiles import Profile, find_profile
 
 if TYPE_CHECKING:
@@ -26,12 +27,9 @@ if TYPE_CHECKING:
 
     from .app import Rindle
 
-#: Asset states whose original has passed promotion and may be served.
-SERVABLE = frozenset({"available", "processing", "ready", "degraded"})
-FORBIDDEN = frozenset({"quarantined", "deleted"})
-#: Variant states that may have an object to serve: ready, stale, and a re-render in
-#: progress (queued, processing, or failed again), which keeps serving the previous object.
-RENDERED = frozenset({"ready", "stale", "queued", "processing", "failed"})
+SERVABLE = ASSET.group("live")
+FORBIDDEN = ASSET.group("forbidden")
+RENDERED = VARIANT.group("servable")
 DISPOSITIONS = ("inline", "attachment")
 
 

@@ -42,7 +42,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 
 from .errors import ConfigurationError
-from .ledger import wake_channel
+from .ledger.relay import wake_channel
 from .liveness import CLAIM_PREFIX, held_key, new_worker_id
 
 log = logging.getLogger("rindle_async.dispatch")

@@ -46,7 +46,7 @@ import msgspec
 from arq.connections import ArqRedis
 from arq.constants import in_progress_key_prefix
 
-from .ledger import wake_channel
+from .ledger.relay import wake_channel
 
 log = logging.getLogger("rindle_async.liveness")
 

@@ -18,19 +18,23 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from . import security, states
+from . import security
+from .lifecycle import transitions
 from .assets import asset_uuid
 from .db import migrate
 from .errors import InvalidTransition, NotFound, ValidationError
 from .events import CleanupRun
-from .promotion import plan_variants, queue_render, stage_render
-from .states import ASSET, UPLOAD_SESSION, VARIANT
-from .uploads import OPEN_STATES
+from .db import assets
+from .ledger.kinds import PURGE
+from .ledger.stage import stage_promote, stage_purge, stage_render
+from .lifecycle.tombstone import tombstone
+from .promotion import plan_variants, queue_render
+from .lifecycle.machines import ASSET, JOB, UPLOAD_SESSION, VARIANT
 
 if TYPE_CHECKING:
     from .app import Rindle
     from .db.transaction import UnitOfWork
-    from .jobs import JobRun
+    from .ledger.runner import JobRun
 
 log = logging.getLogger("rindle_async.maintenance")
 Progress = Callable[[int, int], None]
@@ -76,13 +80,9 @@ _FIRST_ID = uuid.UUID(int=0)  # below every uuid4, where keyset pages start
 _FIRST_DEADLINE = datetime.min.replace(tzinfo=timezone.utc)
 
 
-def _sql_list(values: Iterable[str]) -> str:
-    # literal, not a parameter: the planner matches a partial index's predicate only then
-    return "(" + ", ".join(f"'{value}'" for value in values) + ")"
-
-
-_OPEN = _sql_list(OPEN_STATES)
-_CLOSED_BADLY = _sql_list(sorted(UPLOAD_SESSION.terminal - {"completed"}))
+# literals, not parameters: the planner matches a partial index's predicate only then
+_OPEN = UPLOAD_SESSION.literal("open")
+_CLOSED_BADLY = UPLOAD_SESSION.literal("closed_badly")
 
 
 async def _keyset_pages(read: Callable[[Any], Awaitable[list[Any]]], key: Callable[[Any], Any],
@@ -111,35 +111,6 @@ async def _in_pages(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]
             page = []
     if page:
         yield page
-
-
-async def _tombstone(uow: UnitOfWork, reasons: Mapping[uuid.UUID, str], *,
-                     only_from: tuple[str, ...] | None = None) -> set[uuid.UUID]:
-    """Tombstone assets (id -> reason) and stage their purges, re-checked under lock; return
-    those tombstoned (the others are attached, gone, or moved on since the run read them)."""
-    if not reasons:
-        return set()
-    schema, ids = uow.ledger.schema, list(reasons)
-    rows = await uow.conn.fetch(f"SELECT id, state FROM {schema}.assets WHERE id = ANY($1::uuid[])"
-                                " ORDER BY id FOR UPDATE", ids)
-    # read once the rows are locked, so an attach that committed meanwhile is seen; one index
-    # probe per id (an IN may be planned as a scan of every attachment)
-    held = {r["id"] for r in await uow.conn.fetch(
-        f"SELECT ids.id FROM unnest($1::uuid[]) AS ids(id) WHERE (SELECT true"
-        f" FROM {schema}.attachments t WHERE t.asset_id = ids.id LIMIT 1)", ids)}
-    doomed: dict[tuple[str, str], list[uuid.UUID]] = {}
-    for row in rows:
-        if row["state"] != "deleted" and row["id"] not in held and (
-                only_from is None or row["state"] in only_from):
-            doomed.setdefault((reasons[row["id"]], row["state"]), []).append(row["id"])
-    done = set()
-    for (reason, state), asset_ids in sorted(doomed.items()):
-        for row in await states.transition_many(uow, ASSET, asset_ids, state, "deleted",
-                                                reason=reason):
-            await uow.stage("purge_storage", {"asset_id": str(row["id"])},
-                            dedupe_key=f"purge:{row['id']}")
-            done.add(row["id"])
-    return done
 
 
 # -- abort ------------------------------------------------------------------------------
@@ -214,18 +185,18 @@ async def _expire(rindle: Rindle, rows: list[Any]) -> dict[uuid.UUID, bool]:
         expired = {}
         for state, session_ids in sorted(seen.items()):
             # sessions verified, aborted or purged since the page was read do not move
-            for row in await states.transition_many(uow, UPLOAD_SESSION, session_ids, state,
+            for row in await transitions.transition_many(uow, UPLOAD_SESSION, session_ids, state,
                                                     "expired", reason="the upload deadline passed"):
                 expired[row["id"]] = row["asset_id"]
-        tombstoned = await _tombstone(
+        tombstoned = await tombstone(
             uow, {asset_id: "its upload session expired before verification"
-                  for asset_id in expired.values()}, only_from=("staged",))
+                  for asset_id in expired.values()}, only_from={"staged"})
     return {session_id: asset_id in tombstoned for session_id, asset_id in expired.items()}
 
 
 async def abort_incomplete_uploads_job(job: JobRun) -> None:
     """Ledger job: abort incomplete uploads (live unless ``dry_run`` is in the args)."""
-    await abort_incomplete_uploads(job.rindle, dry_run=bool(job.args.get("dry_run", False)),
+    await abort_incomplete_uploads(job.rindle, dry_run=job.args.dry_run,
                                    keep_items=False)
 
 
@@ -264,10 +235,9 @@ async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
         tombstoned = set(doomed)
         if not dry_run and (doomed or unpurged):
             async with rindle.db.transaction() as uow:
-                tombstoned = await _tombstone(uow, doomed)
+                tombstoned = await tombstone(uow, doomed)
                 for asset_id in unpurged:
-                    await uow.stage("purge_storage", {"asset_id": str(asset_id)},
-                                    dedupe_key=f"purge:{asset_id}")
+                    await stage_purge(uow, asset_id)
         for row in page:
             if row["why"] == "unpurged":
                 report.add("purges_restaged", str(row["id"]))
@@ -295,7 +265,7 @@ async def _asset_page(rindle: Rindle, after: uuid.UUID, cutoff: datetime, now: d
     return await rindle.pool.fetch(
         f"SELECT a.id, CASE"
         f" WHEN a.state = 'deleted' THEN CASE WHEN a.state_changed_at < $2 AND (SELECT true"
-        f"   FROM {schema}.jobs j WHERE j.kind = 'purge_storage' AND j.status IN ('pending', 'enqueued')"
+        f"   FROM {schema}.jobs j WHERE j.kind = '{PURGE.name}' AND j.status IN {JOB.literal('active')}"
         f"   AND j.args->>'asset_id' = a.id::text LIMIT 1) IS NULL THEN 'unpurged' END"
         f" WHEN (SELECT true FROM {schema}.attachments t WHERE t.asset_id = a.id LIMIT 1) THEN NULL"
         f" ELSE (SELECT CASE WHEN bool_or(s.state IN {_OPEN} AND s.expires_at >= $3) THEN NULL"
@@ -376,7 +346,7 @@ async def _abandoned_multipart(rindle: Rindle, report: Report, cutoff: datetime,
 
 async def cleanup_orphans_job(job: JobRun) -> None:
     """Ledger job: cleanup (live unless ``dry_run`` is true in the args)."""
-    await cleanup_orphans(job.rindle, dry_run=bool(job.args.get("dry_run", False)),
+    await cleanup_orphans(job.rindle, dry_run=job.args.dry_run,
                           keep_items=False)
 
 
@@ -398,7 +368,7 @@ async def reconcile_profiles(rindle: Rindle) -> Report:
             for row in rows:
                 try:
                     async with rindle.db.transaction() as uow:
-                        await states.transition(uow, VARIANT, row["id"], "ready", "stale",
+                        await transitions.transition(uow, VARIANT, row["id"], "ready", "stale",
                                                 reason="the profile's recipe changed")
                 except InvalidTransition:
                     continue  # another process (opening at the same deploy) got there first
@@ -408,19 +378,18 @@ async def reconcile_profiles(rindle: Rindle) -> Report:
             continue
         lacking = await rindle.pool.fetch(
             f"SELECT a.id, a.state FROM {schema}.assets a WHERE a.profile = $1"
-            f" AND a.state IN ('ready', 'degraded', 'processing') AND (SELECT count(*) FROM"
+            f" AND a.state = ANY($4::text[]) AND (SELECT count(*) FROM"
             f" {schema}.variants v WHERE v.asset_id = a.id AND v.name = ANY($2::text[])) < $3",
-            profile.name, list(profile.variants), len(profile.variants))
+            profile.name, list(profile.variants), len(profile.variants), ASSET.array("rendered"))
         for row in lacking:
             async with rindle.db.transaction() as uow:
                 # locked, so processes opening at once plan each variant once
-                state = await uow.conn.fetchval(
-                    f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE", row["id"])
-                if state not in ("ready", "degraded", "processing"):
+                state = await assets.lock_state(uow.conn, schema, row["id"])
+                if state not in ASSET.group("rendered"):
                     continue
                 planned = await plan_variants(uow, rindle, row["id"], profile.name)
                 if planned and state != "processing":
-                    await states.transition(uow, ASSET, row["id"], state, "processing")
+                    await transitions.transition(uow, ASSET, row["id"], state, "processing")
             report.counts["planned"] = report.counts.get("planned", 0) + planned
     return report
 
@@ -434,8 +403,8 @@ async def _repoint_pending(rindle: Rindle, report: Report, profile: str, name: s
         rows = await uow.conn.fetch(
             f"UPDATE {schema}.variants v SET recipe_digest = $3, updated_at = now()"
             f" FROM {schema}.assets a WHERE a.id = v.asset_id AND a.profile = $1 AND v.name = $2"
-            f" AND v.state IN ('planned', 'queued', 'processing') AND v.recipe_digest <> $3"
-            f" RETURNING v.id, v.asset_id, v.state", profile, name, digest)
+            f" AND v.state = ANY($4::text[]) AND v.recipe_digest <> $3"
+            f" RETURNING v.id, v.asset_id, v.state", profile, name, digest, VARIANT.array("pending"))
         for row in rows:
             report.add("repointed", str(row["id"]))
             if row["state"] == "processing":
@@ -457,7 +426,7 @@ async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
     dry_run: report without changing anything.
     progress: called with (done, total).
     """
-    allowed = {"stale", "missing", "failed", "cancelled"}
+    allowed = VARIANT.group("regenerable")
     bad = set(states_) - allowed
     if bad:
         raise ValidationError(f"cannot regenerate variants in states {sorted(bad)}; "
@@ -466,10 +435,11 @@ async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
     rows = await rindle.pool.fetch(
         f"SELECT v.id, v.name, v.state, v.asset_id, a.profile, a.state AS asset_state"
         f" FROM {schema}.variants v JOIN {schema}.assets a ON a.id = v.asset_id"
-        f" WHERE v.state = ANY($1::text[]) AND a.state IN ('ready', 'degraded', 'processing')"
+        f" WHERE v.state = ANY($1::text[]) AND a.state = ANY($5::text[])"
         f" AND ($2::text IS NULL OR a.profile = $2) AND ($3::text IS NULL OR v.name = $3)"
         f" AND ($4::uuid IS NULL OR a.id = $4) ORDER BY v.asset_id, v.name",
-        list(states_), profile, variant, uuid.UUID(asset_id) if asset_id else None)
+        list(states_), profile, variant, uuid.UUID(asset_id) if asset_id else None,
+        ASSET.array("rendered"))
     done = 0
     for _, grouped in itertools.groupby(rows, key=lambda r: r["asset_id"]):
         group, wanted = list(grouped), []
@@ -497,10 +467,9 @@ async def requeue_variant(uow: UnitOfWork, row: Any, digest: str) -> None:
         changes["storage_key"] = None  # its object is gone: nothing to serve meanwhile
     await queue_render(uow, row["id"], row["asset_id"], row["name"], row["state"], **changes)
     # read under lock: an earlier variant of the same asset may have moved it already
-    asset_state = await uow.conn.fetchval(
-        f"SELECT state FROM {uow.ledger.schema}.assets WHERE id = $1 FOR UPDATE", row["asset_id"])
-    if asset_state in ("ready", "degraded"):
-        await states.transition(uow, ASSET, row["asset_id"], asset_state, "processing")
+    asset_state = await assets.lock_state(uow.conn, uow.schema, row["asset_id"])
+    if asset_state in ASSET.group("settled"):
+        await transitions.transition(uow, ASSET, row["asset_id"], asset_state, "processing")
 
 
 # -- storage verification ---------------------------------------------------------------
@@ -517,11 +486,11 @@ async def verify_storage(rindle: Rindle, *, dry_run: bool = False,
     schema, report = rindle.schema, Report("verify_storage", dry_run)
     variants = await rindle.pool.fetch(
         f"SELECT v.id, v.storage_key, a.storage FROM {schema}.variants v JOIN {schema}.assets a"
-        f" ON a.id = v.asset_id WHERE v.state IN ('ready', 'stale') AND v.storage_key IS NOT NULL"
-        f" ORDER BY v.id")
+        f" ON a.id = v.asset_id WHERE v.state = ANY($1::text[]) AND v.storage_key IS NOT NULL"
+        f" ORDER BY v.id", VARIANT.array("stored"))
     originals = await rindle.pool.fetch(
         f"SELECT id, storage, storage_key FROM {schema}.assets"
-        f" WHERE state IN ('available', 'processing', 'ready', 'degraded') ORDER BY id")
+        f" WHERE state = ANY($1::text[]) ORDER BY id", ASSET.array("live"))
     total = len(variants) + len(originals)
     for done, row in enumerate(variants, 1):
         report.counts["checked"] = report.counts.get("checked", 0) + 1
@@ -534,7 +503,7 @@ async def verify_storage(rindle: Rindle, *, dry_run: bool = False,
                     still = (current is not None and current["storage_key"] == row["storage_key"]
                              and VARIANT.allows(current["state"], "missing"))
                     if still:
-                        await states.transition(uow, VARIANT, row["id"], current["state"], "missing",
+                        await transitions.transition(uow, VARIANT, row["id"], current["state"], "missing",
                                                 reason="verify-storage: the object is gone")
                 if not still:  # re-rendered or purged since the run read it
                     report.add("skipped_changed", str(row["id"]))
@@ -569,11 +538,11 @@ async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1))
     cutoff = _now() - stuck_after
     stuck = {
         "assets": await rindle.pool.fetchval(
-            f"SELECT count(*) FROM {schema}.assets WHERE state IN"
-            f" ('validating', 'analyzing', 'promoting', 'processing') AND state_changed_at < $1", cutoff),
+            f"SELECT count(*) FROM {schema}.assets WHERE state = ANY($2::text[])"
+            f" AND state_changed_at < $1", cutoff, ASSET.array("transient")),
         "variants": await rindle.pool.fetchval(
-            f"SELECT count(*) FROM {schema}.variants WHERE state IN ('planned', 'queued', 'processing')"
-            f" AND state_changed_at < $1", cutoff),
+            f"SELECT count(*) FROM {schema}.variants WHERE state = ANY($2::text[])"
+            f" AND state_changed_at < $1", cutoff, VARIANT.array("pending")),
         "upload_sessions": await rindle.pool.fetchval(
             f"SELECT count(*) FROM {schema}.upload_sessions WHERE state = 'verifying'"
             f" AND state_changed_at < $1", cutoff),
@@ -618,18 +587,18 @@ async def requeue_asset(rindle: Rindle, asset_id: str, *, dry_run: bool = False)
     state = await rindle.pool.fetchval(f"SELECT state FROM {rindle.schema}.assets WHERE id = $1", key)
     if state is None:
         raise NotFound(f"asset {asset_id} does not exist")
-    if state in ("validating", "analyzing"):
+    if state in ASSET.group("promotable"):
         report = Report("requeue", dry_run)
         report.add("promotions", str(key))
         if not dry_run:
             async with rindle.db.transaction() as uow:
-                await uow.stage("promote_asset", {"asset_id": str(key)}, dedupe_key=f"promote:{key}")
+                await stage_promote(uow, key)
         return await _emit(rindle, report)
-    if state not in ("processing", "ready", "degraded"):
+    if state not in ASSET.group("rendered"):
         raise ValidationError(f"asset {asset_id} is {state}; only assets being promoted or with "
                               "variants can be requeued")
     report = await regenerate_variants(rindle, asset_id=str(key), dry_run=dry_run,
-                                       states_=("stale", "missing", "failed", "cancelled"))
+                                       states_=tuple(VARIANT.array("regenerable")))
     report.worker = "requeue"
     return report
 

@@ -21,16 +21,18 @@ from typing import TYPE_CHECKING, Any
 import anyio
 import msgspec
 
-from . import security, states
-from .assets import asset_uuid
+from . import security
+from .lifecycle import transitions
 from .errors import InvalidTransition, NotFound, ObjectChanged, ValidationError
 from .scratch import scratch_folder
-from .states import ASSET
+from .db import assets
+from .ledger.stage import stage_render
+from .lifecycle.machines import ASSET, VARIANT
 
 if TYPE_CHECKING:
     from .app import Rindle
     from .db.transaction import UnitOfWork
-    from .jobs import JobRun
+    from .ledger.runner import JobRun
 
 log = logging.getLogger("rindle_async.promotion")
 ANALYZE_TIMEOUT = 30.0
@@ -79,7 +81,7 @@ async def missing_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, pr
 async def _queue_new(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
                      names: list[str]) -> None:
     digests = rindle.profiles[profile_name].recipe_digests()
-    await states.insert_many(uow, states.VARIANT, [
+    await transitions.insert_many(uow, VARIANT, [
         {"id": uuid.uuid4(), "asset_id": asset_id, "name": name, "recipe_digest": digests[name]}
         for name in names], path=("planned", "queued"))
     await stage_render(uow, asset_id)
@@ -91,33 +93,24 @@ async def queue_render(uow: UnitOfWork, variant_id: object, asset_id: object, na
 
     changes: other columns written with the transition (e.g. the new ``recipe_digest``).
     """
-    await states.transition(uow, states.VARIANT, variant_id, from_state, "queued", reason=None,
+    await transitions.transition(uow, VARIANT, variant_id, from_state, "queued", reason=None,
                             **changes)
     await stage_render(uow, asset_id)
 
 
-async def stage_render(uow: UnitOfWork, asset_id: object) -> int | None:
-    """Stage the render of an asset's queued variants: one pending render job per asset.
-
-    The job renders every variant of the asset that is queued when it runs, from one decode.
-    """
-    return await uow.stage("process_variant", {"asset_id": str(asset_id)},
-                           dedupe_key=f"render:{asset_id}")
-
-
 async def _quarantine(job: JobRun, asset_id: object, reason: str) -> None:
     async with job.complete() as uow:
-        await states.transition(uow, ASSET, asset_id, "analyzing", "quarantined", reason=reason)
+        await transitions.transition(uow, ASSET, asset_id, "analyzing", "quarantined", reason=reason)
     log.info("asset %s quarantined: %s", asset_id, reason)
 
 
 async def promote_asset(job: JobRun) -> None:
     """Check an uploaded original from its bytes; quarantine it or promote it.
 
-    job: the running ledger job; ``job.args["asset_id"]`` names the asset.
+    job: the running ledger job; ``job.args.asset_id`` names the asset.
     """
     rindle = job.rindle
-    asset_id = asset_uuid(job.args["asset_id"])
+    asset_id = job.args.asset_id
     asset = await _claim(rindle, asset_id)
     if asset is None:
         return  # gone, or promoted or refused by an earlier delivery of this job
@@ -144,7 +137,7 @@ async def _claim(rindle: Rindle, asset_id: object) -> Any:
     is returned as it is; None when there is nothing to promote."""
     try:
         async with rindle.db.transaction() as uow:
-            return await states.transition(uow, ASSET, asset_id, "validating", "analyzing")
+            return await transitions.transition(uow, ASSET, asset_id, "validating", "analyzing")
     except InvalidTransition as exc:
         if exc.actual != "analyzing":
             return None  # promoted, refused or deleted meanwhile
@@ -225,7 +218,7 @@ async def _promote(job: JobRun, asset_id: object, profile_name: str, checked: _C
     metadata = checked.metadata
     async with job.complete() as uow:
         missing = await missing_variants(uow, job.rindle, asset_id, profile_name)
-        await states.walk(
+        await transitions.walk(
             uow, ASSET, asset_id,
             ("analyzing", "promoting", "available", "processing" if missing else "ready"),
             content_type=checked.sniffed, byte_size=checked.size, sha256=metadata["sha256"],
@@ -257,9 +250,8 @@ def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | 
 
 async def promotion_failed(uow: UnitOfWork, job: JobRun, error: str) -> None:
     """``on_discard`` of promote_asset: an asset that could not be checked is quarantined."""
-    asset_id = asset_uuid(job.args["asset_id"])
-    state = await uow.conn.fetchval(
-        f"SELECT state FROM {job.rindle.schema}.assets WHERE id = $1 FOR UPDATE", asset_id)
-    if state is not None and ASSET.allows(state, "quarantined") and state in ("validating", "analyzing"):
-        await states.transition(uow, ASSET, asset_id, state, "quarantined",
+    asset_id = job.args.asset_id
+    state = await assets.lock_state(uow.conn, uow.schema, asset_id)
+    if state in ASSET.group("promotable"):
+        await transitions.transition(uow, ASSET, asset_id, state, "quarantined",
                                 reason=f"promotion failed after {job.attempt} attempt(s): {error}")

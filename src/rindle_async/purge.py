@@ -13,12 +13,12 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from . import states
-from .assets import asset_uuid
-from .states import VARIANT
+from .lifecycle import transitions
+from .db import assets
+from .lifecycle.machines import VARIANT
 
 if TYPE_CHECKING:
-    from .jobs import JobRun
+    from .ledger.runner import JobRun
 
 log = logging.getLogger("rindle_async.purge")
 
@@ -31,10 +31,10 @@ def asset_prefix(storage_key: str) -> str:
 async def purge_storage(job: JobRun) -> None:
     """Delete a tombstoned asset's objects, then its rows; leave live assets alone.
 
-    job: the running ledger job; ``job.args["asset_id"]`` names the asset.
+    job: the running ledger job; ``job.args.asset_id`` names the asset.
     """
     rindle, schema = job.rindle, job.rindle.schema
-    asset_id = asset_uuid(job.args["asset_id"])
+    asset_id = job.args.asset_id
     row = await rindle.pool.fetchrow(
         f"SELECT a.state, a.storage, a.storage_key, EXISTS (SELECT 1 FROM {schema}.attachments t"
         f" WHERE t.asset_id = a.id) AS held FROM {schema}.assets a WHERE a.id = $1", asset_id)
@@ -59,13 +59,11 @@ async def purge_storage(job: JobRun) -> None:
             asset_id):
         await storage.abort_multipart(session["storage_key"], session["multipart_upload_id"])
     async with job.complete() as uow:
-        still = await uow.conn.fetchval(
-            f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE", asset_id)
-        if still != "deleted":
+        if await assets.lock_state(uow.conn, schema, asset_id) != "deleted":
             return
         for variant in await uow.conn.fetch(
                 f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1 AND state <> 'purged'",
                 asset_id):
-            await states.transition(uow, VARIANT, variant["id"], variant["state"], "purged")
+            await transitions.transition(uow, VARIANT, variant["id"], variant["state"], "purged")
         await uow.conn.execute(f"DELETE FROM {schema}.assets WHERE id = $1", asset_id)
     log.info("purge_storage: asset %s purged (%d objects)", asset_id, len(keys))

@@ -28,22 +28,22 @@ from typing import TYPE_CHECKING, Any
 
 import msgspec
 
-from . import security, states
-from .assets import asset_uuid
+from . import security
+from .lifecycle import transitions
 from .errors import RindleError, StorageError
 from .scratch import scratch_folder
-from .states import ASSET, VARIANT
+from .db import assets
+from .ledger.stage import render_key
+from .lifecycle.machines import ASSET, VARIANT
 
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
-    from .jobs import JobRun
+    from .ledger.runner import JobRun
     from .profiles import Profile
     from .storage.base import Storage
 
 log = logging.getLogger("rindle_async.rendering")
-LIVE = frozenset({"available", "processing", "ready", "degraded"})
-PENDING = frozenset({"planned", "queued", "processing"})
-BAD = frozenset({"failed", "cancelled", "missing"})
+LIVE = ASSET.group("live")
 
 
 class RecipeMismatch(RindleError):
@@ -87,26 +87,24 @@ async def settle_asset(uow: UnitOfWork, asset_id: object,
     Returns the asset's new state, or None when it did not change.
     """
     if known is None:
-        schema = uow.ledger.schema
-        state = await uow.conn.fetchval(
-            f"SELECT state FROM {schema}.assets WHERE id = $1 FOR UPDATE", asset_id)
+        state = await assets.lock_state(uow.conn, uow.schema, asset_id)
         variant_states = {r["state"] for r in await uow.conn.fetch(
-            f"SELECT DISTINCT state FROM {schema}.variants WHERE asset_id = $1", asset_id)}
+            f"SELECT DISTINCT state FROM {uow.schema}.variants WHERE asset_id = $1", asset_id)}
     else:
         state, variant_states = known
-    if state != "processing" or variant_states & PENDING:
+    if state != "processing" or variant_states & VARIANT.group("pending"):
         return None
-    target = "degraded" if variant_states & BAD else "ready"
-    await states.transition(uow, ASSET, asset_id, "processing", target)
+    target = "degraded" if variant_states & VARIANT.group("bad") else "ready"
+    await transitions.transition(uow, ASSET, asset_id, "processing", target)
     return target
 
 
 async def process_variant(job: JobRun) -> None:
     """Render every queued variant of one asset from one decode; each keeps its own outcome.
 
-    job: the running ledger job; ``job.args["asset_id"]`` names the asset.
+    job: the running ledger job; ``job.args.asset_id`` names the asset.
     """
-    work = await _claim(job, asset_uuid(job.args["asset_id"]))
+    work = await _claim(job, job.args.asset_id)
     if work is None:
         return  # purged, refused, or already handled by an earlier delivery
     if work.variants:
@@ -129,8 +127,8 @@ async def _claim(job: JobRun, asset_id: object) -> Work | None:
             f"SELECT a.state AS asset_state, a.profile, a.storage, a.storage_key AS source_key,"
             f" v.id, v.name, v.state, v.recipe_digest FROM {schema}.assets a"
             f" JOIN {schema}.variants v ON v.asset_id = a.id"
-            f" WHERE a.id = $1 AND v.state IN ('queued', 'processing') ORDER BY v.name"
-            f" FOR UPDATE OF a, v", asset_id)
+            f" WHERE a.id = $1 AND v.state = ANY($2::text[]) ORDER BY v.name"
+            f" FOR UPDATE OF a, v", asset_id, VARIANT.array("rendering"))
         if not rows or rows[0]["asset_state"] not in LIVE:
             return None
         first = rows[0]
@@ -138,7 +136,7 @@ async def _claim(job: JobRun, asset_id: object) -> Work | None:
         digests = profile.recipe_digests() if profile is not None else {}
         retired = [r for r in rows if r["name"] not in digests]
         for row in retired:
-            await states.transition(uow, VARIANT, row["id"], row["state"], "cancelled",
+            await transitions.transition(uow, VARIANT, row["id"], row["state"], "cancelled",
                                     reason=f"variant {row['name']!r} is no longer in profile "
                                            f"{first['profile']!r}")
         if retired:
@@ -146,7 +144,7 @@ async def _claim(job: JobRun, asset_id: object) -> Work | None:
         live = [r for r in rows if r["name"] in digests]
         wanted = [r for r in live if r["recipe_digest"] == digests[r["name"]]]
         queued = [r["id"] for r in wanted if r["state"] == "queued"]
-        await states.transition_many(uow, VARIANT, queued, "queued", "processing")
+        await transitions.transition_many(uow, VARIANT, queued, "queued", "processing")
     if profile is None:
         return None
     return Work(asset_id=asset_id, profile=profile, storage_name=first["storage"],
@@ -212,13 +210,13 @@ async def _accept(job: JobRun, work: Work) -> None:
                     or row["recipe_digest"] != planned.digest):
                 continue  # purged, re-pointed or finished by another delivery meanwhile
             if planned.name in work.stored:
-                await states.transition(uow, VARIANT, planned.id, "processing", "ready", reason=None,
+                await transitions.transition(uow, VARIANT, planned.id, "processing", "ready", reason=None,
                                         generated_at=datetime.now(timezone.utc),
                                         **work.stored[planned.name])
                 now_states[planned.id] = "ready"
                 accepted.add(planned.name)
             elif planned.name in work.refused:
-                await states.transition(uow, VARIANT, planned.id, "processing", "failed",
+                await transitions.transition(uow, VARIANT, planned.id, "processing", "failed",
                                         reason=work.refused[planned.name])
                 now_states[planned.id] = "failed"
         if asset_state is not None:
@@ -243,14 +241,14 @@ async def variant_failed(uow: UnitOfWork, job: JobRun, error: str) -> None:
     render them); the asset settles.
     """
     schema = job.rindle.schema
-    asset_id = asset_uuid(job.args["asset_id"])
+    asset_id = job.args.asset_id
     rows = await uow.conn.fetch(
         f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1"
-        " AND state IN ('queued', 'processing') FOR UPDATE", asset_id)
+        " AND state = ANY($2::text[]) FOR UPDATE", asset_id, VARIANT.array("rendering"))
     covered = await uow.conn.fetchval(
         f"SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE dedupe_key = $1 AND status = 'pending'"
-        " AND id <> $2)", f"render:{asset_id}", job.id)
+        " AND id <> $2)", render_key(asset_id), job.id)
     for row in rows:
         if row["state"] == "processing" or not covered:
-            await states.transition(uow, VARIANT, row["id"], row["state"], "failed", reason=error)
+            await transitions.transition(uow, VARIANT, row["id"], row["state"], "failed", reason=error)
     await settle_asset(uow, asset_id)

@@ -29,7 +29,8 @@ from typing import TYPE_CHECKING
 import anyio
 import msgspec
 
-from . import security, states
+from . import security
+from .lifecycle import transitions
 from .assets import asset_uuid
 from .errors import (
     InvalidTransition,
@@ -43,7 +44,9 @@ from .errors import (
 from .events import UploadCompleted, UploadStarted
 from .models import Asset, UploadTicket
 from .profiles import Profile, find_profile
-from .states import ASSET, UPLOAD_SESSION
+from .ledger.stage import stage_promote
+from .lifecycle.machines import ASSET, UPLOAD_SESSION
+from .lifecycle.tombstone import tombstone
 from .storage.base import Part, PresignedRequest, Source, Storage
 
 if TYPE_CHECKING:
@@ -54,11 +57,9 @@ SNIFF_BYTES = 8192
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last
 MAX_PARTS = 10_000
 MAX_ETAG = 1024  # S3's are under 40 characters; anything longer is not one
-OPEN_STATES = ("initialized", "signed", "uploading", "uploaded", "verifying")
-#: Open states whose upload URL may still write: once verification claims the session, the
-#: stored object is the one being checked.
-WRITABLE_STATES = OPEN_STATES[:-1]
 _CHECKSUM_LENGTHS = {"md5": 32, "sha256": 64}
+#: The reason on the asset of a session that ended without a verified file.
+UNVERIFIED = "its upload session ended without a verified file"
 
 
 def _now() -> datetime:
@@ -143,11 +144,11 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
                                    role="upload")
     expires_at = _now() + timedelta(seconds=profile.upload_ttl)
     async with rindle.db.transaction() as uow:
-        await states.insert(uow, ASSET, "staged", id=asset_id, profile=profile.name,
+        await transitions.insert(uow, ASSET, "staged", id=asset_id, profile=profile.name,
                             storage=profile.storage, storage_key=key,
                             filename=security.sanitize_filename(filename),
                             content_type=declared, byte_size=size)
-        await states.insert(uow, UPLOAD_SESSION, "initialized", id=session_id, asset_id=asset_id,
+        await transitions.insert(uow, UPLOAD_SESSION, "initialized", id=session_id, asset_id=asset_id,
                             strategy="multipart" if multipart else "presigned_put",
                             storage_key=key, filename=security.sanitize_filename(filename),
                             content_type=declared, byte_size=size, checksum=checksum,
@@ -162,7 +163,7 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
         request = await storage.presign_put(key, content_type=declared, byte_size=size,
                                             expires_in=profile.upload_ttl)
     async with rindle.db.transaction() as uow:
-        await states.transition(uow, UPLOAD_SESSION, session_id, "initialized", "signed",
+        await transitions.transition(uow, UPLOAD_SESSION, session_id, "initialized", "signed",
                                 multipart_upload_id=upload_id)
     if multipart:
         return UploadTicket(session_id=str(session_id), asset_id=str(asset_id), method="PUT",
@@ -180,7 +181,7 @@ def _ticket(session_id: object, asset_id: object, request: PresignedRequest,
 
 
 def _open_session(session: dict, action: str) -> None:
-    if session["state"] not in OPEN_STATES:
+    if session["state"] not in UPLOAD_SESSION.group("open"):
         detail = f" ({session['reason']})" if session["reason"] else ""
         raise ValidationError(f"upload session {session['id']} is {session['state']}{detail}; "
                               f"cannot {action}; start a new upload")
@@ -206,7 +207,7 @@ async def check_writable(rindle: Rindle, storage: str, key: str) -> None:
     if session is None:  # never a session's key, or its rows were purged since
         raise UploadClosed(f"no upload session is open for {key!r}; this URL accepts no writes, "
                            "start a new upload")
-    if session["state"] not in WRITABLE_STATES:
+    if session["state"] not in UPLOAD_SESSION.group("writable"):
         detail = f" ({session['reason']})" if session["reason"] else ""
         raise UploadClosed(f"upload session {session['id']} is {session['state']}{detail}; its URL "
                            "no longer accepts writes, start a new upload")
@@ -234,7 +235,7 @@ async def sign_upload(rindle: Rindle, session_id: str) -> UploadTicket:
         byte_size=session["byte_size"], expires_in=max(1, min(remaining, profile.upload_ttl)))
     if session["state"] == "initialized":
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, UPLOAD_SESSION, session["id"], "initialized", "signed")
+            await transitions.transition(uow, UPLOAD_SESSION, session["id"], "initialized", "signed")
     return _ticket(session["id"], session["asset_id"], request, session["expires_at"])
 
 
@@ -298,9 +299,9 @@ def _check_parts(session: dict, parts: Sequence[Part]) -> list[Part]:
 async def _fail(rindle: Rindle, session: dict, reason: str) -> VerificationFailed:
     """Record a failed verification (session failed, asset quarantined); return the error."""
     async with rindle.db.transaction() as uow:
-        await states.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "failed",
+        await transitions.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "failed",
                                 reason=reason)
-        await states.transition(uow, ASSET, session["asset_id"], None, "quarantined",
+        await transitions.transition(uow, ASSET, session["asset_id"], None, "quarantined",
                                 reason=f"upload verification failed: {reason}")
     return VerificationFailed(f"upload session {session['id']}: {reason}")
 
@@ -308,23 +309,16 @@ async def _fail(rindle: Rindle, session: dict, reason: str) -> VerificationFaile
 async def _expire(rindle: Rindle, session: dict) -> None:
     """Close a session past its deadline and tombstone its staged asset for purging."""
     async with rindle.db.transaction() as uow:
-        await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "expired",
+        await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "expired",
                                 reason="the upload deadline passed before verification")
-        await tombstone_staged(uow, session["asset_id"])
-
-
-async def tombstone_staged(uow: UnitOfWork, asset_id: object) -> None:
-    """Mark a never-promoted asset deleted and stage the purge of whatever was stored."""
-    await states.transition(uow, ASSET, asset_id, None, "deleted",
-                            reason="its upload session ended without a verified file")
-    await uow.stage("purge_storage", {"asset_id": str(asset_id)}, dedupe_key=f"purge:{asset_id}")
+        await tombstone(uow, {session["asset_id"]: UNVERIFIED}, only_from={"staged"})
 
 
 async def _claim(rindle: Rindle, session: dict) -> bool:
     """Move an open session to verifying; False when a concurrent call moved it first."""
     try:
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "verifying")
+            await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "verifying")
     except InvalidTransition:
         return False
     return True
@@ -353,7 +347,7 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
     session = await _session(rindle, session_id)
     if session["state"] == "completed":
         return await rindle.get_asset(str(session["asset_id"]))
-    if session["state"] not in OPEN_STATES:
+    if session["state"] not in UPLOAD_SESSION.group("open"):
         _open_session(session, "verify it")
     if session["expires_at"] <= _now():
         await _expire(rindle, session)
@@ -398,13 +392,12 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
     verified = {"size": info.size, "etag": info.etag, "sha256": digests.get("sha256")}
     try:
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "completed",
+            await transitions.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "completed",
                                     verified_at=_now())
-            await states.transition(uow, ASSET, session["asset_id"], "staged", "validating",
+            await transitions.transition(uow, ASSET, session["asset_id"], "staged", "validating",
                                     byte_size=info.size,
                                     metadata=msgspec.json.encode({"verified": verified}).decode())
-            await uow.stage("promote_asset", {"asset_id": str(session["asset_id"])},
-                            dedupe_key=f"promote:{session['asset_id']}")
+            await stage_promote(uow, session["asset_id"])
             uow.emit(UploadCompleted(session_id=str(session["id"]), asset_id=str(session["asset_id"]),
                                      profile=session["profile"], adapter=session["storage"],
                                      byte_size=info.size))
@@ -422,13 +415,13 @@ async def abort_upload(rindle: Rindle, session_id: str) -> None:
     session_id: the session from ``initiate_upload``.
     """
     session = await _session(rindle, session_id)
-    if session["state"] not in OPEN_STATES:
+    if session["state"] not in UPLOAD_SESSION.group("open"):
         raise ValidationError(f"upload session {session_id} is {session['state']}; "
                               "only open sessions can be aborted")
     async with rindle.db.transaction() as uow:
-        await states.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "aborted",
+        await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "aborted",
                                 reason="aborted by the host")
-        await tombstone_staged(uow, session["asset_id"])
+        await tombstone(uow, {session["asset_id"]: UNVERIFIED}, only_from={"staged"})
     if session["multipart_upload_id"]:
         await _storage(rindle, session["storage"]).abort_multipart(
             session["storage_key"], session["multipart_upload_id"])
@@ -509,12 +502,11 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
                        f"{profile.name!r}") from exc
     try:
         async with rindle.db.transaction() as uow:
-            row = await states.insert(uow, ASSET, "validating", id=asset_id, profile=profile.name,
+            row = await transitions.insert(uow, ASSET, "validating", id=asset_id, profile=profile.name,
                                 storage=profile.storage, storage_key=key,
                                 filename=security.sanitize_filename(filename),
                                 content_type=sniffed, byte_size=info.size)
-            await uow.stage("promote_asset", {"asset_id": str(asset_id)},
-                            dedupe_key=f"promote:{asset_id}")
+            await stage_promote(uow, asset_id)
             uow.emit(UploadCompleted(session_id=None, asset_id=str(asset_id), profile=profile.name,
                                      adapter=profile.storage, byte_size=info.size))
     except BaseException:

@@ -19,7 +19,6 @@ from __future__ import annotations
 import logging
 import os
 import time
-from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -27,7 +26,8 @@ from arq.connections import RedisSettings
 from arq.cron import cron
 
 from .dispatch import DISPATCHER, Dispatcher, WorkerRedis, holding_slot, worker_connections
-from .jobs import JobKind
+from .ledger.kinds import SCHEDULES, Scheduled
+from .ledger.stage import stage_scheduled
 from .liveness import Liveness, WorkerInfo
 from .processing.pool import ProcessingPool
 
@@ -36,45 +36,8 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("rindle_async.worker")
 
-#: name -> (default tries, default timeout in seconds, lane), as in DESIGN's job table.
-DEFAULTS = {
-    "promote_asset": (3, 120.0, "default"),
-    "process_variant": (5, 300.0, "render"),
-    "purge_storage": (3, 300.0, "default"),
-    "cleanup_orphans": (3, 1800.0, "default"),
-    "abort_incomplete_uploads": (3, 600.0, "default"),
-}
 #: Jobs of the default lane a worker runs at once (promotions, purges, maintenance, host kinds).
 DEFAULT_LANE_SLOTS = 8
-
-
-def builtin_job_kinds(settings: dict[str, dict[str, Any]] | None = None) -> list[JobKind]:
-    """The job kinds rindle_async runs, with per-kind overrides applied.
-
-    settings: kind name -> JobKind fields to override (tries, timeout, backoff, max_backoff).
-    """
-    from . import maintenance, promotion, purge, rendering
-
-    handlers = {
-        "promote_asset": (promotion.promote_asset, promotion.promotion_failed),
-        "process_variant": (rendering.process_variant, rendering.variant_failed),
-        "purge_storage": (purge.purge_storage, None),
-        "cleanup_orphans": (maintenance.cleanup_orphans_job, None),
-        "abort_incomplete_uploads": (maintenance.abort_incomplete_uploads_job, None),
-    }
-    kinds = []
-    for name, (tries, timeout, lane) in DEFAULTS.items():
-        handler, on_discard = handlers[name]
-        kinds.append(JobKind(name=name, handler=handler, tries=tries, timeout=timeout,
-                             on_discard=on_discard, lane=lane))
-    overrides = dict(settings or {})
-    unknown = set(overrides) - set(DEFAULTS)
-    if unknown:
-        from .errors import ConfigurationError
-
-        raise ConfigurationError(f"job_settings names unknown job kinds {sorted(unknown)}; "
-                                 f"built-in kinds are {sorted(DEFAULTS)}")
-    return [replace(kind, **overrides.get(kind.name, {})) for kind in kinds]
 
 
 async def _send_and_reconcile(rindle: Rindle) -> tuple[int, int]:
@@ -89,22 +52,20 @@ async def relay_tick(ctx: dict[str, Any]) -> str:
     return f"sent {sent}, re-sent {resent}"
 
 
-async def _stage(ctx: dict[str, Any], kind: str, args: dict[str, Any]) -> str:
-    rindle: Rindle = ctx["rindle"]
-    with holding_slot(ctx):
-        async with rindle.db.transaction() as uow:
-            job_id = await uow.stage(kind, args, dedupe_key=f"cron:{kind}")
-    return f"staged {kind} as job {job_id}" if job_id else f"{kind} is already pending"
+def _scheduled(entry: Scheduled) -> Any:
+    """The arq cron job that stages ``entry`` (once per day; a pending one is not doubled)."""
 
+    async def stage(ctx: dict[str, Any]) -> str:
+        rindle: Rindle = ctx["rindle"]
+        with holding_slot(ctx):
+            async with rindle.db.transaction() as uow:
+                job_id = await stage_scheduled(uow, entry.kind, entry.args)
+        name = entry.kind.name
+        return f"staged {name} as job {job_id}" if job_id else f"{name} is already pending"
 
-async def cron_abort_incomplete_uploads(ctx: dict[str, Any]) -> str:
-    """Cron, 01:00: stage an abort of uploads past their deadline."""
-    return await _stage(ctx, "abort_incomplete_uploads", {})
-
-
-async def cron_cleanup_orphans(ctx: dict[str, Any]) -> str:
-    """Cron, 02:00: stage a live cleanup of orphans."""
-    return await _stage(ctx, "cleanup_orphans", {"dry_run": False})
+    stage.__qualname__ = stage.__name__ = f"stage_{entry.kind.name}"
+    return cron(stage, name=f"rindle_{entry.kind.name}", hour=entry.hour, minute=entry.minute,
+                second=0)
 
 
 def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int | None = None,
@@ -126,7 +87,7 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
 
         raise ConfigurationError(f"queue {queue!r} serves no job kind; queues in use: "
                                  f"{', '.join(sorted(served_queues))}")
-    from .jobs import arq_function
+    from .ledger.runner import arq_function
 
     size = processes or rindle.processing.size
     lanes = {"render": 2 * size, "default": DEFAULT_LANE_SLOTS, **(concurrency or {})}
@@ -185,12 +146,8 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         "job_timeout": job_timeout,
     }
     if queue == rindle.ledger.queue:
-        settings["cron_jobs"] = [
-            cron(relay_tick, name="rindle_relay_tick", second=0),
-            cron(cron_abort_incomplete_uploads, name="rindle_abort_incomplete_uploads",
-                 hour=1, minute=0, second=0),
-            cron(cron_cleanup_orphans, name="rindle_cleanup_orphans", hour=2, minute=0, second=0),
-        ]
+        settings["cron_jobs"] = [cron(relay_tick, name="rindle_relay_tick", second=0),
+                                 *(_scheduled(entry) for entry in SCHEDULES)]
     settings.update(overrides)
     return type(f"RindleWorkerSettings_{queue}", (), settings)
 

@@ -21,7 +21,7 @@ from ..errors import TransactionError
 from ..events import BaseEvent, EventBus
 
 if TYPE_CHECKING:
-    from ..ledger import Ledger, Relay
+    from ..ledger.relay import Ledger, Relay
 
 
 _in_transaction: ContextVar[bool] = ContextVar("rindle_in_transaction", default=False)
@@ -38,6 +38,7 @@ class UnitOfWork:
     def __init__(self, conn: asyncpg.Connection, ledger: Ledger) -> None:
         self.conn = conn
         self.ledger = ledger
+        self.schema = ledger.schema
         self.events: list[BaseEvent] = []
         self.staged_jobs = 0
         #: callbacks run inside the transaction just before it commits, in order

@@ -1,4 +1,4 @@
-"""The three state machines, as data, and the only code that writes a state column.
+"""The only code that writes a state column (machines in ``machines.py``).
 
 A transition is a conditional UPDATE (``... WHERE id = $1 AND state = $2``): it
 fails with :class:`InvalidTransition` when the edge is not in the table or when
@@ -11,120 +11,18 @@ machine's initial states.
 from __future__ import annotations
 
 import re
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
 
-from .errors import InvalidTransition, NotFound
-from .events import AssetStateChanged, BaseEvent, VariantStateChanged
+from ..errors import InvalidTransition, NotFound
+from .machines import StateMachine
 
 if TYPE_CHECKING:
-    from .db.transaction import UnitOfWork
+    from ..db.transaction import UnitOfWork
 
 _COLUMN = re.compile(r"^[a-z_][a-z0-9_]*$")
-
-
-def _edges(table: Mapping[str, tuple[str, ...]]) -> dict[str, frozenset[str]]:
-    return {state: frozenset(targets) for state, targets in table.items()}
-
-
-@dataclass(frozen=True)
-class StateMachine:
-    """A named state machine over one table: its initial states and allowed edges."""
-
-    name: str
-    table: str
-    initial: frozenset[str]
-    edges: Mapping[str, frozenset[str]]
-    event: Callable[[asyncpg.Record, str, str], BaseEvent | None] = field(repr=False)
-    join: str = ""
-
-    @property
-    def states(self) -> frozenset[str]:
-        return frozenset(self.edges)
-
-    @property
-    def terminal(self) -> frozenset[str]:
-        return frozenset(s for s, targets in self.edges.items() if not targets)
-
-    def allows(self, from_state: str, to_state: str) -> bool:
-        return to_state in self.edges.get(from_state, ())
-
-    def check(self, row_id: object, from_state: str, to_state: str) -> None:
-        """Raise :class:`InvalidTransition` unless ``from_state -> to_state`` is an edge."""
-        for state in (from_state, to_state):
-            if state not in self.edges:
-                raise ValueError(f"{state!r} is not a {self.name} state; "
-                                 f"states are {', '.join(sorted(self.edges))}")
-        if not self.allows(from_state, to_state):
-            raise InvalidTransition(self.name, row_id, from_state, to_state)
-
-
-def _asset_event(row: asyncpg.Record, from_state: str, to_state: str) -> BaseEvent:
-    return AssetStateChanged(asset_id=str(row["id"]), profile=row["profile"], adapter=row["storage"],
-                             from_state=from_state, to_state=to_state)
-
-
-def _variant_event(row: asyncpg.Record, from_state: str, to_state: str) -> BaseEvent:
-    return VariantStateChanged(asset_id=str(row["asset_id"]), variant_id=str(row["id"]),
-                               profile=row["asset_profile"], adapter=row["asset_storage"],
-                               variant=row["name"], from_state=from_state, to_state=to_state)
-
-
-def _no_event(row: asyncpg.Record, from_state: str, to_state: str) -> None:
-    return None  # upload sessions announce themselves with UploadStarted/UploadCompleted
-
-
-ASSET = StateMachine(
-    name="asset", table="assets", initial=frozenset({"staged", "validating"}),
-    edges=_edges({
-        "staged": ("validating", "quarantined", "deleted"),
-        "validating": ("analyzing", "quarantined", "deleted"),
-        "analyzing": ("promoting", "quarantined", "deleted"),
-        "promoting": ("available", "quarantined", "deleted"),
-        "available": ("processing", "ready", "quarantined", "deleted"),
-        "processing": ("ready", "degraded", "quarantined", "deleted"),
-        "ready": ("processing", "quarantined", "deleted"),
-        "degraded": ("processing", "quarantined", "deleted"),
-        "quarantined": ("deleted",),
-        "deleted": (),
-    }),
-    event=_asset_event)
-
-VARIANT = StateMachine(
-    name="variant", table="variants", initial=frozenset({"planned"}),
-    edges=_edges({
-        "planned": ("queued", "cancelled", "purged"),
-        "queued": ("processing", "failed", "cancelled", "purged"),
-        "processing": ("ready", "failed", "cancelled", "purged"),
-        "ready": ("stale", "missing", "purged"),
-        "stale": ("queued", "missing", "purged"),
-        "missing": ("queued", "purged"),
-        "failed": ("queued", "purged"),
-        "cancelled": ("queued", "purged"),
-        "purged": (),
-    }),
-    event=_variant_event,
-    join="assets")
-
-UPLOAD_SESSION = StateMachine(
-    name="upload_session", table="upload_sessions", initial=frozenset({"initialized"}),
-    edges=_edges({
-        "initialized": ("signed", "failed", "aborted", "expired"),
-        "signed": ("uploading", "uploaded", "verifying", "failed", "aborted", "expired"),
-        "uploading": ("uploaded", "verifying", "failed", "aborted", "expired"),
-        "uploaded": ("verifying", "failed", "aborted", "expired"),
-        "verifying": ("completed", "failed", "aborted", "expired"),
-        "completed": (),
-        "failed": (),
-        "aborted": (),
-        "expired": (),
-    }),
-    event=_no_event)
-
-MACHINES = (ASSET, VARIANT, UPLOAD_SESSION)
 
 
 def _columns(values: Mapping[str, Any]) -> list[str]:
@@ -149,7 +47,7 @@ async def transition(uow: UnitOfWork, machine: StateMachine, row_id: object, fro
     """
     if from_state is None:
         from_state = await uow.conn.fetchval(
-            f"SELECT state FROM {uow.ledger.schema}.{machine.table} WHERE id = $1 FOR UPDATE", row_id)
+            f"SELECT state FROM {uow.schema}.{machine.table} WHERE id = $1 FOR UPDATE", row_id)
         if from_state is None:
             raise NotFound(f"{machine.name} {row_id} does not exist")
     return await walk(uow, machine, row_id, (from_state, to_state), **changes)
@@ -176,7 +74,7 @@ async def walk(uow: UnitOfWork, machine: StateMachine, row_id: object, path: Seq
     rows = await _update(uow, machine, "t.id = $1", row_id, path[0], path[-1], changes)
     if not rows:
         actual = await uow.conn.fetchval(
-            f"SELECT state FROM {uow.ledger.schema}.{machine.table} WHERE id = $1", row_id)
+            f"SELECT state FROM {uow.schema}.{machine.table} WHERE id = $1", row_id)
         if actual is None:
             raise NotFound(f"{machine.name} {row_id} does not exist")
         raise InvalidTransition(machine.name, row_id, path[0], path[1], actual=actual)
@@ -203,7 +101,7 @@ async def transition_many(uow: UnitOfWork, machine: StateMachine, row_ids: Seque
 
 async def _update(uow: UnitOfWork, machine: StateMachine, where: str, ids: object, from_state: str,
                   to_state: str, changes: Mapping[str, Any]) -> list[asyncpg.Record]:
-    schema = uow.ledger.schema
+    schema = uow.schema
     names = _columns(changes)
     sets = "".join(f", {name} = ${i}" for i, name in enumerate(names, start=4))
     join, returning = " WHERE", "t.*"
@@ -237,7 +135,7 @@ async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: A
     names = _columns(values)
     placeholders = ", ".join(f"${i}" for i in range(2, len(names) + 2))
     return await uow.conn.fetchrow(
-        f"INSERT INTO {uow.ledger.schema}.{machine.table} (state, {', '.join(names)})"
+        f"INSERT INTO {uow.schema}.{machine.table} (state, {', '.join(names)})"
         f" VALUES ($1, {placeholders}) RETURNING *", state, *values.values())
 
 
@@ -266,7 +164,7 @@ async def insert_many(uow: UnitOfWork, machine: StateMachine, rows: Sequence[Map
     values = ", ".join(
         "($1, " + ", ".join(f"${2 + r * width + c}" for c in range(width)) + ")" for r in range(len(rows)))
     params = [row[name] for row in rows for name in names]
-    schema = uow.ledger.schema
+    schema = uow.schema
     insert = (f"INSERT INTO {schema}.{machine.table} (state, {', '.join(names)}) VALUES {values}"
               " RETURNING *")
     if machine.join:

@@ -12,8 +12,8 @@ import uuid
 import pytest
 
 from rindle_async import AssetStateChanged, InvalidTransition, NotFound, VariantStateChanged
-from rindle_async import states
-from rindle_async.states import ASSET, MACHINES, UPLOAD_SESSION, VARIANT
+from rindle_async.lifecycle import transitions
+from rindle_async.lifecycle.machines import ASSET, MACHINES, UPLOAD_SESSION, VARIANT
 
 EXPECTED_TERMINAL = {"asset": {"deleted"}, "variant": {"purged"},
                      "upload_session": {"completed", "failed", "aborted", "expired"}}
@@ -59,7 +59,7 @@ async def test_every_allowed_edge_is_persisted(rindle, db, schema, machine):
     for from_state, to_state in edges:
         row_id = await new_row(db, schema, machine, from_state)
         async with rindle.db.transaction() as uow:
-            row = await states.transition(uow, machine, row_id, from_state, to_state)
+            row = await transitions.transition(uow, machine, row_id, from_state, to_state)
         assert row["state"] == to_state
         assert await state_of(db, schema, machine, row_id) == to_state, (from_state, to_state)
     expected = {(a, b) for a, b in edges} if machine is not UPLOAD_SESSION else set()
@@ -76,7 +76,7 @@ async def test_every_forbidden_edge_is_refused_and_changes_nothing(rindle, db, s
     for from_state, to_state in forbidden:
         with pytest.raises(InvalidTransition) as info:
             async with rindle.db.transaction() as uow:
-                await states.transition(uow, machine, row_ids[from_state], from_state, to_state)
+                await transitions.transition(uow, machine, row_ids[from_state], from_state, to_state)
         assert f"{from_state} -> {to_state} is not an allowed transition" in str(info.value)
         assert (info.value.from_state, info.value.to_state) == (from_state, to_state)
     for from_state, row_id in row_ids.items():
@@ -120,40 +120,40 @@ async def test_stale_from_state_names_the_actual_state(rindle, db, schema):
     row_id = await new_row(db, schema, ASSET, "validating")
     with pytest.raises(InvalidTransition, match="is in state 'validating' now") as info:
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, ASSET, row_id, "staged", "validating")
+            await transitions.transition(uow, ASSET, row_id, "staged", "validating")
     assert info.value.actual == "validating"
 
 
 async def test_missing_row_and_unknown_state(rindle):
     with pytest.raises(NotFound, match="asset .* does not exist"):
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, ASSET, uuid.uuid4(), "staged", "validating")
+            await transitions.transition(uow, ASSET, uuid.uuid4(), "staged", "validating")
     with pytest.raises(ValueError, match="'flying' is not a asset state"):
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, ASSET, uuid.uuid4(), "staged", "flying")
+            await transitions.transition(uow, ASSET, uuid.uuid4(), "staged", "flying")
 
 
 async def test_from_state_none_uses_the_locked_current_state(rindle, db, schema):
     row_id = await new_row(db, schema, VARIANT, "failed")
     async with rindle.db.transaction() as uow:
-        row = await states.transition(uow, VARIANT, row_id, None, "queued", reason=None)
+        row = await transitions.transition(uow, VARIANT, row_id, None, "queued", reason=None)
     assert row["state"] == "queued"
     with pytest.raises(InvalidTransition):
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, VARIANT, row_id, None, "ready")
+            await transitions.transition(uow, VARIANT, row_id, None, "ready")
 
 
 async def test_changes_are_written_with_the_transition(rindle, db, schema):
     row_id = await new_row(db, schema, ASSET, "analyzing")
     async with rindle.db.transaction() as uow:
-        await states.transition(uow, ASSET, row_id, "analyzing", "quarantined",
+        await transitions.transition(uow, ASSET, row_id, "analyzing", "quarantined",
                                 reason="declared image/jpeg, bytes are image/png")
     row = await db.fetchrow(f"SELECT state, reason, state_changed_at > created_at AS moved"
                             f" FROM {schema}.assets WHERE id = $1", row_id)
     assert tuple(row) == ("quarantined", "declared image/jpeg, bytes are image/png", True)
     with pytest.raises(ValueError, match="'state' cannot be written"):
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, ASSET, row_id, "quarantined", "deleted", state="ready")
+            await transitions.transition(uow, ASSET, row_id, "quarantined", "deleted", state="ready")
 
 
 async def test_concurrent_transitions_of_one_row_have_exactly_one_winner(rindle, db, schema):
@@ -163,14 +163,14 @@ async def test_concurrent_transitions_of_one_row_have_exactly_one_winner(rindle,
 
     async def first():
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, ASSET, row_id, "staged", "validating")
+            await transitions.transition(uow, ASSET, row_id, "staged", "validating")
             entered.set()
             await release.wait()  # hold the row lock while the second writer queues up
 
     async def second():
         await entered.wait()
         async with rindle.db.transaction() as uow:
-            task = asyncio.ensure_future(states.transition(uow, ASSET, row_id, "staged", "deleted"))
+            task = asyncio.ensure_future(transitions.transition(uow, ASSET, row_id, "staged", "deleted"))
             await asyncio.sleep(0.2)
             assert not task.done(), "the second writer should wait for the first one's row lock"
             release.set()
@@ -187,7 +187,7 @@ async def test_many_racing_writers_one_winner(rindle, db, schema):
 
     async def attempt():
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, VARIANT, row_id, "queued", "processing")
+            await transitions.transition(uow, VARIANT, row_id, "queued", "processing")
 
     results = await asyncio.gather(*(attempt() for _ in range(8)), return_exceptions=True)
     assert sum(r is None for r in results) == 1
@@ -201,8 +201,8 @@ async def test_events_only_after_commit(rindle, db, schema):
     asset_id = await new_row(db, schema, ASSET, "staged")
     variant_id = await new_row(db, schema, VARIANT, "planned")
     async with rindle.db.transaction() as uow:
-        await states.transition(uow, ASSET, asset_id, "staged", "validating")
-        await states.transition(uow, VARIANT, variant_id, "planned", "queued")
+        await transitions.transition(uow, ASSET, asset_id, "staged", "validating")
+        await transitions.transition(uow, VARIANT, variant_id, "planned", "queued")
         assert seen == []
         committed.append(True)
     assert [type(e) for e, _ in seen] == [AssetStateChanged, VariantStateChanged]
@@ -216,7 +216,7 @@ async def test_events_only_after_commit(rindle, db, schema):
     seen.clear()
     with pytest.raises(RuntimeError):
         async with rindle.db.transaction() as uow:
-            await states.transition(uow, ASSET, asset_id, "validating", "analyzing")
+            await transitions.transition(uow, ASSET, asset_id, "validating", "analyzing")
             raise RuntimeError("host code failed")
     assert seen == []
     assert await state_of(db, schema, ASSET, asset_id) == "validating"
@@ -225,23 +225,23 @@ async def test_events_only_after_commit(rindle, db, schema):
 async def test_insert_accepts_only_initial_states(rindle, schema, db):
     asset_id = uuid.uuid4()
     async with rindle.db.transaction() as uow:
-        row = await states.insert(uow, ASSET, "staged", id=asset_id, profile="avatar",
+        row = await transitions.insert(uow, ASSET, "staged", id=asset_id, profile="avatar",
                                   storage="local", storage_key=f"k/{asset_id}")
     assert row["state"] == "staged"
     with pytest.raises(ValueError, match="a new asset starts in one of staged, validating"):
         async with rindle.db.transaction() as uow:
-            await states.insert(uow, ASSET, "ready", id=uuid.uuid4(), profile="avatar",
+            await transitions.insert(uow, ASSET, "ready", id=uuid.uuid4(), profile="avatar",
                                 storage="local", storage_key="k/x")
 
 
 def test_no_module_writes_a_state_column_around_the_machines():
-    source = pathlib.Path(states.__file__).parent
+    source = pathlib.Path(transitions.__file__).parent.parent  # the package
     # "SET state =", "..., state = ..." in an UPDATE, or a state column in an INSERT list
     writes = re.compile(r"\bSET\s+state\s*=|,\s*state\s*=\s*[$']|INSERT\s+INTO\s+\S+\s*\([^)]*\bstate\b",
                         re.IGNORECASE)
-    assert writes.search(pathlib.Path(states.__file__).read_text()), "the pattern must see real writes"
+    assert writes.search(pathlib.Path(transitions.__file__).read_text()), "the pattern must see real writes"
     offenders = [str(path.relative_to(source)) for path in source.rglob("*.py")
-                 if path.name != "states.py" and writes.search(path.read_text())]
+                 if path.name != "transitions.py" and writes.search(path.read_text())]
     assert offenders == []
 
 
@@ -250,7 +250,7 @@ async def test_a_walk_stores_the_last_state_and_announces_every_step(rindle, db,
     rindle.subscribe(events.append)
     asset_id = await new_row(db, schema, ASSET, "analyzing")
     async with rindle.db.transaction() as uow:
-        row = await states.walk(uow, ASSET, asset_id, ("analyzing", "promoting", "available", "ready"),
+        row = await transitions.walk(uow, ASSET, asset_id, ("analyzing", "promoting", "available", "ready"),
                                 width=7)
     assert (row["state"], row["width"]) == ("ready", 7)
     assert await state_of(db, schema, ASSET, asset_id) == "ready"
@@ -259,10 +259,10 @@ async def test_a_walk_stores_the_last_state_and_announces_every_step(rindle, db,
     other = await new_row(db, schema, ASSET, "analyzing")
     with pytest.raises(InvalidTransition):  # analyzing -> ready skips the edges in between
         async with rindle.db.transaction() as uow:
-            await states.walk(uow, ASSET, other, ("analyzing", "ready"))
+            await transitions.walk(uow, ASSET, other, ("analyzing", "ready"))
     with pytest.raises(InvalidTransition):  # the row is not where the walk starts
         async with rindle.db.transaction() as uow:
-            await states.walk(uow, ASSET, other, ("promoting", "available"))
+            await transitions.walk(uow, ASSET, other, ("promoting", "available"))
     assert await state_of(db, schema, ASSET, other) == "analyzing"
 
 
@@ -272,7 +272,7 @@ async def test_transition_many_moves_only_rows_still_in_the_state(rindle, db, sc
     queued = [await new_row(db, schema, VARIANT, "queued") for _ in range(3)]
     moved_on = await new_row(db, schema, VARIANT, "failed")
     async with rindle.db.transaction() as uow:
-        rows = await states.transition_many(uow, VARIANT, [*queued, moved_on], "queued", "processing")
+        rows = await transitions.transition_many(uow, VARIANT, [*queued, moved_on], "queued", "processing")
     assert sorted(r["id"] for r in rows) == sorted(queued)
     assert [await state_of(db, schema, VARIANT, i) for i in queued] == ["processing"] * 3
     assert await state_of(db, schema, VARIANT, moved_on) == "failed"
@@ -286,10 +286,10 @@ async def test_insert_many_creates_rows_walked_from_an_initial_state(rindle, db,
     rows = [{"id": uuid.uuid4(), "asset_id": asset_id, "name": name, "recipe_digest": "d"}
             for name in ("a", "b")]
     async with rindle.db.transaction() as uow:
-        created = await states.insert_many(uow, VARIANT, rows, ("planned", "queued"))
+        created = await transitions.insert_many(uow, VARIANT, rows, ("planned", "queued"))
     assert {r["state"] for r in created} == {"queued"}
     assert [(e.variant, e.from_state, e.to_state) for e in events] == [
         ("a", "planned", "queued"), ("b", "planned", "queued")]
     with pytest.raises(ValueError, match="starts in one of planned"):
         async with rindle.db.transaction() as uow:
-            await states.insert_many(uow, VARIANT, rows, ("queued", "processing"))
+            await transitions.insert_many(uow, VARIANT, rows, ("queued", "processing"))

@@ -18,24 +18,21 @@ An attempt's timeout does not run while the job waits for a processing slot
 from __future__ import annotations
 
 import logging
-import random
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import anyio
-import msgspec
 from arq import Retry
 from arq.worker import Function, func
 
-from .dispatch import DISPATCHER, holding_slot
-from .errors import ConfigurationError
+from ..dispatch import DISPATCHER, holding_slot
+from .kinds import JobKind
 
 if TYPE_CHECKING:
-    from .app import Rindle
-    from .db.transaction import UnitOfWork
+    from ..app import Rindle
+    from ..db.transaction import UnitOfWork
 
 log = logging.getLogger("rindle_async.jobs")
 #: seconds a job's own bookkeeping (recording a retry, a discard) waits for a database that
@@ -46,48 +43,10 @@ BOOKKEEPING_PATIENCE = 10.0
 OUTAGE_DELIVERIES = 10
 
 
-@dataclass(frozen=True)
-class JobKind:
-    """A kind of background job: its handler and how hard to try.
-
-    name: the arq function name and the ``kind`` stored in ledger rows.
-    handler: ``async def handler(job: JobRun) -> None``.
-    tries: attempts before the job is discarded.
-    timeout: seconds one attempt may run before it counts as failed.
-    backoff: seconds before the second attempt; doubles each try.
-    max_backoff: upper bound of the delay between attempts.
-    on_discard: ``async def on_discard(uow, job, error) -> None``, run in the discard transaction.
-    lane: the worker slots it runs in: "render" (sized by the processing pool) or "default".
-    """
-
-    name: str
-    handler: Callable[[JobRun], Awaitable[None]]
-    tries: int = 3
-    timeout: float = 300.0
-    backoff: float = 2.0
-    max_backoff: float = 600.0
-    on_discard: Callable[[UnitOfWork, JobRun, str], Awaitable[None]] | None = None
-    lane: str = "default"
-
-    def __post_init__(self) -> None:
-        if self.lane not in ("default", "render"):
-            raise ConfigurationError(f"JobKind {self.name!r}: lane={self.lane!r} must be 'default' "
-                                     "or 'render'")
-        if self.tries < 1:
-            raise ConfigurationError(f"JobKind {self.name!r}: tries={self.tries} must be at least 1")
-        if self.timeout <= 0:
-            raise ConfigurationError(f"JobKind {self.name!r}: timeout={self.timeout} must be positive")
-
-    def delay(self, attempt: int) -> float:
-        """Seconds to wait after failed attempt ``attempt`` (with up to 25% jitter)."""
-        base = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-        return base * (1 + random.random() / 4)
-
-
 class JobRun:
     """One attempt at one ledger job, handed to the kind's handler."""
 
-    def __init__(self, rindle: Rindle, kind: JobKind, job_id: int, args: dict[str, Any],
+    def __init__(self, rindle: Rindle, kind: JobKind, job_id: int, args: Any,
                  attempt: int, run_id: int) -> None:
         self.rindle = rindle
         self.kind = kind
@@ -172,7 +131,7 @@ async def _begin(rindle: Rindle, kind: JobKind, job_id: int, worker: str | None)
         " SELECT job.attempts, job.args, run.id AS run_id FROM job, run", job_id, kind.name, worker)
     if row is None:
         return None
-    return JobRun(rindle, kind, job_id, msgspec.json.decode(row["args"]), row["attempts"],
+    return JobRun(rindle, kind, job_id, kind.decode(row["args"]), row["attempts"],
                   row["run_id"])
 
 
@@ -194,8 +153,9 @@ async def _through_outage(statement: Callable[[], Awaitable[Any]]) -> None:
 async def _discard(job: JobRun, error: str) -> None:
     schema = job.rindle.schema
     async with job.rindle.db.transaction() as uow:
-        if job.kind.on_discard is not None:
-            await job.kind.on_discard(uow, job, error)
+        hook = job.kind.discard_hook
+        if hook is not None:
+            await hook(uow, job, error)
         await uow.conn.execute(
             f"UPDATE {schema}.jobs SET status = 'discarded', error = $2, discarded_at = now()"
             " WHERE id = $1", job.id, error)
@@ -229,7 +189,7 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | N
     try:
         try:
             with anyio.fail_after(kind.timeout) as job._deadline:
-                await kind.handler(job)
+                await kind.run(job)
         except TimeoutError:
             if not job._deadline.cancelled_caught:
                 raise  # a timeout of the handler's own

@@ -26,10 +26,10 @@ from arq.connections import ArqRedis
 from arq.constants import expires_extra_ms, in_progress_key_prefix, job_key_prefix, result_key_prefix
 from arq.jobs import serialize_job
 
-from .errors import ConfigurationError, ValidationError
+from ..errors import ConfigurationError, ValidationError
 
 if TYPE_CHECKING:
-    from .jobs import JobKind
+    from .kinds import JobKind
 
 log = logging.getLogger("rindle_async.ledger")
 
