@@ -26,11 +26,11 @@ from aiohttp import web
 from starlette.applications import Starlette
 from starlette.routing import Mount
 
-from rindle_async import (ConfigurationError, LocalStorage, Profile, Rindle, S3Storage, UploadTicket, Variant,
-                          VerificationFailed)
+from rindle_async import (ConfigurationError, LocalStorage, Profile, Rindle, S3Storage, UploadClosed,
+                          UploadTicket, Variant, VerificationFailed)
+from rindle_async.contrib.local_http import RangeNotSatisfiable, cache_control, handle_request, parse_range
 from rindle_async.lifecycle import transitions
 from rindle_async.lifecycle.machines import UPLOAD_SESSION
-from rindle_async.contrib import RangeNotSatisfiable, cache_control, parse_range
 from rindle_async.contrib.aiohttp import add_local_storage_routes
 from rindle_async.contrib.starlette import local_storage_routes
 from rindle_async.delivery import content_disposition
@@ -458,6 +458,19 @@ async def test_ranges_we_do_not_serve_get_the_whole_body(client: httpx.AsyncClie
     assert response.content == DATA
 
 
+async def test_conditional_and_encoding_headers_get_the_signed_object(client: httpx.AsyncClient,
+                                                                      storage: LocalStorage, stored: str) -> None:
+    # aiohttp's FileResponse would answer these 304, 412 and a sibling "<key>.gz" (docs/delivery.md)
+    await storage.put(stored + ".gz", b"not the signed object")
+    url = await storage.url(stored, expires_in=60)
+    for headers in ({"If-None-Match": "*"}, {"If-Modified-Since": "Fri, 01 Jan 2100 00:00:00 GMT"},
+                    {"If-Match": '"other"'}, {"Accept-Encoding": "gzip, br"}):
+        response = await client.get(url, headers=headers)
+        assert response.status_code == 200, headers
+        assert "content-encoding" not in response.headers
+        assert response.content == DATA
+
+
 async def test_empty_object(client: httpx.AsyncClient, storage: LocalStorage) -> None:
     await storage.put("docs/empty", b"")
     url = await storage.url("docs/empty", expires_in=60)
@@ -529,6 +542,27 @@ def test_routes_refuse_a_storage_that_is_not_local(tmp_path: Path, name: str) ->
         local_storage_routes(rindle, name)
     with pytest.raises(ConfigurationError, match=name):
         add_local_storage_routes(web.Application(), rindle, storage=name)
+
+
+async def test_the_core_needs_only_the_storage_and_a_write_check(storage: LocalStorage) -> None:
+    url = urlsplit(storage.sign("PUT", "up/a.txt", expires_at=int(time.time()) + 60, max_bytes=10))
+    query = parse_qsl(url.query)
+    asked: list[str] = []
+
+    async def open_for(key: str) -> None:
+        asked.append(key)
+
+    async def closed(key: str) -> None:
+        raise UploadClosed(f"no upload session is open for {key!r}")
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"0123"
+
+    answer = await handle_request(storage, closed, "PUT", "up/a.txt", query, {}, body())
+    assert (answer.status, await storage.head("up/a.txt")) == (410, None)
+    answer = await handle_request(storage, open_for, "put", "up/a.txt", query, {}, body())
+    assert (answer.status, asked) == (200, ["up/a.txt"])
+    assert b"".join([chunk async for chunk in storage.get("up/a.txt")]) == b"0123"
 
 
 @pytest.mark.parametrize(("header", "size", "expected"), [

@@ -18,7 +18,7 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..storage.base import CHUNK_SIZE
-from . import handle_request, local_storage
+from .local_http import handle_request, local_mount
 
 if TYPE_CHECKING:
     from ..app import Rindle
@@ -31,16 +31,16 @@ def add_local_storage_routes(app: web.Application, rindle: Rindle, *, prefix: st
     """Add a route answering PUT, GET and HEAD on ``{prefix}/{key}`` for one LocalStorage.
 
     app: the aiohttp application (before it starts)
-    rindle: the host's Rindle; the storage is looked up in ``rindle.storages`` on every request
+    rindle: the host's Rindle (opened or not); the storage is resolved here, once
     prefix: the path of the storage's base_url, e.g. "/rindle"
     storage: the name of a LocalStorage in ``Rindle(storages=...)``
     Raises ConfigurationError at once when that storage is missing or not a LocalStorage.
     """
-    local_storage(rindle, storage)
+    mount = local_mount(rindle, storage)
 
     async def handler(request: web.Request) -> web.StreamResponse:
         try:
-            answer = await handle_request(rindle, storage, request.method,
+            answer = await handle_request(mount.storage, mount.writable, request.method,
                                           request.match_info["key"], request.query.items(),
                                           request.headers, request.content.iter_chunked(CHUNK_SIZE))
         except ConnectionResetError:

@@ -19,7 +19,7 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from . import handle_request, local_storage
+from .local_http import LocalMount, handle_request, local_mount
 
 if TYPE_CHECKING:
     from ..app import Rindle
@@ -30,25 +30,23 @@ __all__ = ["local_storage_routes"]
 def local_storage_routes(rindle: Rindle, storage: str = "local") -> Router:
     """A Router answering PUT, GET and HEAD on ``/{key}`` for one LocalStorage; mount it at its base_url.
 
-    rindle: the host's Rindle; the storage is looked up in ``rindle.storages`` on every request
+    rindle: the host's Rindle (opened or not); the storage is resolved here, once
     storage: the name of a LocalStorage in ``Rindle(storages=...)``
     Raises ConfigurationError at once when that storage is missing or not a LocalStorage.
     """
-    local_storage(rindle, storage)
-    return Router(routes=[Route("/{key:path}", _LocalStorageEndpoint(rindle, storage))])
+    return Router(routes=[Route("/{key:path}", _LocalStorageEndpoint(local_mount(rindle, storage)))])
 
 
 class _LocalStorageEndpoint:
     """An ASGI app rather than a function, so Route passes every method and the 405 is our JSON one."""
 
-    def __init__(self, rindle: Rindle, storage: str) -> None:
-        self.rindle = rindle
-        self.storage = storage
+    def __init__(self, mount: LocalMount) -> None:
+        self.mount = mount
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         request = Request(scope, receive)
         try:
-            answer = await handle_request(self.rindle, self.storage, request.method,
+            answer = await handle_request(self.mount.storage, self.mount.writable, request.method,
                                           request.path_params["key"], request.query_params.multi_items(),
                                           request.headers, request.stream())
         except ClientDisconnect:
