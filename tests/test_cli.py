@@ -4,12 +4,17 @@ every verb's exact summary and exit code, dry runs that change nothing, and the 
 from __future__ import annotations
 
 import asyncio
+import fcntl
 import json
 import os
 import pathlib
+import pty
 import re
+import select
+import struct
 import subprocess
 import sys
+import termios
 import uuid
 
 import pytest
@@ -27,19 +32,60 @@ COMMAND = pathlib.Path(sys.executable).parent / "rindle-async"
 
 @pytest.fixture
 def cli(host_env, tmp_path):
-    """``await cli("status", "--json")``: run the console script; stderr never draws progress."""
+    """``await cli("status", "--json")``: run the console script; stderr never draws progress.
+    With ``terminal=True`` stdout and stderr share a pseudo-terminal and ``stdout`` is what it
+    shows (``screen``)."""
     base = {**os.environ, **host_env, "RINDLE_APP": "hostapp:rindle",
             "PYTHONPATH": os.pathsep.join(filter(None, [str(TESTS), os.environ.get("PYTHONPATH")]))}
 
-    async def run(*args: str, without_app: bool = False) -> subprocess.CompletedProcess:
+    async def run(*args: str, without_app: bool = False,
+                  terminal: bool = False) -> subprocess.CompletedProcess:
         env = {k: v for k, v in base.items() if not (without_app and k == "RINDLE_APP")}
+        command = [str(COMMAND), *args]
+        if terminal:
+            return await asyncio.to_thread(on_a_terminal, command, env, tmp_path)
         # in a thread: the host's relay keeps running on this loop meanwhile
-        done = await asyncio.to_thread(subprocess.run, [str(COMMAND), *args], env=env, cwd=tmp_path,
+        done = await asyncio.to_thread(subprocess.run, command, env=env, cwd=tmp_path,
                                        capture_output=True, text=True, timeout=60)
         assert "\r" not in done.stderr  # not a terminal: no progress bars
         return done
 
     return run
+
+
+def on_a_terminal(command: list[str], env: dict[str, str], cwd: pathlib.Path
+                  ) -> subprocess.CompletedProcess:
+    """Run ``command`` with stdout and stderr on a pseudo-terminal 100 columns wide."""
+    leader, follower = pty.openpty()
+    fcntl.ioctl(follower, termios.TIOCSWINSZ, struct.pack("HHHH", 24, 100, 0, 0))
+    received = bytearray()
+    with subprocess.Popen(command, env=env, cwd=cwd, stdin=subprocess.DEVNULL,
+                          stdout=follower, stderr=follower) as process:
+        os.close(follower)
+        try:
+            while select.select([leader], [], [], 60)[0] and (chunk := os.read(leader, 4096)):
+                received += chunk
+        except OSError:  # EIO: the command exited and closed its end
+            pass
+        finally:
+            os.close(leader)
+        code = process.wait(timeout=60)
+    return subprocess.CompletedProcess(command, code, "\n".join(screen(received.decode())), "")
+
+
+def screen(received: str) -> list[str]:
+    """The lines a terminal shows after ``received``: a carriage return goes back to the start
+    of the line, and what follows overwrites it."""
+    shown, column = [""], 0
+    for part in re.split(r"(\r|\n)", received):
+        if part == "\r":
+            column = 0
+        elif part == "\n":
+            shown.append("")
+        else:
+            shown[-1] = shown[-1][:column] + part + shown[-1][column + len(part):]
+            column += len(part)
+    return [line.rstrip() for line in shown if line.strip()]
 
 
 def lines(text: str) -> list[str]:
@@ -219,24 +265,42 @@ async def test_abort_incomplete_uploads_dry_run_then_live(cli, host, redis_url):
     assert await state_of(host, "assets", ticket.asset_id) is None
 
 
-def test_progress_on_a_terminal_ends_its_line_before_the_summary(capsys):
-    """What a terminal shows: a bar when the total is known, a running count when it is not
-    (cleanup); either way the summary starts on a line of its own."""
-    from rindle_async.cli import _Bar
+# what tqdm draws: "[elapsed<eta, rate unit/s]", "?" where it cannot tell yet (a single page)
+ETA, RATE = r"(\d\d:\d\d|\?)", r"(\d+\.\d\d|\?)"
 
-    bar = _Bar("abort-incomplete-uploads")
-    bar(200, 400)
-    bar(400, 400)
-    bar.end()
-    count = _Bar("cleanup-orphans")
-    count(200, 0)
-    count(400, 0)
-    count.end()
-    count.end()
-    assert capsys.readouterr().err == (
-        f"\rabort-incomplete-uploads [{'#' * 15}{'.' * 15}] 200/400"
-        f"\rabort-incomplete-uploads [{'#' * 30}] 400/400\n"
-        "\rcleanup-orphans 200\rcleanup-orphans 400\n")
+
+async def test_progress_on_a_terminal_then_the_summary_on_a_line_of_its_own(cli, host, redis_url):
+    """A terminal shows a bar with counts, rate and ETA when the total is known; a count and
+    rate without ETA when it is not (cleanup); nothing for a verb with nothing to do."""
+    await uploaded(host, redis_url, jpeg(80, 60))
+    ticket = await host.initiate_upload("photos", filename="late.jpg", content_type="image/jpeg",
+                                        byte_size=100)
+    await host.pool.execute(f"UPDATE {host.schema}.upload_sessions SET expires_at = now() - interval"
+                            " '1 minute' WHERE id = $1::uuid", ticket.session_id)
+
+    abort = await cli("abort-incomplete-uploads", terminal=True)
+    assert abort.returncode == 0, abort.stdout
+    bar, summary = lines(abort.stdout)
+    assert re.fullmatch(rf"abort-incomplete-uploads: 100%\|\S+\| 1/1 \[00:0\d<{ETA}, {RATE} "
+                        r"sessions/s\]", bar), bar
+    assert summary == "abort_incomplete_uploads (live): assets_tombstoned=1, sessions_expired=1"
+    again = await cli("abort-incomplete-uploads", terminal=True)
+    assert (again.returncode, again.stdout) == (0, "abort_incomplete_uploads (live): nothing to do")
+
+    cleanup = await cli("cleanup-orphans", "--grace-hours", "0", terminal=True)
+    assert cleanup.returncode == 0, cleanup.stdout
+    count, *summary = lines(cleanup.stdout)
+    # 2 assets, then the original and 4 variants under photos/
+    assert re.fullmatch(rf"cleanup-orphans: 7 checked \[00:0\d, {RATE} checked/s\]", count), count
+    assert summary == ["cleanup_orphans (dry run): unattached_assets=1",
+                       "dry run: nothing was changed; run again with --live to do it"]
+
+    verify = await cli("verify-storage", "--dry-run", terminal=True)
+    assert verify.returncode == 0, verify.stdout
+    bar, summary = lines(verify.stdout)
+    assert re.fullmatch(rf"verify-storage: 100%\|\S+\| 5/5 \[00:0\d<{ETA}, {RATE} objects/s\]",
+                        bar), bar
+    assert summary == "verify_storage (dry run): checked=5"
 
 
 # -- cleanup-orphans -------------------------------------------------------------------------

@@ -154,7 +154,7 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
 
 def from_environment() -> type:
     """``WorkerSettings`` for ``arq``: the Rindle named by RINDLE_APP, the queue in RINDLE_QUEUE."""
-    from .cli import load_app
+    from .app_loader import load_app
 
     spec = os.environ.get("RINDLE_APP")
     if not spec:

@@ -1,0 +1,32 @@
+"""Load the host's ``Rindle`` named as ``module:attribute`` (``--app`` or ``RINDLE_APP``)."""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+
+from .app import Rindle
+from .errors import RindleError
+
+
+def load_app(spec: str) -> Rindle:
+    """Import ``module:attribute`` and return the Rindle it names.
+
+    spec: e.g. ``"myapp.media:rindle"``.
+    """
+    module_name, _, attribute = spec.partition(":")
+    if not module_name or not attribute:
+        raise RindleError(f"--app {spec!r} must look like module:attribute, e.g. myapp.media:rindle")
+    # a console script's sys.path starts at its bin directory, not at the directory it runs in
+    if os.getcwd() not in sys.path:
+        sys.path.insert(0, os.getcwd())
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as exc:
+        raise RindleError(f"--app {spec!r}: cannot import {module_name!r} ({exc})") from exc
+    app = getattr(module, attribute, None)
+    if not isinstance(app, Rindle):
+        raise RindleError(f"--app {spec!r}: {module_name}.{attribute} is "
+                          f"{type(app).__name__}, not a rindle_async.Rindle")
+    return app
