@@ -81,7 +81,7 @@ async def render_assets(rindle: Rindle, counts: dict[str, int]) -> dict[str, lis
         if summary.pending == 0 and summary.enqueued == 0:
             break
         worker = Worker(functions=rindle.arq_functions(), redis_settings=RedisSettings.from_dsn(REDIS_URL),
-                        queue_name=rindle.ledger.queue, burst=True, poll_delay=0.05, handle_signals=False,
+                        queue_name=rindle.config.ledger.queue, burst=True, poll_delay=0.05, handle_signals=False,
                         ctx={"rindle": rindle}, max_jobs=16)
         try:
             await worker.main()
@@ -149,7 +149,7 @@ async def main() -> None:
 
 
 async def thumb_key(rindle: Rindle, asset_id: str) -> str:
-    return await rindle.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.variants"
+    return await rindle.runtime.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.variants"
                                       f" WHERE asset_id = $1::uuid AND name = 'thumb'", asset_id)
 
 

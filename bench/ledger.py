@@ -91,7 +91,7 @@ async def commit_to_start(host, db: asyncpg.Connection, schema: str, samples: in
     """Seconds from each commit returning to its handler starting in the worker."""
     out = []
     for _ in range(samples):
-        async with host.db.transaction() as uow:
+        async with host.runtime.db.transaction() as uow:
             job_id = await uow.stage("stamp", {})
         committed = time.time()
         deadline = time.monotonic() + 30
@@ -159,7 +159,7 @@ async def main() -> None:
                 raw = args.jobs / (time.perf_counter() - started)
                 started = time.perf_counter()
                 for first in range(0, args.jobs, 100):
-                    async with host.db.transaction() as uow:
+                    async with host.runtime.db.transaction() as uow:
                         for _ in range(first, min(first + 100, args.jobs)):
                             await uow.stage("noop", {})
                 staged = time.perf_counter() - started
@@ -190,7 +190,7 @@ async def main() -> None:
             raw_rate = args.noop_jobs / (max(r.finish_time for r in results)
                                          - min(r.start_time for r in results)).total_seconds()
             for first in range(0, args.noop_jobs, 500):
-                async with host.db.transaction() as uow:
+                async with host.runtime.db.transaction() as uow:
                     for _ in range(first, min(first + 500, args.noop_jobs)):
                         await uow.stage("noop", {})
             await host.flush_jobs()

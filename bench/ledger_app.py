@@ -21,7 +21,7 @@ async def noop(job) -> None:
 
 async def stamp(job) -> None:
     started = time.time()
-    await job.rindle.pool.execute(f"INSERT INTO {job.rindle.schema}.bench_starts VALUES ($1, $2)",
+    await job.runtime.pool.execute(f"INSERT INTO {job.runtime.schema}.bench_starts VALUES ($1, $2)",
                                   job.id, started)
 
 

@@ -85,13 +85,13 @@ async def templates(rindle: Rindle) -> dict[str, uuid.UUID]:
                                             content_type="image/jpeg", byte_size=len(image))
                for _ in range(3)]
     for ticket in tickets[1:]:  # the client sends the bytes, then the host verifies
-        key = await rindle.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.upload_sessions"
+        key = await rindle.runtime.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.upload_sessions"
                                          " WHERE id = $1::uuid", ticket.session_id)
         await rindle.storages["local"].put(key, image, content_type="image/jpeg")
         await rindle.verify_upload(ticket.session_id)
     for _ in range(3):  # promotion stages the render, the render finishes the asset
-        for job_id, kind in await rindle.pool.fetch(f"SELECT id, kind FROM {rindle.schema}.jobs"):
-            await run_job(rindle, rindle.ledger.kinds[kind], job_id)
+        for job_id, kind in await rindle.runtime.pool.fetch(f"SELECT id, kind FROM {rindle.schema}.jobs"):
+            await run_job(rindle.runtime, rindle.config.ledger.kinds[kind], job_id)
     await rindle.attach(tickets[2].asset_id, owner_type="user", owner_id="template", slot="avatar")
     states = {t.asset_id: (await rindle.get_asset(t.asset_id)).state for t in tickets[1:]}
     assert set(states.values()) == {"ready"}, states
@@ -140,7 +140,7 @@ async def seed(rindle: Rindle, rows: int) -> None:
     """ROWS expired sessions with staged assets, ROWS unattached and ROWS / 10 attached assets,
     all older than the grace period; no files in storage."""
     made = await templates(rindle)
-    async with rindle.pool.acquire() as conn:
+    async with rindle.runtime.pool.acquire() as conn:
         for what, copies in (("session", rows), ("unattached", rows), ("attached", rows // 10)):
             await clone(conn, rindle.schema, made[what], copies, GRACE * 3)
         await conn.execute(f"DELETE FROM {rindle.schema}.attachments"
@@ -189,10 +189,10 @@ async def capture(schema: str, root: str, rows: int) -> dict[str, list[tuple[str
             old = time.time() - 3 * GRACE.total_seconds()
             os.utime(stray, (old, old))
             await during("abort")
-            await maintenance.abort_incomplete_uploads(rindle, progress=lambda done, total: None,
+            await maintenance.abort_incomplete_uploads(rindle.runtime, progress=lambda done, total: None,
                                                        batch=max(2, rows // 4))
             await during("cleanup")
-            await maintenance.cleanup_orphans(rindle, dry_run=False, grace=GRACE,
+            await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, grace=GRACE,
                                               progress=lambda done, total: None,
                                               batch=max(2, rows // 4))
             await during("open")

@@ -114,7 +114,7 @@ async def run_worker(rindle: Rindle, redis_url: str, *, queue: str | None = None
                      max_jobs: int | None = None) -> Worker:
     """Run a real arq burst worker over ``rindle``'s jobs until its queue is empty."""
     worker = Worker(functions=rindle.arq_functions(), redis_settings=RedisSettings.from_dsn(redis_url),
-                    queue_name=queue or rindle.ledger.queue, burst=True, poll_delay=0.05,
+                    queue_name=queue or rindle.config.ledger.queue, burst=True, poll_delay=0.05,
                     handle_signals=False, ctx={"rindle": rindle}, keep_result=60,
                     max_burst_jobs=-1 if max_jobs is None else max_jobs)
     try:

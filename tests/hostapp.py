@@ -96,7 +96,10 @@ def build() -> Rindle:
                                                             "purge_storage", "cleanup_orphans",
                                                             "abort_incomplete_uploads")})
     if os.environ.get("T_POISON"):
-        rindle.processing = PoisonedPool(1)
+        # the pool this process's Rindle opens is the real one with a poisoned render
+        import rindle_async.runtime
+
+        rindle_async.runtime.ProcessingPool = PoisonedPool
     return rindle
 
 

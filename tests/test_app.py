@@ -60,7 +60,7 @@ async def test_host_transaction_flushes_jobs_on_commit_and_nothing_on_rollback(
     with pytest.raises(RuntimeError):
         async with rindle.transaction() as conn:
             await conn.execute(f"INSERT INTO {schema}.users VALUES (1, 'ann')")
-            async with rindle.db.transaction(conn) as uow:
+            async with rindle.runtime.db.transaction(conn) as uow:
                 await uow.stage("noop", {})
             raise RuntimeError("host failure")
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.users") == 0
@@ -69,9 +69,9 @@ async def test_host_transaction_flushes_jobs_on_commit_and_nothing_on_rollback(
     started = time.monotonic()
     async with rindle.transaction() as conn:
         await conn.execute(f"INSERT INTO {schema}.users VALUES (1, 'ann')")
-        async with rindle.db.transaction(conn) as uow:
+        async with rindle.runtime.db.transaction(conn) as uow:
             job_id = await uow.stage("noop", {})
-    key = job_key_prefix + rindle.ledger.job_id(job_id, "noop")
+    key = job_key_prefix + rindle.config.ledger.job_id(job_id, "noop")
     while not await redis.exists(key):
         assert time.monotonic() - started < 2, "a local commit should wake the relay at once"
         await asyncio.sleep(0.005)
@@ -85,12 +85,12 @@ async def test_the_hosts_own_connection_and_pool(make_rindle, database_url, db, 
         async with host_pool.acquire() as conn:
             async with rindle.transaction(conn) as same:
                 assert same is conn and conn.is_in_transaction()
-                async with rindle.db.transaction(conn) as uow:
+                async with rindle.runtime.db.transaction(conn) as uow:
                     await uow.stage("noop", {})
             assert not conn.is_in_transaction()
             async with conn.transaction():
                 with pytest.raises(TransactionError, match="open it with `async with rindle.transaction"):
-                    async with rindle.db.transaction(conn):
+                    async with rindle.runtime.db.transaction(conn):
                         pass
         assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs") == 1
     finally:
@@ -136,13 +136,13 @@ async def test_a_host_transaction_leaves_no_session_state_in_the_pool(make_rindl
     async with rindle.transaction() as conn:
         await conn.execute("SET application_name = 'left-behind'")
         await conn.execute("SELECT pg_advisory_lock(4242)")
-    assert await rindle.pool.fetchval("SHOW application_name") != "left-behind"
-    assert await rindle.pool.fetchval("SELECT pg_try_advisory_lock(4242)")  # the lock was freed
+    assert await rindle.runtime.pool.fetchval("SHOW application_name") != "left-behind"
+    assert await rindle.runtime.pool.fetchval("SELECT pg_try_advisory_lock(4242)")  # the lock was freed
 
 
 async def test_connections_are_named_in_pg_stat_activity(make_rindle, database_url, db):
     rindle = await make_rindle(relay=True)
-    assert await rindle.pool.fetchval("SHOW application_name") == "rindle_async"
+    assert await rindle.runtime.pool.fetchval("SHOW application_name") == "rindle_async"
     names = set()
     deadline = time.monotonic() + 10
     while "rindle_async listener" not in names:  # the relay's LISTEN connection
@@ -151,6 +151,6 @@ async def test_connections_are_named_in_pg_stat_activity(make_rindle, database_u
             "SELECT application_name FROM pg_stat_activity WHERE datname = current_database()")}
         await asyncio.sleep(0.05)
     named = await make_rindle(application_name="shop-media", relay=False)
-    assert await named.pool.fetchval("SHOW application_name") == "shop-media"
+    assert await named.runtime.pool.fetchval("SHOW application_name") == "shop-media"
     own = await make_rindle(database_url=f"{database_url}?application_name=shop", relay=False)
-    assert await own.pool.fetchval("SHOW application_name") == "shop"  # the DSN's wins
+    assert await own.runtime.pool.fetchval("SHOW application_name") == "shop"  # the DSN's wins

@@ -141,9 +141,9 @@ async def test_purge_leaves_an_asset_that_is_not_tombstoned(rindle, db, schema, 
     from rindle_async.ledger.runner import run_job
 
     asset = await rindle.upload("avatar", png())
-    async with rindle.db.transaction() as uow:  # a purge job for a live asset (a stray duplicate)
+    async with rindle.runtime.db.transaction() as uow:  # a purge job for a live asset (a stray duplicate)
         job_id = await uow.stage("purge_storage", {"asset_id": asset.id})
-    assert await run_job(rindle, rindle.ledger.kinds["purge_storage"], job_id) == "succeeded"
+    assert await run_job(rindle.runtime, rindle.config.ledger.kinds["purge_storage"], job_id) == "succeeded"
     assert await state(rindle, asset.id) == "validating"
     key = await db.fetchval(f"SELECT storage_key FROM {schema}.assets")
     assert await local_storage.head(key) is not None

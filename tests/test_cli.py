@@ -93,19 +93,19 @@ def lines(text: str) -> list[str]:
 
 
 async def state_of(rindle, table: str, row_id) -> str:
-    return await rindle.pool.fetchval(f"SELECT state FROM {rindle.schema}.{table} WHERE id = $1::uuid",
+    return await rindle.runtime.pool.fetchval(f"SELECT state FROM {rindle.schema}.{table} WHERE id = $1::uuid",
                                       str(row_id))
 
 
 async def jobs(rindle, kind: str) -> list[dict]:
-    rows = await rindle.pool.fetch(f"SELECT status, args FROM {rindle.schema}.jobs WHERE kind = $1"
+    rows = await rindle.runtime.pool.fetch(f"SELECT status, args FROM {rindle.schema}.jobs WHERE kind = $1"
                                    " ORDER BY id", kind)
     return [{"status": r["status"], "args": json.loads(r["args"])} for r in rows]
 
 
 async def variants(rindle, asset_id: str) -> dict[str, dict]:
     """Variant rows of an asset by name: id (text), state and storage_key."""
-    rows = await rindle.pool.fetch(f"SELECT id::text, name, state, storage_key FROM {rindle.schema}"
+    rows = await rindle.runtime.pool.fetch(f"SELECT id::text, name, state, storage_key FROM {rindle.schema}"
                                    ".variants WHERE asset_id = $1::uuid", asset_id)
     return {r["name"]: dict(r) for r in rows}
 
@@ -204,7 +204,7 @@ async def test_status_counts_by_state_and_stuck_work(cli, host, redis_url):
         "stuck longer than 3600s: assets=0, variants=0, upload_sessions=0",
     ]
     assert re.fullmatch(r"ledger: pending=[01] enqueued=[01] discarded=0 oldest_\w+=\d+s", out[4])
-    assert out[5:] == [f"workers holding a lease: {host.ledger.queue}: 0"]
+    assert out[5:] == [f"workers holding a lease: {host.config.ledger.queue}: 0"]
 
     raw = await cli("status", "--json", "--stuck-after", "0")
     assert raw.returncode == 0, raw.stderr
@@ -226,7 +226,7 @@ async def test_status_counts_by_state_and_stuck_work(cli, host, redis_url):
     assert report["stuck"] == {"assets": 0, "variants": 0, "upload_sessions": 0}
     assert report["ledger"] == {"pending": 0, "enqueued": 0, "discarded": 0,
                                 "oldest_pending_seconds": None, "oldest_enqueued_seconds": None}
-    assert report["workers"] == {host.ledger.queue: []}
+    assert report["workers"] == {host.config.ledger.queue: []}
     text = await cli("status")
     assert lines(text.stdout)[-2] == "ledger: pending=0 enqueued=0 discarded=0"
 
@@ -239,7 +239,7 @@ async def test_abort_incomplete_uploads_dry_run_then_live(cli, host, redis_url):
                                         byte_size=100)
     fresh = await host.initiate_upload("photos", filename="soon.jpg", content_type="image/jpeg",
                                        byte_size=100)
-    await host.pool.execute(f"UPDATE {host.schema}.upload_sessions SET expires_at = now() - interval"
+    await host.runtime.pool.execute(f"UPDATE {host.schema}.upload_sessions SET expires_at = now() - interval"
                             " '1 minute' WHERE id = $1::uuid", ticket.session_id)
 
     dry = await cli("abort-incomplete-uploads", "--dry-run")
@@ -275,7 +275,7 @@ async def test_progress_on_a_terminal_then_the_summary_on_a_line_of_its_own(cli,
     await uploaded(host, redis_url, jpeg(80, 60))
     ticket = await host.initiate_upload("photos", filename="late.jpg", content_type="image/jpeg",
                                         byte_size=100)
-    await host.pool.execute(f"UPDATE {host.schema}.upload_sessions SET expires_at = now() - interval"
+    await host.runtime.pool.execute(f"UPDATE {host.schema}.upload_sessions SET expires_at = now() - interval"
                             " '1 minute' WHERE id = $1::uuid", ticket.session_id)
 
     abort = await cli("abort-incomplete-uploads", terminal=True)
@@ -314,7 +314,7 @@ async def test_cleanup_orphans_is_a_dry_run_unless_live(cli, host, redis_url):
     # a direct upload whose bytes have the wrong size: session failed, asset quarantined
     ticket = await host.initiate_upload("photos", filename="short.jpg", content_type="image/jpeg",
                                         byte_size=1000)
-    key = await host.pool.fetchval(f"SELECT storage_key FROM {host.schema}.upload_sessions"
+    key = await host.runtime.pool.fetchval(f"SELECT storage_key FROM {host.schema}.upload_sessions"
                                    " WHERE id = $1::uuid", ticket.session_id)
     await host.storages["local"].put(key, b"x" * 10)
     with pytest.raises(VerificationFailed, match="10 bytes but 1000 were declared"):
@@ -324,7 +324,7 @@ async def test_cleanup_orphans_is_a_dry_run_unless_live(cli, host, redis_url):
     async with host.transaction() as conn:
         await conn.execute(f"UPDATE {host.schema}.assets SET state = 'deleted' WHERE id = $1::uuid",
                            lost.id)
-    await host.pool.execute(f"DELETE FROM {host.schema}.jobs")
+    await host.runtime.pool.execute(f"DELETE FROM {host.schema}.jobs")
     # an object no row refers to
     stray = root / "photos" / "ab" / str(uuid.uuid4()) / "leftover.bin"
     stray.parent.mkdir(parents=True)
@@ -334,7 +334,7 @@ async def test_cleanup_orphans_is_a_dry_run_unless_live(cli, host, redis_url):
         return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
 
     async def states():
-        return {str(r["id"]): r["state"] for r in await host.pool.fetch(
+        return {str(r["id"]): r["state"] for r in await host.runtime.pool.fetch(
             f"SELECT id, state FROM {host.schema}.assets")}
 
     files, before = snapshot(), await states()
@@ -354,7 +354,7 @@ async def test_cleanup_orphans_is_a_dry_run_unless_live(cli, host, redis_url):
         "dry run: nothing was changed; run again with --live to do it",
     ]
     assert snapshot() == files and await states() == before
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
 
     live = await cli("cleanup-orphans", "--live", "--grace-hours", "0")
     assert (live.returncode, live.stdout) == (0, f"cleanup_orphans (live): {expected}\n")

@@ -179,7 +179,7 @@ async def upload_ticket(rindle: Rindle, byte_size: int) -> tuple[UploadTicket, s
     """A direct upload's ticket and its storage key (the routes write only for open sessions)."""
     ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
                                           byte_size=byte_size)
-    key = await rindle.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.upload_sessions"
+    key = await rindle.runtime.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.upload_sessions"
                                      " WHERE id = $1::uuid", ticket.session_id)
     return ticket, key
 
@@ -213,12 +213,12 @@ async def _close_session(rindle: Rindle, ticket: UploadTicket, state: str) -> No
     elif state == "aborted":
         await rindle.abort_upload(ticket.session_id)
     elif state == "expired":
-        await rindle.pool.execute(f"UPDATE {rindle.schema}.upload_sessions"
+        await rindle.runtime.pool.execute(f"UPDATE {rindle.schema}.upload_sessions"
                                   " SET expires_at = now() - interval '1 second'")
         with pytest.raises(VerificationFailed, match="expired at"):
             await rindle.verify_upload(ticket.session_id)
     else:  # verifying: verify_upload claimed it and is checking the stored object
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, UPLOAD_SESSION, uuid.UUID(ticket.session_id),
                                     "signed", "verifying")
 

@@ -96,7 +96,7 @@ async def test_not_ready_variants_and_the_original_fallback(media_rindle, db, sc
     with pytest.raises(NotReady, match="is validating: its upload has not been promoted yet"):
         await rindle.url(asset.id)
     for a, b in [("validating", "analyzing"), ("analyzing", "promoting"), ("promoting", "available")]:
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, asset.id, a, b)
     with pytest.raises(NotReady, match="variant 'thumb' of asset .* is not planned yet; retry later"):
         await rindle.url(asset.id, variant="thumb")
@@ -115,16 +115,16 @@ async def test_stale_variants_are_served_and_refused_assets_never(media_rindle, 
     asset = await ready_asset(rindle, redis_url)
     before = local_key(await rindle.url(asset.id, variant="thumb"))[0]
     variant_id = await db.fetchval(f"SELECT id FROM {schema}.variants WHERE name = 'thumb'")
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         await transitions.transition(uow, VARIANT, variant_id, "ready", "stale")
     assert local_key(await rindle.url(asset.id, variant="thumb"))[0] == before
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         await transitions.transition(uow, ASSET, asset.id, "ready", "quarantined", reason="abuse report")
     with pytest.raises(DeliveryForbidden, match="is quarantined; it is never delivered"):
         await rindle.url(asset.id)
     with pytest.raises(DeliveryForbidden):
         await rindle.url(asset.id, variant="thumb", fallback="original")
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         await transitions.transition(uow, ASSET, asset.id, "quarantined", "deleted")
     with pytest.raises(DeliveryForbidden, match="is deleted"):
         await rindle.url(asset.id)
@@ -225,14 +225,14 @@ async def test_urls_for_several_variants_maps_what_cannot_be_delivered_to_none(
     stale_key = local_key(await rindle.url(stale.id, variant="thumb"))[0]
     variant_id = await db.fetchval(f"SELECT id FROM {schema}.variants WHERE asset_id = $1::uuid"
                                    f" AND name = 'thumb'", stale.id)
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         await transitions.transition(uow, VARIANT, variant_id, "ready", "stale")
         await transitions.transition(uow, ASSET, quarantined.id, "ready", "quarantined", reason="abuse")
         await transitions.transition(uow, ASSET, deleted.id, "ready", "deleted")
     validating = await rindle.upload("avatar", png())
     available = await rindle.upload("avatar", png())
     for a, b in [("validating", "analyzing"), ("analyzing", "promoting"), ("promoting", "available")]:
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, available.id, a, b)
     unknown = "00000000-0000-0000-0000-000000000000"
     events = []

@@ -40,7 +40,7 @@ async def held(job) -> None:
 
 
 async def sleeps_in_pool(job) -> None:
-    await job.rindle.processing.run(time.sleep, job.args["seconds"], timeout=30,
+    await job.runtime.processing.run(time.sleep, job.args["seconds"], timeout=30,
                                     waiting=job.paused)
     await RECORD.done.put(("slept", job.id))
 
@@ -89,7 +89,7 @@ async def run_workers(make_rindle) -> AsyncIterator[Callable]:
 
 
 async def stage(rindle, kind: str, n: int = 1, **args) -> list[int]:
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         return [await uow.stage(kind, args) for _ in range(n)]
 
 
@@ -113,9 +113,9 @@ async def test_a_job_sent_without_an_announcement_is_found_by_the_rescan(make_ri
     await run_workers(rindle)
     [job_id] = await stage(rindle, "quick")
     # sent as a plain arq job: no announcement on the wake-up channel
-    await rindle.ledger.load_instance(rindle.pool)
-    await rindle.arq.enqueue_job("quick", job_id, _job_id=rindle.ledger.job_id(job_id, "quick"),
-                                 _queue_name=rindle.ledger.queue)
+    await rindle.config.ledger.load_instance(rindle.runtime.pool)
+    await rindle.runtime.arq.enqueue_job("quick", job_id, _job_id=rindle.config.ledger.job_id(job_id, "quick"),
+                                 _queue_name=rindle.config.ledger.queue)
     assert await finished(recorder, 1) == [("quick", job_id)]
 
 

@@ -103,10 +103,10 @@ async def test_events_wait_for_the_outermost_commit_and_die_with_a_rollback(make
         await db.execute(f"INSERT INTO {schema}.assets (id, profile, storage, storage_key, state)"
                          " VALUES ($1, 'avatar', 'local', $2, 'staged')", asset_id, str(asset_id))
     async with rindle.transaction() as conn:
-        async with rindle.db.transaction(conn) as uow:
+        async with rindle.runtime.db.transaction(conn) as uow:
             await transition(uow, ASSET, ids[0], "staged", "validating")
         with pytest.raises(RuntimeError):
-            async with rindle.db.transaction(conn) as uow:  # a savepoint that rolls back
+            async with rindle.runtime.db.transaction(conn) as uow:  # a savepoint that rolls back
                 await transition(uow, ASSET, ids[1], "staged", "validating")
                 raise RuntimeError("inner failure")
         assert seen == []

@@ -3,11 +3,13 @@
 from __future__ import annotations
 
 import asyncio
+import datetime
 
 import asyncpg
+import msgspec
 import pytest
 
-from rindle_async import JobKind, ValidationError
+from rindle_async import ConfigurationError, JobKind, Rindle, ValidationError
 from rindle_async.ledger.runner import run_job
 
 from .conftest import run_worker
@@ -18,8 +20,12 @@ async def setup_effects(db, schema):
 
 
 async def stage_one(rindle, kind, args=None):
-    async with rindle.db.transaction() as uow:
-        return await uow.stage(kind, args or {})
+    return await rindle.stage_job(kind, args)
+
+
+class NoteArgs(msgspec.Struct, frozen=True):
+    note: str
+    when: datetime.date
 
 
 async def runs(db, schema, job_id):
@@ -107,8 +113,8 @@ async def test_a_duplicate_delivery_is_a_no_op(make_rindle, db, schema):
     kind = JobKind(name="count", handler=count)
     rindle = await make_rindle(jobs=[kind], relay=False)
     job_id = await stage_one(rindle, "count")
-    assert await run_job(rindle, kind, job_id) == "succeeded"
-    assert (await run_job(rindle, kind, job_id)).startswith("skipped")
+    assert await run_job(rindle.runtime, kind, job_id) == "succeeded"
+    assert (await run_job(rindle.runtime, kind, job_id)).startswith("skipped")
     assert calls == [job_id]
 
 
@@ -124,8 +130,8 @@ async def test_attempts_that_died_with_their_worker_count_and_end_in_discard(mak
     job_id = await stage_one(rindle, "dies")
     for worker in ("host:11:aaa", "host:12:bbb"):
         with pytest.raises(asyncio.CancelledError):
-            await run_job(rindle, kind, job_id, worker=worker)
-    assert await run_job(rindle, kind, job_id, worker="host:13:ccc") == "discarded"
+            await run_job(rindle.runtime, kind, job_id, worker=worker)
+    assert await run_job(rindle.runtime, kind, job_id, worker="host:13:ccc") == "discarded"
     assert calls == [1, 2]
     row = await db.fetchrow(f"SELECT status, error FROM {schema}.jobs WHERE id = $1", job_id)
     assert row["status"] == "discarded"
@@ -176,7 +182,7 @@ async def test_an_error_can_ask_for_a_longer_pause(make_rindle, db, schema):
     rindle = await make_rindle(jobs=[kind], relay=False)
     job_id = await stage_one(rindle, "busy")
     with pytest.raises(Retry) as info:
-        await run_job(rindle, kind, job_id)
+        await run_job(rindle.runtime, kind, job_id)
     assert info.value.defer_score == 90_000
 
 
@@ -211,10 +217,48 @@ async def test_a_failure_that_finds_the_database_away_is_still_handed_back_for_a
     job_id = await stage_one(rindle, "cut")
     try:
         with pytest.raises(Retry):
-            await run_job(rindle, kind, job_id)
+            await run_job(rindle.runtime, kind, job_id)
     finally:
         await allow(True)
         await admin.close()
     assert await db.fetchval(f"SELECT error FROM {schema}.processing_runs WHERE job_id = $1",
                              job_id) == "ConnectionError: the database went away under the job"
     assert await runs(db, schema, job_id) == [(1, "retrying", True)]
+
+
+async def test_a_host_kind_with_typed_args_staged_in_the_hosts_transaction(make_rindle, db, schema,
+                                                                          redis_url):
+    seen = []
+
+    async def note(job):
+        seen.append(job.args)
+        async with job.complete() as uow:
+            await uow.conn.execute(f"INSERT INTO {schema}.effects VALUES ($1, $2)", job.id,
+                                   f"{job.args.note} {job.args.when.isoformat()}")
+
+    rindle = await make_rindle(jobs=[JobKind(name="note", handler=note, args=NoteArgs)], relay=False)
+    await setup_effects(db, schema)
+    args = NoteArgs(note="hello", when=datetime.date(2026, 12, 2))
+    with pytest.raises(RuntimeError, match="host rolled back"):
+        async with rindle.transaction() as conn:
+            await rindle.stage_job("note", args, conn=conn)
+            raise RuntimeError("host rolled back")
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs") == 0  # went with the rollback
+    async with rindle.transaction() as conn:
+        first = await rindle.stage_job("note", args, dedupe_key="note:1", conn=conn)
+        assert await rindle.stage_job("note", args, dedupe_key="note:1", conn=conn) is None
+    await rindle.flush_jobs()
+    await run_worker(rindle, redis_url)
+    assert seen == [args]  # decoded as the kind's struct, not a dict
+    assert await db.fetchval(f"SELECT note FROM {schema}.effects WHERE job = $1", first) == \
+        "hello 2026-12-02"
+    with pytest.raises(ValidationError, match="unknown job kind 'nope'"):
+        await rindle.stage_job("nope")
+
+
+def test_job_settings_may_tune_only_limits():
+    with pytest.raises(ConfigurationError, match=r"job_settings\['purge_storage'\] cannot set \['lane'\]"):
+        Rindle(database_url="postgresql://x", job_settings={"purge_storage": {"lane": "render"}})
+    tuned = Rindle(database_url="postgresql://x", job_settings={"process_variant": {"tries": 8}})
+    kind = tuned.config.ledger.kinds["process_variant"]
+    assert (kind.tries, kind.lane, kind.timeout) == (8, "render", 300.0)

@@ -27,14 +27,14 @@ NOOP = JobKind(name="noop", handler=noop, tries=3)
 
 async def stage(rindle, n=1, **options):
     ids = []
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         for i in range(n):
             ids.append(await uow.stage("noop", {"n": i}, **options))
     return ids
 
 
 async def job_keys(redis, rindle, ids):
-    return [await redis.exists(job_key_prefix + rindle.ledger.job_id(i, "noop")) for i in ids]
+    return [await redis.exists(job_key_prefix + rindle.config.ledger.job_id(i, "noop")) for i in ids]
 
 
 async def wait_until(predicate, timeout=5.0, step=0.01):
@@ -48,7 +48,7 @@ async def wait_until(predicate, timeout=5.0, step=0.01):
 
 async def wait_sent(db, schema, redis, rindle, job_id, timeout=5.0):
     """Wait until the relay has sent the job and committed it as enqueued."""
-    key = job_key_prefix + rindle.ledger.job_id(job_id, "noop")
+    key = job_key_prefix + rindle.config.ledger.job_id(job_id, "noop")
 
     async def sent():
         status = await db.fetchval(f"SELECT status FROM {schema}.jobs WHERE id = $1", job_id)
@@ -69,12 +69,12 @@ async def statuses(db, schema):
 async def test_rolled_back_transaction_leaves_no_row_and_no_job(make_rindle, db, schema, redis):
     rindle = await make_rindle(jobs=[NOOP], relay_interval=0.05)
     with pytest.raises(RuntimeError):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await uow.stage("noop", {})
             raise RuntimeError("the host's handler failed")
     await asyncio.sleep(0.3)  # several relay sweeps
     assert await statuses(db, schema) == []
-    assert await redis.zcard(rindle.ledger.queue) == 0
+    assert await redis.zcard(rindle.config.ledger.queue) == 0
 
 
 async def test_commit_reaches_arq_promptly_through_notify(make_rindle, db, schema, redis):
@@ -119,7 +119,7 @@ def test_a_process_that_dies_after_commit_loses_nothing(tmp_path, database_url, 
                             jobs=[JobKind(name="noop", handler=noop)])
             await rindle.open()
             await rindle.migrate()
-            async with rindle.db.transaction() as uow:
+            async with rindle.runtime.db.transaction() as uow:
                 await uow.stage("noop", {{}})
             os._exit(0)  # dies right after commit, before its relay runs
 
@@ -146,7 +146,7 @@ def test_a_process_that_dies_after_commit_loses_nothing(tmp_path, database_url, 
                     return await statuses(db, schema) == [(1, "enqueued")]
 
                 await wait_until(sent)
-                assert await redis.exists(job_key_prefix + fresh.ledger.job_id(1, "noop"))
+                assert await redis.exists(job_key_prefix + fresh.config.ledger.job_id(1, "noop"))
                 assert await redis.zcard(f"q-{schema}") == 1
         finally:
             await db.execute(f"DROP SCHEMA {schema} CASCADE")
@@ -178,7 +178,7 @@ async def test_two_relays_flushing_at_once_send_each_job_once(make_rindle, db, s
     ids = await stage(a, 600)
     sent = await asyncio.gather(a.flush_jobs(), b.flush_jobs(), a.flush_jobs(), b.flush_jobs())
     assert sum(sent) == 600
-    assert await redis.zcard(a.ledger.queue) == 600
+    assert await redis.zcard(a.config.ledger.queue) == 600
     counts = await db.fetch(f"SELECT sent_count, count(*) FROM {schema}.jobs GROUP BY 1")
     assert [tuple(r) for r in counts] == [(1, 600)]
     assert await job_keys(redis, a, ids[:5]) == [1] * 5
@@ -211,9 +211,9 @@ async def test_reconciler_resends_a_job_that_finished_in_arq_without_the_ledger(
     [job_id] = await stage(rindle)
     await rindle.flush_jobs()
     # arq ran out of its own tries (e.g. the worker kept dying): a result, no job, row enqueued
-    key = rindle.ledger.job_id(job_id, "noop")
+    key = rindle.config.ledger.job_id(job_id, "noop")
     await redis.delete(job_key_prefix + key)
-    await redis.zrem(rindle.ledger.queue, key)
+    await redis.zrem(rindle.config.ledger.queue, key)
     await redis.set("arq:result:" + key, b"x")
     assert await rindle.reconcile_jobs() == 1
     await run_worker(rindle, redis_url)
@@ -249,28 +249,28 @@ async def test_run_after_defers_the_arq_job(make_rindle, redis):
     when = datetime.now(timezone.utc) + timedelta(minutes=10)
     [job_id] = await stage(rindle, 1, run_after=when)
     await rindle.flush_jobs()
-    score = await redis.zscore(rindle.ledger.queue, rindle.ledger.job_id(job_id, "noop"))
+    score = await redis.zscore(rindle.config.ledger.queue, rindle.config.ledger.job_id(job_id, "noop"))
     assert abs(score / 1000 - when.timestamp()) < 1
 
 
 async def test_unknown_kind_and_staging_outside_a_transaction_are_refused(make_rindle):
     rindle = await make_rindle(jobs=[NOOP], relay=False)
     with pytest.raises(ValidationError, match="unknown job kind 'nope'; registered kinds are"):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await uow.stage("nope", {})
-    async with rindle.pool.acquire() as conn:
+    async with rindle.runtime.pool.acquire() as conn:
         with pytest.raises(Exception, match="inside a transaction"):
-            await rindle.ledger.stage(conn, "noop", {})
+            await rindle.config.ledger.stage(conn, "noop", {})
 
 
 async def test_queue_routing(make_rindle, db, schema, redis):
     other = JobKind(name="render", handler=noop)
     rindle = await make_rindle(jobs=[NOOP, other], queues={"render": f"render-{schema}"}, relay=False)
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         await uow.stage("noop", {})
         await uow.stage("render", {})
     await rindle.flush_jobs()
-    assert await redis.zcard(rindle.ledger.queue) == 1
+    assert await redis.zcard(rindle.config.ledger.queue) == 1
     assert await redis.zcard(f"render-{schema}") == 1
     with pytest.raises(Exception, match="queues= names unknown job kinds \\['paint'\\]"):
         await make_rindle(jobs=[NOOP], queues={"paint": "x"})

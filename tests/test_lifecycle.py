@@ -58,7 +58,7 @@ async def test_every_allowed_edge_is_persisted(rindle, db, schema, machine):
     assert edges, "a machine without edges"
     for from_state, to_state in edges:
         row_id = await new_row(db, schema, machine, from_state)
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             row = await transitions.transition(uow, machine, row_id, from_state, to_state)
         assert row["state"] == to_state
         assert await state_of(db, schema, machine, row_id) == to_state, (from_state, to_state)
@@ -75,7 +75,7 @@ async def test_every_forbidden_edge_is_refused_and_changes_nothing(rindle, db, s
         row_ids[from_state] = await new_row(db, schema, machine, from_state)
     for from_state, to_state in forbidden:
         with pytest.raises(InvalidTransition) as info:
-            async with rindle.db.transaction() as uow:
+            async with rindle.runtime.db.transaction() as uow:
                 await transitions.transition(uow, machine, row_ids[from_state], from_state, to_state)
         assert f"{from_state} -> {to_state} is not an allowed transition" in str(info.value)
         assert (info.value.from_state, info.value.to_state) == (from_state, to_state)
@@ -119,40 +119,40 @@ def test_design_lifecycles_are_paths_of_the_machines():
 async def test_stale_from_state_names_the_actual_state(rindle, db, schema):
     row_id = await new_row(db, schema, ASSET, "validating")
     with pytest.raises(InvalidTransition, match="is in state 'validating' now") as info:
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, row_id, "staged", "validating")
     assert info.value.actual == "validating"
 
 
 async def test_missing_row_and_unknown_state(rindle):
     with pytest.raises(NotFound, match="asset .* does not exist"):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, uuid.uuid4(), "staged", "validating")
     with pytest.raises(ValueError, match="'flying' is not a asset state"):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, uuid.uuid4(), "staged", "flying")
 
 
 async def test_from_state_none_uses_the_locked_current_state(rindle, db, schema):
     row_id = await new_row(db, schema, VARIANT, "failed")
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         row = await transitions.transition(uow, VARIANT, row_id, None, "queued", reason=None)
     assert row["state"] == "queued"
     with pytest.raises(InvalidTransition):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, VARIANT, row_id, None, "ready")
 
 
 async def test_changes_are_written_with_the_transition(rindle, db, schema):
     row_id = await new_row(db, schema, ASSET, "analyzing")
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         await transitions.transition(uow, ASSET, row_id, "analyzing", "quarantined",
                                 reason="declared image/jpeg, bytes are image/png")
     row = await db.fetchrow(f"SELECT state, reason, state_changed_at > created_at AS moved"
                             f" FROM {schema}.assets WHERE id = $1", row_id)
     assert tuple(row) == ("quarantined", "declared image/jpeg, bytes are image/png", True)
     with pytest.raises(ValueError, match="'state' cannot be written"):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, row_id, "quarantined", "deleted", state="ready")
 
 
@@ -162,14 +162,14 @@ async def test_concurrent_transitions_of_one_row_have_exactly_one_winner(rindle,
     release = asyncio.Event()
 
     async def first():
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, row_id, "staged", "validating")
             entered.set()
             await release.wait()  # hold the row lock while the second writer queues up
 
     async def second():
         await entered.wait()
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             task = asyncio.ensure_future(transitions.transition(uow, ASSET, row_id, "staged", "deleted"))
             await asyncio.sleep(0.2)
             assert not task.done(), "the second writer should wait for the first one's row lock"
@@ -186,7 +186,7 @@ async def test_many_racing_writers_one_winner(rindle, db, schema):
     row_id = await new_row(db, schema, VARIANT, "queued")
 
     async def attempt():
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, VARIANT, row_id, "queued", "processing")
 
     results = await asyncio.gather(*(attempt() for _ in range(8)), return_exceptions=True)
@@ -200,7 +200,7 @@ async def test_events_only_after_commit(rindle, db, schema):
     committed = []
     asset_id = await new_row(db, schema, ASSET, "staged")
     variant_id = await new_row(db, schema, VARIANT, "planned")
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         await transitions.transition(uow, ASSET, asset_id, "staged", "validating")
         await transitions.transition(uow, VARIANT, variant_id, "planned", "queued")
         assert seen == []
@@ -215,7 +215,7 @@ async def test_events_only_after_commit(rindle, db, schema):
 
     seen.clear()
     with pytest.raises(RuntimeError):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, asset_id, "validating", "analyzing")
             raise RuntimeError("host code failed")
     assert seen == []
@@ -224,12 +224,12 @@ async def test_events_only_after_commit(rindle, db, schema):
 
 async def test_insert_accepts_only_initial_states(rindle, schema, db):
     asset_id = uuid.uuid4()
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         row = await transitions.insert(uow, ASSET, "staged", id=asset_id, profile="avatar",
                                   storage="local", storage_key=f"k/{asset_id}")
     assert row["state"] == "staged"
     with pytest.raises(ValueError, match="a new asset starts in one of staged, validating"):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.insert(uow, ASSET, "ready", id=uuid.uuid4(), profile="avatar",
                                 storage="local", storage_key="k/x")
 
@@ -249,7 +249,7 @@ async def test_a_walk_stores_the_last_state_and_announces_every_step(rindle, db,
     events = []
     rindle.subscribe(events.append)
     asset_id = await new_row(db, schema, ASSET, "analyzing")
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         row = await transitions.walk(uow, ASSET, asset_id, ("analyzing", "promoting", "available", "ready"),
                                 width=7)
     assert (row["state"], row["width"]) == ("ready", 7)
@@ -258,10 +258,10 @@ async def test_a_walk_stores_the_last_state_and_announces_every_step(rindle, db,
         ("analyzing", "promoting"), ("promoting", "available"), ("available", "ready")]
     other = await new_row(db, schema, ASSET, "analyzing")
     with pytest.raises(InvalidTransition):  # analyzing -> ready skips the edges in between
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.walk(uow, ASSET, other, ("analyzing", "ready"))
     with pytest.raises(InvalidTransition):  # the row is not where the walk starts
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.walk(uow, ASSET, other, ("promoting", "available"))
     assert await state_of(db, schema, ASSET, other) == "analyzing"
 
@@ -271,7 +271,7 @@ async def test_transition_many_moves_only_rows_still_in_the_state(rindle, db, sc
     rindle.subscribe(events.append, VariantStateChanged)
     queued = [await new_row(db, schema, VARIANT, "queued") for _ in range(3)]
     moved_on = await new_row(db, schema, VARIANT, "failed")
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         rows = await transitions.transition_many(uow, VARIANT, [*queued, moved_on], "queued", "processing")
     assert sorted(r["id"] for r in rows) == sorted(queued)
     assert [await state_of(db, schema, VARIANT, i) for i in queued] == ["processing"] * 3
@@ -285,11 +285,11 @@ async def test_insert_many_creates_rows_walked_from_an_initial_state(rindle, db,
     asset_id = await new_row(db, schema, ASSET, "processing")
     rows = [{"id": uuid.uuid4(), "asset_id": asset_id, "name": name, "recipe_digest": "d"}
             for name in ("a", "b")]
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         created = await transitions.insert_many(uow, VARIANT, rows, ("planned", "queued"))
     assert {r["state"] for r in created} == {"queued"}
     assert [(e.variant, e.from_state, e.to_state) for e in events] == [
         ("a", "planned", "queued"), ("b", "planned", "queued")]
     with pytest.raises(ValueError, match="starts in one of planned"):
-        async with rindle.db.transaction() as uow:
+        async with rindle.runtime.db.transaction() as uow:
             await transitions.insert_many(uow, VARIANT, rows, ("queued", "processing"))

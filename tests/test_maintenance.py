@@ -32,7 +32,7 @@ async def test_a_stale_job_cannot_overwrite_newer_work(make_rindle, local_storag
         async def put(self, key, data, **options):
             info = await self._inner.put(key, data, **options)
             if "/variants/thumb-" in key:
-                async with rindle.db.transaction() as uow:
+                async with rindle.runtime.db.transaction() as uow:
                     await transitions.transition(uow, VARIANT, variant_id, "processing", "ready",
                                             storage_key="newer/thumb.webp", recipe_digest="f" * 20)
             return info
@@ -41,11 +41,11 @@ async def test_a_stale_job_cannot_overwrite_newer_work(make_rindle, local_storag
     rindle = await make_rindle(relay=False, storages={"media": storage},
                                profiles=[avatar_profile("media")])
     await rindle.upload("avatar", jpeg(120, 90))
-    await run_job(rindle, rindle.ledger.kinds["promote_asset"],
+    await run_job(rindle.runtime, rindle.config.ledger.kinds["promote_asset"],
                   await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE kind = 'promote_asset'"))
     variant_id = await db.fetchval(f"SELECT id FROM {schema}.variants WHERE name = 'thumb'")
     job_id = await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE kind = 'process_variant'")
-    assert await run_job(rindle, rindle.ledger.kinds["process_variant"], job_id) == "succeeded"
+    assert await run_job(rindle.runtime, rindle.config.ledger.kinds["process_variant"], job_id) == "succeeded"
     row = await db.fetchrow(f"SELECT state, storage_key, recipe_digest FROM {schema}.variants"
                             " WHERE id = $1", variant_id)
     assert tuple(row) == ("ready", "newer/thumb.webp", "f" * 20)  # the newer work stands
@@ -87,29 +87,29 @@ async def test_abort_and_cleanup_over_a_mix_of_sessions(media_rindle, db, schema
     stray = f"avatar/ab/{uuid.uuid4()}/original.png"  # an object no row refers to
     await local_storage.put(stray, body)
 
-    dry_abort = await maintenance.abort_incomplete_uploads(rindle, dry_run=True)
+    dry_abort = await maintenance.abort_incomplete_uploads(rindle.runtime, dry_run=True)
     assert dry_abort.counts == {"sessions_expired": 2, "assets_tombstoned": 2}
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.upload_sessions"
                              " WHERE state = 'expired'") == 0
-    live_abort = await maintenance.abort_incomplete_uploads(rindle)
+    live_abort = await maintenance.abort_incomplete_uploads(rindle.runtime)
     assert live_abort.counts == dry_abort.counts and live_abort.items == dry_abort.items
     assert (await rindle.get_asset(expired.asset_id)).state == "deleted"
     assert (await rindle.get_asset(live.asset_id)).state == "staged"
 
     from datetime import timedelta
-    dry = await maintenance.cleanup_orphans(rindle, grace=timedelta(seconds=0))
+    dry = await maintenance.cleanup_orphans(rindle.runtime, grace=timedelta(seconds=0))
     assert dry.counts == {"session_assets": 1, "unattached_assets": 1, "stray_objects": 1}
     assert set(dry.items["unattached_assets"]) == {orphan.id}
     assert dry.items["session_assets"] == [failed.asset_id]
     assert dry.items["stray_objects"] == [f"media:{stray}"]
     assert stray in await keys(local_storage)
-    wet = await maintenance.cleanup_orphans(rindle, dry_run=False, grace=timedelta(seconds=0))
+    wet = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, grace=timedelta(seconds=0))
     assert wet.counts == dry.counts and wet.items == dry.items
     assert stray not in await keys(local_storage)
     await drain(rindle, redis_url)  # the purge jobs
     remaining = {r["id"] for r in await db.fetch(f"SELECT id::text FROM {schema}.assets")}
     assert remaining == {kept.id, live.asset_id}
-    again = await maintenance.cleanup_orphans(rindle, dry_run=False, grace=timedelta(seconds=0))
+    again = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, grace=timedelta(seconds=0))
     assert again.counts == {}  # idempotent
     assert [(e.worker, e.dry_run, e.counts) for e in events] == [
         ("abort_incomplete_uploads", True, dry_abort.counts),
@@ -125,13 +125,13 @@ async def test_verify_storage_marks_a_deleted_object_missing(media_rindle, db, s
     await drain(rindle, redis_url)
     key = await db.fetchval(f"SELECT storage_key FROM {schema}.variants WHERE name = 'thumb'")
     await local_storage.delete(key)  # lost behind our back
-    dry = await maintenance.verify_storage(rindle, dry_run=True)
+    dry = await maintenance.verify_storage(rindle.runtime, dry_run=True)
     assert dry.counts == {"checked": 3, "variants_missing": 1}
     assert (await rindle.get_asset(asset.id)).variants["thumb"].state == "ready"
-    report = await maintenance.verify_storage(rindle)
+    report = await maintenance.verify_storage(rindle.runtime)
     assert report.counts == dry.counts
     assert (await rindle.get_asset(asset.id)).variants["thumb"].state == "missing"
-    regenerated = await maintenance.regenerate_variants(rindle)
+    regenerated = await maintenance.regenerate_variants(rindle.runtime)
     assert regenerated.counts == {"requeued": 1}
     await drain(rindle, redis_url)
     asset = await rindle.get_asset(asset.id)
@@ -166,7 +166,7 @@ async def test_cleanup_removes_what_a_ticket_replayed_on_s3_wrote(media_rindle, 
         for ticket in (promoted, failed)]
     original = await db.fetchval(f"SELECT storage_key FROM {schema}.assets WHERE id = $1::uuid",
                                  promoted.asset_id)
-    report = await maintenance.cleanup_orphans(rindle, dry_run=False)  # default 24 h grace
+    report = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False)  # default 24 h grace
     assert report.items["stray_objects"] == [f"media:{upload_key}"]
     assert report.items["session_assets"] == [failed.asset_id]  # its purge removes failed_key
     assert await s3_storage.head(upload_key) is None
@@ -199,7 +199,7 @@ async def test_a_recipe_change_marks_stale_and_regenerates(make_rindle, local_st
         "thumb": "stale", "large": "ready", "mini": "queued"}
     stale_url = await after.url(asset.id, variant="thumb")
     assert urlsplit(stale_url).path == urlsplit(old_url).path  # the stale object is still served
-    report = await maintenance.regenerate_variants(after, variant="thumb")
+    report = await maintenance.regenerate_variants(after.runtime, variant="thumb")
     assert report.counts == {"requeued": 1}
     assert (await after.get_asset(asset.id)).variants["thumb"].state == "queued"
     rerendering = await after.url(asset.id, variant="thumb")  # still the previous object
@@ -215,7 +215,7 @@ async def test_a_recipe_change_marks_stale_and_regenerates(make_rindle, local_st
     assert digest == changed.recipe_digests()["thumb"] and digest in new_key and new_key != old_key
     assert await local_storage.head(old_key) is not None  # live URLs to the old object keep working
     from datetime import timedelta
-    cleanup = await maintenance.cleanup_orphans(after, dry_run=False, grace=timedelta(seconds=0))
+    cleanup = await maintenance.cleanup_orphans(after.runtime, dry_run=False, grace=timedelta(seconds=0))
     assert cleanup.items["stray_objects"] == [f"media:{old_key}"]
     assert await local_storage.head(old_key) is None
 
@@ -226,7 +226,7 @@ async def test_worker_settings_per_queue(make_rindle, local_storage):
                                queues={"process_variant": "render"})
     default = rindle.worker_settings()
     render = rindle.worker_settings(queue="render", processes=3)
-    assert default.queue_name == rindle.ledger.queue
+    assert default.queue_name == rindle.config.ledger.queue
     assert {f.name for f in default.functions} == {
         "promote_asset", "purge_storage", "cleanup_orphans", "abort_incomplete_uploads"}
     assert {c.name for c in default.cron_jobs} == {
@@ -273,7 +273,7 @@ async def test_processes_opening_at_once_after_a_recipe_change_agree(make_rindle
         "mini": Variant(width=10, height=10, fit="fill", format="webp")})
     from rindle_async import Rindle
 
-    deploy = [Rindle(database_url=before.database_url, redis_url=redis_url, schema=schema,
+    deploy = [Rindle(database_url=before.config.database_url, redis_url=redis_url, schema=schema,
                      storages={"media": local_storage}, profiles=[changed], relay=False)
               for _ in range(4)]
     try:
@@ -308,7 +308,7 @@ async def test_cleanup_leaves_an_asset_attached_after_the_run_read_it(media_rind
         return page
 
     monkeypatch.setattr(maintenance, "_asset_page", attach_after_reading)
-    report = await maintenance.cleanup_orphans(rindle, dry_run=False, grace=timedelta(hours=1))
+    report = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, grace=timedelta(hours=1))
     assert report.counts == {"skipped_changed": 1}
     assert (await rindle.get_asset(asset.id)).state == "ready"
     assert await rindle.url(asset.id, variant="thumb")
@@ -319,7 +319,7 @@ async def test_renders_not_done_at_a_recipe_change_use_the_new_recipe(make_rindl
     before = await make_rindle(relay=False, storages={"media": local_storage},
                                profiles=[avatar_profile("media")])
     asset = await before.upload("avatar", jpeg(80, 60))
-    await run_job(before, before.ledger.kinds["promote_asset"],
+    await run_job(before.runtime, before.config.ledger.kinds["promote_asset"],
                   await db.fetchval(f"SELECT id FROM {schema}.jobs"))  # variants queued, not rendered
     changed = avatar_profile("media", variants={
         "thumb": Variant(width=20, height=20, fit="cover", format="png"),
@@ -361,31 +361,31 @@ def page_sizes(monkeypatch, reader: str) -> list[int]:
 async def test_abort_in_pages_of_two_does_what_one_page_does(media_rindle, db, schema, monkeypatch):
     rindle = await media_rindle()
     sessions = await expired_sessions(rindle, db, schema, 7)
-    whole = await maintenance.abort_incomplete_uploads(rindle, dry_run=True)
+    whole = await maintenance.abort_incomplete_uploads(rindle.runtime, dry_run=True)
     assert whole.counts == {"sessions_expired": 7, "assets_tombstoned": 7}
     assert whole.items["sessions_expired"] == sessions  # one deadline: in id order
 
     sizes, drawn = page_sizes(monkeypatch, "_expired_sessions"), []
-    dry = await maintenance.abort_incomplete_uploads(rindle, dry_run=True, batch=2,
+    dry = await maintenance.abort_incomplete_uploads(rindle.runtime, dry_run=True, batch=2,
                                                      progress=lambda *done: drawn.append(done))
     assert (dry.counts, dry.items) == (whole.counts, whole.items)
     assert sizes == [2, 2, 2, 1]  # never more than a page of rows at once
     assert drawn == [(2, 7), (4, 7), (6, 7), (7, 7)]
-    counted = await maintenance.abort_incomplete_uploads(rindle, dry_run=True, batch=2,
+    counted = await maintenance.abort_incomplete_uploads(rindle.runtime, dry_run=True, batch=2,
                                                          keep_items=False)
     assert (counted.counts, counted.items) == (whole.counts, {})
 
     sizes.clear()
-    live = await maintenance.abort_incomplete_uploads(rindle, batch=2)
+    live = await maintenance.abort_incomplete_uploads(rindle.runtime, batch=2)
     assert (live.counts, live.items) == (whole.counts, whole.items)
     assert sizes == [2, 2, 2, 1]
     assert {r["state"] for r in await db.fetch(f"SELECT state FROM {schema}.upload_sessions")} == {
         "expired"}
     assert {r["state"] for r in await db.fetch(f"SELECT state FROM {schema}.assets")} == {"deleted"}
     assert await db.fetchval(f"SELECT count(*) FROM {schema}.jobs WHERE kind = 'purge_storage'") == 7
-    assert (await maintenance.abort_incomplete_uploads(rindle, batch=2)).counts == {}
+    assert (await maintenance.abort_incomplete_uploads(rindle.runtime, batch=2)).counts == {}
     with pytest.raises(ValidationError, match="batch=0 must be a positive int"):
-        await maintenance.abort_incomplete_uploads(rindle, batch=0)
+        await maintenance.abort_incomplete_uploads(rindle.runtime, batch=0)
 
 
 async def test_abort_skips_a_session_that_changed_after_its_page_was_read(media_rindle, db, schema,
@@ -405,7 +405,7 @@ async def test_abort_skips_a_session_that_changed_after_its_page_was_read(media_
         return rows
 
     monkeypatch.setattr(maintenance, "_expired_sessions", host_aborts_two)
-    live = await maintenance.abort_incomplete_uploads(rindle, batch=2)
+    live = await maintenance.abort_incomplete_uploads(rindle.runtime, batch=2)
     assert live.counts == {"sessions_expired": 5, "assets_tombstoned": 5, "skipped_changed": 1}
     assert live.items["skipped_changed"] == [sessions[2]]
     assert live.items["sessions_expired"] == [s for s in sessions if s not in (sessions[2], sessions[5])]
@@ -447,13 +447,13 @@ async def test_cleanup_in_pages_of_two_does_what_one_page_does(media_rindle, db,
         os.utime(local_storage.root / key, (two_days_ago, two_days_ago))
 
     grace = timedelta(hours=1)
-    whole = await maintenance.cleanup_orphans(rindle, grace=grace)
+    whole = await maintenance.cleanup_orphans(rindle.runtime, grace=grace)
     assert whole.counts == {"unattached_assets": 3, "session_assets": 2, "purges_restaged": 2,
                             "stray_objects": 3}
     assert whole.items["unattached_assets"] == sorted(unattached)
     assert whole.items["stray_objects"] == [f"media:{key}" for key in strays]
     sizes, drawn = page_sizes(monkeypatch, "_asset_page"), []
-    dry = await maintenance.cleanup_orphans(rindle, grace=grace, batch=2,
+    dry = await maintenance.cleanup_orphans(rindle.runtime, grace=grace, batch=2,
                                             progress=lambda *done: drawn.append(done))
     assert (dry.counts, dry.items) == (whole.counts, whole.items)
     assert sizes == [2, 2, 2, 2, 0]  # 8 assets, never more than a page at once
@@ -463,7 +463,7 @@ async def test_cleanup_in_pages_of_two_does_what_one_page_does(media_rindle, db,
     assert {total for _, total in drawn} == {0}  # a running count: the total is unknown
 
     sizes.clear()
-    live = await maintenance.cleanup_orphans(rindle, dry_run=False, grace=grace, batch=2)
+    live = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, grace=grace, batch=2)
     assert (live.counts, live.items) == (whole.counts, whole.items)
     assert sizes == [2, 2, 2, 2, 0]
     states_ = {str(r["id"]): r["state"] for r in await db.fetch(f"SELECT id, state FROM {schema}.assets")}
@@ -576,10 +576,10 @@ async def test_every_statement_of_abort_and_cleanup_reads_through_an_index(
         await s3_storage.create_multipart(f"avatar/ef/{uuid.uuid4()}/upload.png",
                                           content_type="image/png")
         sent.clear()
-        aborted = await maintenance.abort_incomplete_uploads(rindle, batch=8,
+        aborted = await maintenance.abort_incomplete_uploads(rindle.runtime, batch=8,
                                                              progress=lambda *done: None)
         later = datetime.now(timezone.utc) + timedelta(seconds=5)  # the store's objects are old
-        cleaned = await maintenance.cleanup_orphans(rindle, dry_run=False, batch=8, now=later,
+        cleaned = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, batch=8, now=later,
                                                     grace=timedelta(0), progress=lambda *done: None)
         await asyncio.sleep(0)  # query loggers run soon after each query
     finally:

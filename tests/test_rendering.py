@@ -11,7 +11,7 @@ from .media import jpeg
 
 
 async def stage(rindle, kind, args):
-    async with rindle.db.transaction() as uow:
+    async with rindle.runtime.db.transaction() as uow:
         return await uow.stage(kind, args)
 
 
@@ -21,8 +21,8 @@ async def test_duplicate_promotions_do_not_quarantine(media_rindle, db, schema):
     first = await db.fetchval(f"SELECT id FROM {schema}.jobs")
     await rindle.flush_jobs()  # sent: the dedupe key no longer blocks a second one
     second = await stage(rindle, "promote_asset", {"asset_id": asset.id})
-    kind = rindle.ledger.kinds["promote_asset"]
-    results = await asyncio.gather(run_job(rindle, kind, first), run_job(rindle, kind, second))
+    kind = rindle.config.ledger.kinds["promote_asset"]
+    results = await asyncio.gather(run_job(rindle.runtime, kind, first), run_job(rindle.runtime, kind, second))
     assert set(results) == {"succeeded"}
     asset = await rindle.get_asset(asset.id)
     assert asset.state == "processing" and set(asset.variants) == {"thumb", "large"}
@@ -32,13 +32,13 @@ async def test_duplicate_promotions_do_not_quarantine(media_rindle, db, schema):
 async def test_duplicate_renders_end_ready_not_failed(media_rindle, db, schema):
     rindle = await media_rindle()
     asset = await rindle.upload("avatar", jpeg(90, 60))
-    await run_job(rindle, rindle.ledger.kinds["promote_asset"],
+    await run_job(rindle.runtime, rindle.config.ledger.kinds["promote_asset"],
                   await db.fetchval(f"SELECT id FROM {schema}.jobs"))
     first = await db.fetchval(f"SELECT id FROM {schema}.jobs WHERE kind = 'process_variant'")
     await rindle.flush_jobs()
     second = await stage(rindle, "process_variant", {"asset_id": asset.id})
-    kind = rindle.ledger.kinds["process_variant"]
-    results = await asyncio.gather(run_job(rindle, kind, first), run_job(rindle, kind, second))
+    kind = rindle.config.ledger.kinds["process_variant"]
+    results = await asyncio.gather(run_job(rindle.runtime, kind, first), run_job(rindle.runtime, kind, second))
     assert set(results) == {"succeeded"}
     asset = await rindle.get_asset(asset.id)
     assert asset.state == "ready"

@@ -54,7 +54,7 @@ async def wait_for_state(rindle, asset_id, states, timeout=60.0, log=None):
 
 
 async def read_object(rindle, asset_id, variant=None) -> bytes:
-    row = await rindle.pool.fetchrow(
+    row = await rindle.runtime.pool.fetchrow(
         f"SELECT a.storage, coalesce(v.storage_key, a.storage_key) AS key FROM {rindle.schema}.assets a"
         f" LEFT JOIN {rindle.schema}.variants v ON v.asset_id = a.id AND v.name = $2"
         f" WHERE a.id = $1::uuid", asset_id, variant)
@@ -99,11 +99,11 @@ async def test_direct_upload_on_s3_and_proxied_upload_on_local_reach_ready(host,
     async with httpx.AsyncClient() as client:
         response = await client.put(ticket.url, headers=ticket.headers, content=png(400, 300))
     assert await read_object(host, direct.id) == original == body
-    runs = await host.pool.fetch(f"SELECT kind, outcome FROM {host.schema}.processing_runs")
+    runs = await host.runtime.pool.fetch(f"SELECT kind, outcome FROM {host.schema}.processing_runs")
     assert {(r["kind"], r["outcome"]) for r in runs} == {("promote_asset", "succeeded"),
                                                          ("process_variant", "succeeded")}
     assert len(runs) == 2 * (1 + 1)  # per asset: its promotion, and one render of all variants
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
 
 
 def bomb_png(width: int = 30000, height: int = 30000) -> bytes:
@@ -141,13 +141,13 @@ async def test_refusals_spoofed_type_bomb_and_truncated_file(host, worker, tmp_p
     truncated = await wait_for_state(host, truncated.id, {"degraded"}, log=log)
     assert {v.state for v in truncated.variants.values()} == {"failed"}
     assert all("libvips" in v.reason for v in truncated.variants.values())
-    runs = await host.pool.fetch(
+    runs = await host.runtime.pool.fetch(
         f"SELECT attempt, outcome, error FROM {host.schema}.processing_runs"
         f" WHERE asset_id = $1::uuid AND kind = 'process_variant'", truncated.id)
     # one render job for the asset's four variants, refused at its first try (not retryable)
     assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "failed")]
     assert runs[0]["error"].startswith("ImageRefused: ")
-    discarded = await host.pool.fetchval(
+    discarded = await host.runtime.pool.fetchval(
         f"SELECT count(*) FROM {host.schema}.jobs WHERE status = 'discarded'")
     assert discarded == 1
 
@@ -169,7 +169,7 @@ async def test_replace_and_detach_purge_the_objects(host, worker, tmp_path):
         """The purge deletes the objects first and drops the rows once storage confirmed."""
         deadline = time.monotonic() + 30
         while time.monotonic() < deadline:
-            rows = await host.pool.fetchval(
+            rows = await host.runtime.pool.fetchval(
                 f"SELECT count(*) FROM {host.schema}.assets WHERE id = $1::uuid", asset_id)
             if rows == 0:
                 return objects(asset_id) == []
@@ -182,4 +182,4 @@ async def test_replace_and_detach_purge_the_objects(host, worker, tmp_path):
     assert len(objects(second.id)) == 5
     await host.detach(owner_type="user", owner_id="1", slot="avatar")
     assert await purged(second.id), objects(second.id)
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets") == 0
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets") == 0

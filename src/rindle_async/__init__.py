@@ -65,11 +65,12 @@ if TYPE_CHECKING:
 
 
 def __getattr__(name: str) -> Any:
-    # `arq rindle_async.WorkerSettings` builds the settings from RINDLE_APP on access.
+    # `arq rindle_async.WorkerSettings` builds the settings from RINDLE_APP on first access.
     if name == "WorkerSettings":
-        from .worker import from_environment
+        from .app_loader import worker_settings_from_environment
 
-        return from_environment()
+        settings = globals()["WorkerSettings"] = worker_settings_from_environment()
+        return settings
     module = _EXPORTS.get(name)
     if module is None:
         raise AttributeError(f"module 'rindle_async' has no attribute {name!r}")

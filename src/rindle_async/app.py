@@ -2,33 +2,33 @@
 
 from __future__ import annotations
 
+import logging
+from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
-from types import TracebackType
+from types import MappingProxyType, TracebackType
 from typing import Any
 
-import anyio
 import asyncpg
-from arq.connections import ArqRedis
 from arq.worker import Function
-from redis.asyncio import ConnectionPool
 
 from . import attachments, delivery, maintenance, uploads
 from .assets import get_asset
-from .db import check_schema_name, server_settings
+from .db import check_schema_name
 from .db import migrate as migrations
-from .db.transaction import Database, keep_session
 from .errors import ConfigurationError, RindleError
 from .events import BaseEvent, EventBus, Handler
 from .ledger.kinds import JobKind
 from .ledger.runner import arq_function
-from .ledger.relay import Ledger, LedgerSummary, Relay
+from .ledger.relay import Ledger, LedgerSummary
 from .models import Asset, Attachment, UploadTicket
-from .processing.pool import ProcessingPool
 from .profiles import Profile, index_profiles
+from .runtime import Config, RelaySettings, Runtime, close_runtime, open_runtime
 from .storage.base import Part, PresignedRequest, Source, Storage
 from .ledger.kinds import builtin_kinds
 from .worker import worker_settings
+
+log = logging.getLogger("rindle_async.app")
 
 
 class Rindle:
@@ -67,38 +67,32 @@ class Rindle:
             raise ConfigurationError("Rindle() needs exactly one of database_url= or pool=")
         if relay_interval <= 0:
             raise ConfigurationError(f"relay_interval={relay_interval} must be positive")
-        self.database_url = database_url
-        self.redis_url = redis_url
-        self.schema = check_schema_name(schema)
-        self.storages = dict(storages or {})
-        for name, storage in self.storages.items():
+        schema = check_schema_name(schema)
+        storages = dict(storages or {})
+        for name, storage in storages.items():
             if not isinstance(storage, Storage):
                 raise ConfigurationError(f"storages[{name!r}] is {type(storage).__name__}, not a "
                                          "storage adapter (LocalStorage, S3Storage or one that "
                                          "implements rindle_async.storage.Storage)")
-        self.profiles = index_profiles(profiles)
-        for profile in self.profiles.values():
-            if profile.storage not in self.storages:
+        indexed = index_profiles(profiles)
+        for profile in indexed.values():
+            if profile.storage not in storages:
                 raise ConfigurationError(
                     f"profile {profile.name!r} uses storage {profile.storage!r}, but storages= has "
-                    f"{sorted(self.storages) or 'none'}; add it or change Profile.storage")
-        kinds: dict[str, JobKind] = {
-            kind.name: kind for kind in builtin_kinds(job_settings)}
+                    f"{sorted(storages) or 'none'}; add it or change Profile.storage")
+        kinds: dict[str, JobKind] = {kind.name: kind for kind in builtin_kinds(job_settings)}
         for kind in jobs:
             if kind.name in kinds:
                 raise ConfigurationError(f"job kind {kind.name!r} is registered twice")
             kinds[kind.name] = kind
-        self.ledger = Ledger(schema=self.schema, kinds=kinds, queue=queue, routes=queues)
-        self.bus = EventBus()
-        self._given_pool = pool
-        self._pool_size = pool_size
-        self.application_name = application_name
-        self._relay_options = (relay, relay_interval, relay_listen)
-        self.processing = ProcessingPool(processes)
-        self._detect_stale = detect_stale
-        self._db: Database | None = None
-        self._arq: ArqRedis | None = None
-        self._relay: Relay | None = None
+        self._config = Config(
+            database_url=database_url, pool=pool, redis_url=redis_url, schema=schema,
+            storages=MappingProxyType(storages), profiles=MappingProxyType(indexed),
+            ledger=Ledger(schema=schema, kinds=kinds, queue=queue, routes=queues),
+            relay=RelaySettings(relay, relay_interval, relay_listen), pool_size=pool_size,
+            application_name=application_name, processes=processes, detect_stale=detect_stale)
+        self._bus = EventBus()
+        self._runtime: Runtime | None = None
 
     # -- lifecycle -----------------------------------------------------------------
 
@@ -110,76 +104,63 @@ class Rindle:
                         tb: TracebackType | None) -> None:
         await self.close()
 
-    async def open(self) -> None:
-        """Open the database pool, the arq client and the relay (``async with`` does this)."""
-        if self._db is not None:
-            raise RindleError("this Rindle is already open")
-        try:
-            await self._open()
-        except BaseException:
-            await self.close()  # whatever did open is closed again; open() may be retried
-            raise
+    async def open(self, *, as_worker: bool = False) -> None:
+        """Open the database pool, the arq client and the relay (``async with`` does this).
 
-    async def _open(self) -> None:
-        pool = self._given_pool or await asyncpg.create_pool(
-            self.database_url, min_size=1, max_size=self._pool_size, reset=keep_session,
-            server_settings=server_settings(self.database_url, self.application_name))
-        # No ping: a Redis that is down must not stop the host; jobs wait in the ledger.
-        self._arq = ArqRedis(ConnectionPool.from_url(self.redis_url),
-                             default_queue_name=self.ledger.queue)
-        self._db = Database(pool, self.ledger, self.bus)
-        for storage in self.storages.values():
-            await storage.open()
-        enabled, interval, listen = self._relay_options
-        if enabled:
-            self._relay = Relay(self.ledger, pool, self._arq, interval=interval, listen=listen,
-                                application_name=f"{self.application_name} listener")
-            self._db.relay = self._relay
-            self._relay.start()
-        if self._detect_stale:
+        as_worker: name the connections "<application_name> worker" in ``pg_stat_activity``
+            and skip stale detection (the worker runs it itself); what worker settings do.
+        """
+        if self._runtime is not None:
+            raise RindleError("this Rindle is already open")
+        config = self._config
+        name = f"{config.application_name} worker" if as_worker else None
+        self._runtime = await open_runtime(config, self._bus, application_name=name)
+        if config.detect_stale and not as_worker:
             try:
                 await self.mark_stale_variants()
             except asyncpg.UndefinedTableError:
-                pass  # not migrated yet
+                log.debug("stale detection skipped: schema %s is not migrated yet", config.schema)
+            except BaseException:
+                await self.close()
+                raise
 
     @property
     def is_open(self) -> bool:
         """Whether ``open()`` ran and ``close()`` did not."""
-        return self._db is not None
+        return self._runtime is not None
 
     async def close(self) -> None:
         """Stop the relay and close what :meth:`open` opened."""
-        if self._relay is not None:
-            await self._relay.stop()
-            self._relay = None
-        if self._arq is not None:
-            await self._arq.aclose()
-            self._arq = None
-        if self._db is not None:
-            for storage in self.storages.values():
-                await storage.close()
-        if self._db is not None and self._given_pool is None:
-            await self._db.pool.close()
-        self._db = None
-        await anyio.to_thread.run_sync(self.processing.close)
+        runtime, self._runtime = self._runtime, None
+        if runtime is not None:
+            await close_runtime(runtime, self._config)
 
     @property
-    def db(self) -> Database:
-        if self._db is None:
+    def runtime(self) -> Runtime:
+        """The opened parts (database, ledger, storages, ...) that services and jobs run on."""
+        if self._runtime is None:
             raise RindleError("Rindle is not open; use `async with rindle:` or `await rindle.open()`")
-        return self._db
+        return self._runtime
 
     @property
-    def pool(self) -> asyncpg.Pool:
-        """The asyncpg pool in use."""
-        return self.db.pool
+    def config(self) -> Config:
+        """The validated configuration (schema, storages, profiles, job kinds, queues, ...)."""
+        return self._config
 
     @property
-    def arq(self) -> ArqRedis:
-        """The arq Redis client in use."""
-        self.db  # noqa: B018 - raises the "not open" error
-        assert self._arq is not None
-        return self._arq
+    def schema(self) -> str:
+        """The PostgreSQL schema of rindle_async's tables."""
+        return self._config.schema
+
+    @property
+    def storages(self) -> Mapping[str, Storage]:
+        """The storage adapters by name (read-only)."""
+        return self._config.storages
+
+    @property
+    def profiles(self) -> Mapping[str, Profile]:
+        """The profiles by name (read-only)."""
+        return self._config.profiles
 
     # -- schema --------------------------------------------------------------------
 
@@ -188,11 +169,12 @@ class Rindle:
 
         Returns the versions this call applied.
         """
-        async with self.pool.acquire() as conn:
+        runtime = self.runtime
+        async with runtime.pool.acquire() as conn:
             applied = await migrations.migrate(conn, self.schema)
-            await self.ledger.load_instance(conn)
-        if self._relay is not None:
-            self._relay.wake()
+            await runtime.ledger.load_instance(conn)
+        if runtime.relay is not None:
+            runtime.relay.wake()
         return applied
 
     # -- transactions and events ---------------------------------------------------
@@ -206,7 +188,7 @@ class Rindle:
         Pass the yielded connection as ``conn=`` to Rindle calls to join the transaction.
         Nothing is sent or emitted if the block raises.
         """
-        async with self.db.transaction(conn, hosted=True) as uow:
+        async with self.runtime.db.transaction(conn, hosted=True) as uow:
             yield uow.conn
 
     def subscribe(self, handler: Handler, *event_types: type[BaseEvent]) -> Callable[[], None]:
@@ -216,31 +198,46 @@ class Rindle:
         event_types: event classes from ``rindle_async.events``; none means all.
         Returns a function that unsubscribes the handler.
         """
-        return self.bus.subscribe(handler, *event_types)
+        return self._bus.subscribe(handler, *event_types)
 
     # -- ledger --------------------------------------------------------------------
 
     async def flush_jobs(self) -> int:
         """Send committed, unsent jobs to arq now; return how many were sent."""
-        if self._relay is not None:
-            return await self._relay.flush()
-        return await self.ledger.flush(self.pool, self.arq)
+        return await self.runtime.flush_jobs()
 
     async def reconcile_jobs(self) -> int:
         """Re-send jobs that Redis lost; return how many were re-sent."""
-        return await self.ledger.reconcile(self.pool, self.arq)
+        return await self.runtime.reconcile_jobs()
+
+    async def stage_job(self, kind: str, args: Any = None, *, dedupe_key: str | None = None,
+                        run_after: datetime | None = None,
+                        conn: asyncpg.Connection | None = None) -> int | None:
+        """Stage a job of a registered kind; it is sent to arq after the transaction commits.
+
+        kind: the job kind's name (``Rindle(jobs=[...])`` or a built-in one).
+        args: its arguments: a dict or a msgspec struct, JSON-encodable (default: none).
+        dedupe_key: at most one pending job per key; a duplicate is not staged (returns None).
+        run_after: do not run before this time.
+        conn: a connection from ``rindle.transaction()`` to stage in the host's transaction.
+        Returns the ledger row id.
+        """
+        async with self.runtime.db.transaction(conn) as uow:
+            return await uow.stage(kind, {} if args is None else args, dedupe_key=dedupe_key,
+                                   run_after=run_after)
 
     async def ledger_summary(self) -> LedgerSummary:
         """Pending, enqueued and discarded job counts with the oldest ages."""
-        async with self.pool.acquire() as conn:
-            return await self.ledger.summary(conn)
+        runtime = self.runtime
+        async with runtime.pool.acquire() as conn:
+            return await runtime.ledger.summary(conn)
 
     async def mark_stale_variants(self) -> int:
         """Mark ready variants whose recipe changed as stale and plan variants a profile gained.
 
         Returns how many variants were marked stale.
         """
-        report = await maintenance.reconcile_profiles(self)
+        report = await maintenance.reconcile_profiles(self.runtime)
         return report.counts.get("stale", 0)
 
     def worker_settings(self, *, queue: str | None = None, processes: int | None = None,
@@ -255,7 +252,7 @@ class Rindle:
 
     def arq_functions(self) -> list[Function]:
         """One arq function per registered job kind (the worker's ctx must hold ``rindle``)."""
-        return [arq_function(kind) for kind in self.ledger.kinds.values()]
+        return [arq_function(kind) for kind in self._config.ledger.kinds.values()]
 
     # -- uploads -------------------------------------------------------------------
 
@@ -272,7 +269,7 @@ class Rindle:
         multipart: S3 multipart upload, part URLs from ``presign_part``.
         part_size: bytes per part for multipart uploads.
         """
-        return await uploads.initiate_upload(self, profile, filename=filename,
+        return await uploads.initiate_upload(self.runtime, profile, filename=filename,
                                              content_type=content_type, byte_size=byte_size,
                                              checksum=checksum, multipart=multipart,
                                              part_size=part_size)
@@ -282,7 +279,7 @@ class Rindle:
 
         session_id: the ticket's session_id.
         """
-        return await uploads.sign_upload(self, session_id)
+        return await uploads.sign_upload(self.runtime, session_id)
 
     async def presign_part(self, session_id: str, part_number: int) -> PresignedRequest:
         """A PUT for one part of a multipart session.
@@ -290,7 +287,7 @@ class Rindle:
         session_id: the ticket's session_id.
         part_number: 1-based part number.
         """
-        return await uploads.presign_part(self, session_id, part_number)
+        return await uploads.presign_part(self.runtime, session_id, part_number)
 
     async def verify_upload(self, session_id: str, *, parts: list[Part] | None = None) -> Asset:
         """Check the uploaded object and hand it to promotion; returns the asset (validating).
@@ -298,14 +295,14 @@ class Rindle:
         session_id: the ticket's session_id.
         parts: for multipart sessions, the uploaded parts to assemble first.
         """
-        return await uploads.verify_upload(self, session_id, parts=parts)
+        return await uploads.verify_upload(self.runtime, session_id, parts=parts)
 
     async def abort_upload(self, session_id: str) -> None:
         """Abandon an open upload session; its asset and any stored bytes are purged.
 
         session_id: the ticket's session_id.
         """
-        await uploads.abort_upload(self, session_id)
+        await uploads.abort_upload(self.runtime, session_id)
 
     async def upload(self, profile: str, data: Source, *, filename: str | None = None,
                      content_type: str | None = None) -> Asset:
@@ -316,7 +313,7 @@ class Rindle:
         filename: the client's file name.
         content_type: the declared type, if any (refused unless the bytes are of that type).
         """
-        return await uploads.upload(self, profile, data, filename=filename,
+        return await uploads.upload(self.runtime, profile, data, filename=filename,
                                     content_type=content_type)
 
     async def get_asset(self, asset_id: str) -> Asset:
@@ -324,7 +321,7 @@ class Rindle:
 
         asset_id: the asset.
         """
-        return await get_asset(self.pool, self.schema, asset_id)
+        return await get_asset(self.runtime.pool, self.schema, asset_id)
 
     # -- attachments ---------------------------------------------------------------
 
@@ -338,7 +335,7 @@ class Rindle:
         slot: the slot, e.g. ``"avatar"``.
         conn: a connection from ``rindle.transaction()`` to join the host's transaction.
         """
-        async with self.db.transaction(conn) as uow:
+        async with self.runtime.db.transaction(conn) as uow:
             return await attachments.attach(uow, asset_id, owner_type=owner_type,
                                             owner_id=owner_id, slot=slot)
 
@@ -352,7 +349,7 @@ class Rindle:
         conn: a connection from ``rindle.transaction()`` to join the host's transaction.
         Returns the removed attachment, or None when the slot was empty.
         """
-        async with self.db.transaction(conn) as uow:
+        async with self.runtime.db.transaction(conn) as uow:
             return await attachments.detach(uow, owner_type=owner_type, owner_id=owner_id,
                                             slot=slot)
 
@@ -363,7 +360,7 @@ class Rindle:
         owner_id: the host record's id.
         slot: the slot.
         """
-        return await attachments.attachment(self.pool, self.schema, owner_type=owner_type,
+        return await attachments.attachment(self.runtime.pool, self.schema, owner_type=owner_type,
                                             owner_id=owner_id, slot=slot)
 
     async def attachments(self, owner_type: str, owner_ids: Iterable[str | int],
@@ -374,7 +371,7 @@ class Rindle:
         owner_ids: the host records' ids.
         slot: the slot.
         """
-        return await attachments.attachments(self.pool, self.schema, owner_type=owner_type,
+        return await attachments.attachments(self.runtime.pool, self.schema, owner_type=owner_type,
                                              owner_ids=owner_ids, slot=slot)
 
     # -- delivery ------------------------------------------------------------------
@@ -391,7 +388,7 @@ class Rindle:
         filename: the download name (default: the uploaded file's name).
         fallback: ``"original"`` to get the original while the variant is not ready.
         """
-        return await delivery.url(self, asset_id, variant=variant, ttl=ttl,
+        return await delivery.url(self.runtime, asset_id, variant=variant, ttl=ttl,
                                   disposition=disposition, filename=filename, fallback=fallback)
 
     async def urls(self, asset_ids: Iterable[str], variant: str | None = None, *,
@@ -406,5 +403,5 @@ class Rindle:
         ttl: seconds the URLs stay valid.
         fallback: ``"original"`` to use the original where a variant is not ready.
         """
-        return await delivery.urls(self, asset_ids, variant=variant, variants=variants, ttl=ttl,
+        return await delivery.urls(self.runtime, asset_ids, variant=variant, variants=variants, ttl=ttl,
                                    fallback=fallback)

@@ -30,3 +30,15 @@ def load_app(spec: str) -> Rindle:
         raise RindleError(f"--app {spec!r}: {module_name}.{attribute} is "
                           f"{type(app).__name__}, not a rindle_async.Rindle")
     return app
+
+
+def worker_settings_from_environment() -> type:
+    """``WorkerSettings`` for ``arq``: the Rindle named by RINDLE_APP, the queue in RINDLE_QUEUE,
+    the render processes in RINDLE_PROCESSES."""
+    spec = os.environ.get("RINDLE_APP")
+    if not spec:
+        raise RuntimeError("set RINDLE_APP=module:attribute to the host's Rindle object, e.g. "
+                           "RINDLE_APP=myapp.media:rindle arq rindle_async.WorkerSettings")
+    processes = os.environ.get("RINDLE_PROCESSES")
+    return load_app(spec).worker_settings(queue=os.environ.get("RINDLE_QUEUE") or None,
+                                          processes=int(processes) if processes else None)

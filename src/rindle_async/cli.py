@@ -92,7 +92,7 @@ async def _migrate(rindle: Rindle, args: argparse.Namespace) -> int:
 
 
 async def _doctor(rindle: Rindle, args: argparse.Namespace) -> int:
-    checks = await maintenance.doctor(rindle)
+    checks = await maintenance.doctor(rindle.runtime)
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     failed = [c for c in checks if not c.ok]
@@ -101,7 +101,7 @@ async def _doctor(rindle: Rindle, args: argparse.Namespace) -> int:
 
 
 async def _status(rindle: Rindle, args: argparse.Namespace) -> int:
-    report = await maintenance.status(rindle, stuck_after=timedelta(seconds=args.stuck_after))
+    report = await maintenance.status(rindle.runtime, stuck_after=timedelta(seconds=args.stuck_after))
     if args.json:
         print(json.dumps(report, indent=2, sort_keys=True))
         return 0
@@ -131,14 +131,14 @@ async def _status(rindle: Rindle, args: argparse.Namespace) -> int:
 async def _abort(rindle: Rindle, args: argparse.Namespace) -> int:
     progress = _progress("abort-incomplete-uploads", " sessions")
     report = await maintenance.abort_incomplete_uploads(
-        rindle, dry_run=args.dry_run, progress=progress, keep_items=args.verbose)
+        rindle.runtime, dry_run=args.dry_run, progress=progress, keep_items=args.verbose)
     return _print_report(report, args.verbose, progress)
 
 
 async def _cleanup(rindle: Rindle, args: argparse.Namespace) -> int:
     progress = _progress("cleanup-orphans", " checked")
     report = await maintenance.cleanup_orphans(
-        rindle, dry_run=not args.live, grace=timedelta(hours=args.grace_hours),
+        rindle.runtime, dry_run=not args.live, grace=timedelta(hours=args.grace_hours),
         progress=progress, keep_items=args.verbose)
     code = _print_report(report, args.verbose, progress)
     if not args.live and report.counts:
@@ -148,21 +148,21 @@ async def _cleanup(rindle: Rindle, args: argparse.Namespace) -> int:
 
 async def _verify(rindle: Rindle, args: argparse.Namespace) -> int:
     progress = _progress("verify-storage", " objects")
-    report = await maintenance.verify_storage(rindle, dry_run=args.dry_run, progress=progress)
+    report = await maintenance.verify_storage(rindle.runtime, dry_run=args.dry_run, progress=progress)
     return _print_report(report, args.verbose, progress)
 
 
 async def _regenerate(rindle: Rindle, args: argparse.Namespace) -> int:
     progress = _progress("regenerate-variants", " variants")
     report = await maintenance.regenerate_variants(
-        rindle, profile=args.profile, variant=args.variant,
+        rindle.runtime, profile=args.profile, variant=args.variant,
         states_=tuple(args.state or ("stale", "missing", "failed")), dry_run=args.dry_run,
         progress=progress)
     return _print_report(report, args.verbose, progress)
 
 
 async def _requeue(rindle: Rindle, args: argparse.Namespace) -> int:
-    report = await maintenance.requeue_asset(rindle, args.asset_id, dry_run=args.dry_run)
+    report = await maintenance.requeue_asset(rindle.runtime, args.asset_id, dry_run=args.dry_run)
     return _print_report(report, args.verbose)
 
 

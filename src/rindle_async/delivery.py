@@ -25,7 +25,7 @@ from .profiles import Profile, find_profile
 if TYPE_CHECKING:
     import asyncpg
 
-    from .app import Rindle
+    from .runtime import Runtime
 
 SERVABLE = ASSET.group("live")
 FORBIDDEN = ASSET.group("forbidden")
@@ -61,16 +61,16 @@ def _query(schema: str, *, many: bool) -> str:
             f" ON v.asset_id = a.id AND v.name = ANY($2::text[]) WHERE {where}")
 
 
-async def _fetch(rindle: Rindle, ids: list[Any], names: Iterable[str | None]
+async def _fetch(rt: Runtime, ids: list[Any], names: Iterable[str | None]
                  ) -> dict[Any, tuple[asyncpg.Record, dict[str, asyncpg.Record]]]:
     """asset id -> (its row, its variant rows by name), for the asked-for variant names."""
     wanted = [name for name in names if name is not None]
     if not ids:
         return {}
     if len(ids) == 1:
-        rows = await rindle.pool.fetch(_query(rindle.schema, many=False), ids[0], wanted)
+        rows = await rt.pool.fetch(_query(rt.schema, many=False), ids[0], wanted)
     else:
-        rows = await rindle.pool.fetch(_query(rindle.schema, many=True), ids, wanted)
+        rows = await rt.pool.fetch(_query(rt.schema, many=True), ids, wanted)
     assets: dict[Any, tuple[asyncpg.Record, dict[str, asyncpg.Record]]] = {}
     for row in rows:
         asset = assets.setdefault(row["id"], (row, {}))
@@ -116,12 +116,12 @@ def _event(asset_id: str, profile: Profile, row: asyncpg.Record, variant: str | 
                           variant=variant, mode="public" if profile.public else "signed")
 
 
-async def url(rindle: Rindle, asset_id: object, *, variant: str | None = None, ttl: int | None = None,
+async def url(rt: Runtime, asset_id: object, *, variant: str | None = None, ttl: int | None = None,
               disposition: str | None = None, filename: str | None = None,
               fallback: str | None = None) -> str:
     """A URL for the asset's original or one of its variants.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     asset_id: the asset.
     variant: a variant name of the asset's profile; None for the original.
     ttl: seconds the URL stays valid (default: the profile's url_ttl); ignored for public profiles.
@@ -131,20 +131,20 @@ async def url(rindle: Rindle, asset_id: object, *, variant: str | None = None, t
     """
     _check_options(ttl, fallback)
     uuid = asset_uuid(asset_id)
-    found = (await _fetch(rindle, [uuid], [variant])).get(uuid)
+    found = (await _fetch(rt, [uuid], [variant])).get(uuid)
     if found is None:
         raise NotFound(f"asset {asset_id} does not exist")
     row, rendered = found
     _check_servable(row)
-    profile = find_profile(rindle.profiles, row["profile"])
+    profile = find_profile(rt.profiles, row["profile"])
     key, content_type = _source(profile, row, variant, rendered, fallback)
     header = None
     if disposition is not None or filename is not None:
         header = content_disposition(disposition or "inline", filename or row["filename"])
-    signed = await rindle.storages[row["storage"]].url(
+    signed = await rt.storages[row["storage"]].url(
         key, expires_in=None if profile.public else (ttl or profile.url_ttl), content_type=content_type,
         disposition=header)
-    await rindle.bus.deliver([_event(str(uuid), profile, row, variant)])
+    await rt.events.deliver([_event(str(uuid), profile, row, variant)])
     return signed
 
 
@@ -157,12 +157,12 @@ def _variant_names(variants: Iterable[str]) -> tuple[str, ...]:
     return names
 
 
-async def urls(rindle: Rindle, asset_ids: Iterable[object], *, variant: str | None = None,
+async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None = None,
                variants: Iterable[str] | None = None, ttl: int | None = None,
                fallback: str | None = None) -> dict[str, Any]:
     """URLs for a page of assets, for one variant or several, in one query and no storage round trip.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     asset_ids: the assets.
     variant: a variant name; None for the originals.  Gives asset id -> URL.
     variants: several variant names instead, e.g. ("thumb", "large").  Gives asset id ->
@@ -180,7 +180,7 @@ async def urls(rindle: Rindle, asset_ids: Iterable[object], *, variant: str | No
                               f"variants={variants!r})")
     names = (variant,) if variants is None else _variant_names(variants)
     ids = [asset_uuid(a) for a in asset_ids]
-    assets = await _fetch(rindle, ids, names)
+    assets = await _fetch(rt, ids, names)
     issued = datetime.now(timezone.utc)  # one moment for the page's DeliverySigned events
     events: list[DeliverySigned] = []
     out: dict[str, Any] = {}
@@ -190,11 +190,11 @@ async def urls(rindle: Rindle, asset_ids: Iterable[object], *, variant: str | No
         out[text_id] = signed if variants is not None else None
         found = assets.get(asset_id)
         # An asset whose profile is no longer configured has nothing to sign it with.
-        profile = rindle.profiles.get(found[0]["profile"]) if found is not None else None
+        profile = rt.profiles.get(found[0]["profile"]) if found is not None else None
         if profile is None or found[0]["state"] not in SERVABLE:
             continue
         row, rendered = found
-        sign = rindle.storages[row["storage"]].url
+        sign = rt.storages[row["storage"]].url
         expires_in = None if profile.public else (ttl or profile.url_ttl)
         mode = "public" if profile.public else "signed"
         for name in names:
@@ -207,5 +207,5 @@ async def urls(rindle: Rindle, asset_ids: Iterable[object], *, variant: str | No
                                          variant=name, mode=mode, occurred_at=issued))
         if variants is None:
             out[text_id] = signed[variant]
-    await rindle.bus.deliver(events)
+    await rt.events.deliver(events)
     return out

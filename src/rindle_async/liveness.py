@@ -129,6 +129,12 @@ class WorkerInfo(msgspec.Struct, frozen=True):
     started_at: float
     processes: int = 0
 
+    @classmethod
+    def of(cls, worker_id: str, queue: str, processes: int) -> WorkerInfo:
+        """This process as worker ``worker_id`` (from :func:`new_worker_id`), starting now."""
+        host, pid, _ = worker_id.rsplit(":", 2)
+        return cls(worker_id, queue, host, int(pid), time.time(), processes)
+
 
 @dataclass(frozen=True)
 class Recovered:

@@ -32,7 +32,7 @@ from .promotion import plan_variants, queue_render
 from .lifecycle.machines import ASSET, JOB, UPLOAD_SESSION, VARIANT
 
 if TYPE_CHECKING:
-    from .app import Rindle
+    from .runtime import Runtime
     from .db.transaction import UnitOfWork
     from .ledger.runner import JobRun
 
@@ -67,8 +67,8 @@ class Report:
         return f"{self.worker} ({mode}): {parts}"
 
 
-async def _emit(rindle: Rindle, report: Report) -> Report:
-    await rindle.bus.deliver([CleanupRun(worker=report.worker, dry_run=report.dry_run,
+async def _emit(rt: Runtime, report: Report) -> Report:
+    await rt.events.deliver([CleanupRun(worker=report.worker, dry_run=report.dry_run,
                                          counts=dict(report.counts))])
     return report
 
@@ -116,12 +116,12 @@ async def _in_pages(items: AsyncIterator[T], size: int) -> AsyncIterator[list[T]
 # -- abort ------------------------------------------------------------------------------
 
 
-async def abort_incomplete_uploads(rindle: Rindle, *, dry_run: bool = False,
+async def abort_incomplete_uploads(rt: Runtime, *, dry_run: bool = False,
                                    now: datetime | None = None, progress: Progress | None = None,
                                    batch: int = BATCH, keep_items: bool = True) -> Report:
     """Expire every open session past its deadline; tombstone its staged asset; abort multipart.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     dry_run: report without changing anything.
     now: the clock (tests).
     progress: called with (done, total) after each page of sessions.
@@ -130,19 +130,19 @@ async def abort_incomplete_uploads(rindle: Rindle, *, dry_run: bool = False,
     """
     report = Report("abort_incomplete_uploads", dry_run, keep_items=keep_items)
     now = now or _now()
-    total = await _count_expired_sessions(rindle, now) if progress else 0
+    total = await _count_expired_sessions(rt, now) if progress else 0
     done = 0
-    async for rows in _keyset_pages(lambda after: _expired_sessions(rindle, now, after, batch),
+    async for rows in _keyset_pages(lambda after: _expired_sessions(rt, now, after, batch),
                                     lambda row: (row["expires_at"], row["id"]),
                                     (_FIRST_DEADLINE, _FIRST_ID), batch):
         expired = ({row["id"]: row["asset_state"] == "staged" for row in rows} if dry_run
-                   else await _expire(rindle, rows))
+                   else await _expire(rt, rows))
         for row in rows:
             if row["id"] not in expired:  # the session moved on since it was read (e.g. verified)
                 report.add("skipped_changed", str(row["id"]))
                 continue
             if row["multipart_upload_id"] and not dry_run:
-                await rindle.storages[row["storage"]].abort_multipart(
+                await rt.storages[row["storage"]].abort_multipart(
                     row["storage_key"], row["multipart_upload_id"])
             report.add("sessions_expired", str(row["id"]))
             if expired[row["id"]]:
@@ -154,14 +154,14 @@ async def abort_incomplete_uploads(rindle: Rindle, *, dry_run: bool = False,
             progress(done, max(done, total))
     if progress and done < total:  # sessions that closed meanwhile: the bar ends where we are
         progress(done, done)
-    return await _emit(rindle, report)
+    return await _emit(rt, report)
 
 
-async def _expired_sessions(rindle: Rindle, now: datetime, after: tuple[datetime, uuid.UUID],
+async def _expired_sessions(rt: Runtime, now: datetime, after: tuple[datetime, uuid.UUID],
                             limit: int) -> list[Any]:
     """The next page of open sessions past their deadline, in (deadline, id) order."""
-    schema = rindle.schema
-    return await rindle.pool.fetch(
+    schema = rt.schema
+    return await rt.pool.fetch(
         f"SELECT s.id, s.state, s.expires_at, s.asset_id, s.storage_key, s.multipart_upload_id,"
         f" a.storage, a.state AS asset_state FROM {schema}.upload_sessions s"
         f" JOIN {schema}.assets a ON a.id = s.asset_id"
@@ -169,19 +169,19 @@ async def _expired_sessions(rindle: Rindle, now: datetime, after: tuple[datetime
         f" ORDER BY s.expires_at, s.id LIMIT $4", now, *after, limit)
 
 
-async def _count_expired_sessions(rindle: Rindle, now: datetime) -> int:
-    return await rindle.pool.fetchval(
-        f"SELECT count(*) FROM {rindle.schema}.upload_sessions"
+async def _count_expired_sessions(rt: Runtime, now: datetime) -> int:
+    return await rt.pool.fetchval(
+        f"SELECT count(*) FROM {rt.schema}.upload_sessions"
         f" WHERE state IN {_OPEN} AND expires_at < $1", now)
 
 
-async def _expire(rindle: Rindle, rows: list[Any]) -> dict[uuid.UUID, bool]:
+async def _expire(rt: Runtime, rows: list[Any]) -> dict[uuid.UUID, bool]:
     """Expire a page of sessions and tombstone their staged assets in one transaction; return,
     for each session still open, whether its asset was tombstoned."""
     seen: dict[str, list[uuid.UUID]] = {}
     for row in rows:
         seen.setdefault(row["state"], []).append(row["id"])
-    async with rindle.db.transaction() as uow:
+    async with rt.db.transaction() as uow:
         expired = {}
         for state, session_ids in sorted(seen.items()):
             # sessions verified, aborted or purged since the page was read do not move
@@ -196,20 +196,20 @@ async def _expire(rindle: Rindle, rows: list[Any]) -> dict[uuid.UUID, bool]:
 
 async def abort_incomplete_uploads_job(job: JobRun) -> None:
     """Ledger job: abort incomplete uploads (live unless ``dry_run`` is in the args)."""
-    await abort_incomplete_uploads(job.rindle, dry_run=job.args.dry_run,
+    await abort_incomplete_uploads(job.runtime, dry_run=job.args.dry_run,
                                    keep_items=False)
 
 
 # -- cleanup ----------------------------------------------------------------------------
 
 
-async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
+async def cleanup_orphans(rt: Runtime, *, dry_run: bool = True,
                           grace: timedelta = timedelta(hours=24), now: datetime | None = None,
                           progress: Progress | None = None, batch: int = BATCH,
                           keep_items: bool = True) -> Report:
     """Remove what nothing holds; a dry run reports exactly what a live run would do.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     dry_run: report without changing anything (the default).
     grace: how old unattached assets, stray objects and multipart uploads must be.
     now: the clock (tests).
@@ -228,13 +228,13 @@ async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
     reasons = {"session": "cleanup: its upload failed",
                "unattached": f"cleanup: unattached for longer than {grace}"}
     checked = 0
-    async for page in _keyset_pages(lambda after: _asset_page(rindle, after, cutoff, now, batch),
+    async for page in _keyset_pages(lambda after: _asset_page(rt, after, cutoff, now, batch),
                                     lambda row: row["id"], _FIRST_ID, batch):
         doomed = {row["id"]: reasons[row["why"]] for row in page if row["why"] in reasons}
         unpurged = [row["id"] for row in page if row["why"] == "unpurged"]
         tombstoned = set(doomed)
         if not dry_run and (doomed or unpurged):
-            async with rindle.db.transaction() as uow:
+            async with rt.db.transaction() as uow:
                 tombstoned = await tombstone(uow, doomed)
                 for asset_id in unpurged:
                     await stage_purge(uow, asset_id)
@@ -248,21 +248,21 @@ async def cleanup_orphans(rindle: Rindle, *, dry_run: bool = True,
         checked += len(page)
         if progress:
             progress(checked, 0)
-    await _stray_objects(rindle, report, cutoff, batch, progress, checked)
-    await _abandoned_multipart(rindle, report, cutoff, batch)
-    return await _emit(rindle, report)
+    await _stray_objects(rt, report, cutoff, batch, progress, checked)
+    await _abandoned_multipart(rt, report, cutoff, batch)
+    return await _emit(rt, report)
 
 
-async def _asset_page(rindle: Rindle, after: uuid.UUID, cutoff: datetime, now: datetime,
+async def _asset_page(rt: Runtime, after: uuid.UUID, cutoff: datetime, now: datetime,
                       limit: int) -> list[Any]:
     """The next page of assets in id order, each with ``why`` cleanup wants it: ``session``
     (its upload failed), ``unattached`` (held by nothing since before ``cutoff``),
     ``unpurged`` (a tombstone without a purge on its way) or NULL (it does not)."""
-    schema = rindle.schema
+    schema = rt.schema
     # Subqueries the planner can only answer with one index probe per asset: an EXISTS may
     # become a hashed scan of a whole table for every page, and a state filter may steer a
     # probe to a partial index on state that holds no asset_id.
-    return await rindle.pool.fetch(
+    return await rt.pool.fetch(
         f"SELECT a.id, CASE"
         f" WHEN a.state = 'deleted' THEN CASE WHEN a.state_changed_at < $2 AND (SELECT true"
         f"   FROM {schema}.jobs j WHERE j.kind = '{PURGE.name}' AND j.status IN {JOB.literal('active')}"
@@ -276,12 +276,12 @@ async def _asset_page(rindle: Rindle, after: uuid.UUID, cutoff: datetime, now: d
         after, cutoff, now, limit)
 
 
-async def _stray_objects(rindle: Rindle, report: Report, cutoff: datetime, batch: int,
+async def _stray_objects(rt: Runtime, report: Report, cutoff: datetime, batch: int,
                          progress: Progress | None, checked: int) -> None:
     """Objects under a profile's prefix that no asset or variant row refers to (``checked``:
     what the progress count starts from)."""
-    for profile in rindle.profiles.values():
-        storage = rindle.storages[profile.storage]
+    for profile in rt.profiles.values():
+        storage = rt.storages[profile.storage]
         async for page in _in_pages(storage.list(f"{profile.name}/"), batch):
             # Young ones are left: an upload or a render may be about to refer to them.  Not
             # at a direct upload's key: its rows commit before its URL exists, so an object
@@ -289,7 +289,7 @@ async def _stray_objects(rindle: Rindle, report: Report, cutoff: datetime, batch
             old = [info.key for info in page
                    if info.last_modified is None or info.last_modified < cutoff
                    or (security.is_upload_key(info.key) and _asset_of(info.key) is not None)]
-            for key in await _unreferenced(rindle, profile.storage, old):
+            for key in await _unreferenced(rt, profile.storage, old):
                 report.add("stray_objects", f"{profile.storage}:{key}")
                 if not report.dry_run:
                     await storage.delete(key)
@@ -298,12 +298,12 @@ async def _stray_objects(rindle: Rindle, report: Report, cutoff: datetime, batch
                 progress(checked, 0)
 
 
-async def _unreferenced(rindle: Rindle, storage: str, keys: list[str]) -> list[str]:
+async def _unreferenced(rt: Runtime, storage: str, keys: list[str]) -> list[str]:
     """Those of ``keys`` (in order) that no row refers to and no pending purge will delete."""
     if not keys:
         return []
-    schema = rindle.schema
-    rows = await rindle.pool.fetch(
+    schema = rt.schema
+    rows = await rt.pool.fetch(
         f"SELECT o.key FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS o(key, asset_id, n)"
         f" LEFT JOIN {schema}.assets a ON a.id = o.asset_id AND a.storage = $3"
         f" WHERE a.id IS NULL OR (a.state <> 'deleted' AND a.storage_key <> o.key AND (SELECT true"
@@ -322,18 +322,18 @@ def _asset_of(key: str) -> uuid.UUID | None:
         return None
 
 
-async def _abandoned_multipart(rindle: Rindle, report: Report, cutoff: datetime,
+async def _abandoned_multipart(rt: Runtime, report: Report, cutoff: datetime,
                                batch: int) -> None:
     """Multipart uploads older than ``cutoff`` that no open session owns."""
-    for name in sorted({p.storage for p in rindle.profiles.values()}):
-        storage = rindle.storages[name]
+    for name in sorted({p.storage for p in rt.profiles.values()}):
+        storage = rt.storages[name]
         if not storage.capabilities.multipart:
             continue
-        for profile in (p for p in rindle.profiles.values() if p.storage == name):
+        for profile in (p for p in rt.profiles.values() if p.storage == name):
             async for page in _in_pages(storage.list_multipart(f"{profile.name}/"), batch):
                 old = [u for u in page if u.initiated is None or u.initiated < cutoff]
-                owned = {r["multipart_upload_id"] for r in await rindle.pool.fetch(
-                    f"SELECT multipart_upload_id FROM {rindle.schema}.upload_sessions"
+                owned = {r["multipart_upload_id"] for r in await rt.pool.fetch(
+                    f"SELECT multipart_upload_id FROM {rt.schema}.upload_sessions"
                     f" WHERE multipart_upload_id = ANY($1::text[]) AND state IN {_OPEN}",
                     [u.upload_id for u in old])} if old else set()
                 for upload in old:
@@ -346,60 +346,60 @@ async def _abandoned_multipart(rindle: Rindle, report: Report, cutoff: datetime,
 
 async def cleanup_orphans_job(job: JobRun) -> None:
     """Ledger job: cleanup (live unless ``dry_run`` is true in the args)."""
-    await cleanup_orphans(job.rindle, dry_run=job.args.dry_run,
+    await cleanup_orphans(job.runtime, dry_run=job.args.dry_run,
                           keep_items=False)
 
 
 # -- stale detection and regeneration ---------------------------------------------------
 
 
-async def reconcile_profiles(rindle: Rindle) -> Report:
+async def reconcile_profiles(rt: Runtime) -> Report:
     """Mark ready variants whose recipe changed as stale; plan variants a profile gained.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     """
-    schema, report = rindle.schema, Report("reconcile_profiles", False)
-    for profile in rindle.profiles.values():
+    schema, report = rt.schema, Report("reconcile_profiles", False)
+    for profile in rt.profiles.values():
         for name, digest in profile.recipe_digests().items():
-            rows = await rindle.pool.fetch(
+            rows = await rt.pool.fetch(
                 f"SELECT v.id FROM {schema}.variants v JOIN {schema}.assets a ON a.id = v.asset_id"
                 f" WHERE a.profile = $1 AND v.name = $2 AND v.state = 'ready'"
                 f" AND v.recipe_digest <> $3", profile.name, name, digest)
             for row in rows:
                 try:
-                    async with rindle.db.transaction() as uow:
+                    async with rt.db.transaction() as uow:
                         await transitions.transition(uow, VARIANT, row["id"], "ready", "stale",
                                                 reason="the profile's recipe changed")
                 except InvalidTransition:
                     continue  # another process (opening at the same deploy) got there first
                 report.add("stale", str(row["id"]))
-            await _repoint_pending(rindle, report, profile.name, name, digest)
+            await _repoint_pending(rt, report, profile.name, name, digest)
         if not profile.variants:
             continue
-        lacking = await rindle.pool.fetch(
+        lacking = await rt.pool.fetch(
             f"SELECT a.id, a.state FROM {schema}.assets a WHERE a.profile = $1"
             f" AND a.state = ANY($4::text[]) AND (SELECT count(*) FROM"
             f" {schema}.variants v WHERE v.asset_id = a.id AND v.name = ANY($2::text[])) < $3",
             profile.name, list(profile.variants), len(profile.variants), ASSET.array("rendered"))
         for row in lacking:
-            async with rindle.db.transaction() as uow:
+            async with rt.db.transaction() as uow:
                 # locked, so processes opening at once plan each variant once
                 state = await assets.lock_state(uow.conn, schema, row["id"])
                 if state not in ASSET.group("rendered"):
                     continue
-                planned = await plan_variants(uow, rindle, row["id"], profile.name)
+                planned = await plan_variants(uow, rt, row["id"], profile.name)
                 if planned and state != "processing":
                     await transitions.transition(uow, ASSET, row["id"], state, "processing")
             report.counts["planned"] = report.counts.get("planned", 0) + planned
     return report
 
 
-async def _repoint_pending(rindle: Rindle, report: Report, profile: str, name: str,
+async def _repoint_pending(rt: Runtime, report: Report, profile: str, name: str,
                            digest: str) -> None:
     """Renders not finished yet want the new recipe: re-point them (and re-stage one for a
     render in flight, whose old-recipe result will be dropped as stale work)."""
-    schema = rindle.schema
-    async with rindle.db.transaction() as uow:
+    schema = rt.schema
+    async with rt.db.transaction() as uow:
         rows = await uow.conn.fetch(
             f"UPDATE {schema}.variants v SET recipe_digest = $3, updated_at = now()"
             f" FROM {schema}.assets a WHERE a.id = v.asset_id AND a.profile = $1 AND v.name = $2"
@@ -411,14 +411,14 @@ async def _repoint_pending(rindle: Rindle, report: Report, profile: str, name: s
                 await stage_render(uow, row["asset_id"])
 
 
-async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
+async def regenerate_variants(rt: Runtime, *, profile: str | None = None,
                               variant: str | None = None,
                               states_: tuple[str, ...] = ("stale", "missing", "failed"),
                               asset_id: str | None = None, dry_run: bool = False,
                               progress: Progress | None = None) -> Report:
     """Re-queue variants (stale, missing, failed by default) with the current recipe.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     profile: only this profile.
     variant: only this variant name.
     states_: only variants in these states (any of stale, missing, failed, cancelled).
@@ -431,8 +431,8 @@ async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
     if bad:
         raise ValidationError(f"cannot regenerate variants in states {sorted(bad)}; "
                               f"choose from {', '.join(sorted(allowed))}")
-    schema, report = rindle.schema, Report("regenerate_variants", dry_run)
-    rows = await rindle.pool.fetch(
+    schema, report = rt.schema, Report("regenerate_variants", dry_run)
+    rows = await rt.pool.fetch(
         f"SELECT v.id, v.name, v.state, v.asset_id, a.profile, a.state AS asset_state"
         f" FROM {schema}.variants v JOIN {schema}.assets a ON a.id = v.asset_id"
         f" WHERE v.state = ANY($1::text[]) AND a.state = ANY($5::text[])"
@@ -444,20 +444,20 @@ async def regenerate_variants(rindle: Rindle, *, profile: str | None = None,
     for _, grouped in itertools.groupby(rows, key=lambda r: r["asset_id"]):
         group, wanted = list(grouped), []
         for row in group:
-            config = rindle.profiles.get(row["profile"])
+            config = rt.profiles.get(row["profile"])
             if config is None or row["name"] not in config.variants:
                 report.add("skipped_not_in_profile", str(row["id"]))
             else:
                 report.add("requeued", str(row["id"]))
                 wanted.append((row, config.recipe_digests()[row["name"]]))
         if wanted and not dry_run:
-            async with rindle.db.transaction() as uow:  # one render job for the asset's variants
+            async with rt.db.transaction() as uow:  # one render job for the asset's variants
                 for row, digest in wanted:
                     await requeue_variant(uow, row, digest)
         done += len(group)
         if progress:
             progress(done, len(rows))
-    return await _emit(rindle, report)
+    return await _emit(rt, report)
 
 
 async def requeue_variant(uow: UnitOfWork, row: Any, digest: str) -> None:
@@ -475,28 +475,28 @@ async def requeue_variant(uow: UnitOfWork, row: Any, digest: str) -> None:
 # -- storage verification ---------------------------------------------------------------
 
 
-async def verify_storage(rindle: Rindle, *, dry_run: bool = False,
+async def verify_storage(rt: Runtime, *, dry_run: bool = False,
                          progress: Progress | None = None) -> Report:
     """HEAD every ready variant and every promoted original; mark missing variants ``missing``.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     dry_run: report without changing anything.
     progress: called with (done, total).
     """
-    schema, report = rindle.schema, Report("verify_storage", dry_run)
-    variants = await rindle.pool.fetch(
+    schema, report = rt.schema, Report("verify_storage", dry_run)
+    variants = await rt.pool.fetch(
         f"SELECT v.id, v.storage_key, a.storage FROM {schema}.variants v JOIN {schema}.assets a"
         f" ON a.id = v.asset_id WHERE v.state = ANY($1::text[]) AND v.storage_key IS NOT NULL"
         f" ORDER BY v.id", VARIANT.array("stored"))
-    originals = await rindle.pool.fetch(
+    originals = await rt.pool.fetch(
         f"SELECT id, storage, storage_key FROM {schema}.assets"
         f" WHERE state = ANY($1::text[]) ORDER BY id", ASSET.array("live"))
     total = len(variants) + len(originals)
     for done, row in enumerate(variants, 1):
         report.counts["checked"] = report.counts.get("checked", 0) + 1
-        if await rindle.storages[row["storage"]].head(row["storage_key"]) is None:
+        if await rt.storages[row["storage"]].head(row["storage_key"]) is None:
             if not dry_run:
-                async with rindle.db.transaction() as uow:
+                async with rt.db.transaction() as uow:
                     current = await uow.conn.fetchrow(
                         f"SELECT state, storage_key FROM {schema}.variants WHERE id = $1 FOR UPDATE",
                         row["id"])
@@ -513,52 +513,52 @@ async def verify_storage(rindle: Rindle, *, dry_run: bool = False,
             progress(done, total)
     for done, row in enumerate(originals, len(variants) + 1):
         report.counts["checked"] = report.counts.get("checked", 0) + 1
-        if await rindle.storages[row["storage"]].head(row["storage_key"]) is None:
+        if await rt.storages[row["storage"]].head(row["storage_key"]) is None:
             report.add("originals_missing", str(row["id"]))
         if progress:
             progress(done, total)
-    return await _emit(rindle, report)
+    return await _emit(rt, report)
 
 
 # -- status -----------------------------------------------------------------------------
 
 
-async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1)) -> dict[str, Any]:
+async def status(rt: Runtime, *, stuck_after: timedelta = timedelta(hours=1)) -> dict[str, Any]:
     """Counts by state, work stuck longer than ``stuck_after``, and the ledger.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     stuck_after: how long a transient state may last before it counts as stuck.
     """
-    schema = rindle.schema
+    schema = rt.schema
 
     async def by_state(table: str) -> dict[str, int]:
-        return {r["state"]: r["n"] for r in await rindle.pool.fetch(
+        return {r["state"]: r["n"] for r in await rt.pool.fetch(
             f"SELECT state, count(*) AS n FROM {schema}.{table} GROUP BY state ORDER BY state")}
 
     cutoff = _now() - stuck_after
     stuck = {
-        "assets": await rindle.pool.fetchval(
+        "assets": await rt.pool.fetchval(
             f"SELECT count(*) FROM {schema}.assets WHERE state = ANY($2::text[])"
             f" AND state_changed_at < $1", cutoff, ASSET.array("transient")),
-        "variants": await rindle.pool.fetchval(
+        "variants": await rt.pool.fetchval(
             f"SELECT count(*) FROM {schema}.variants WHERE state = ANY($2::text[])"
             f" AND state_changed_at < $1", cutoff, VARIANT.array("pending")),
-        "upload_sessions": await rindle.pool.fetchval(
+        "upload_sessions": await rt.pool.fetchval(
             f"SELECT count(*) FROM {schema}.upload_sessions WHERE state = 'verifying'"
             f" AND state_changed_at < $1", cutoff),
     }
-    ledger = await rindle.ledger_summary()
-    running = {r["worker"] or "(unknown)": r["n"] for r in await rindle.pool.fetch(
+    ledger = await rt.ledger.summary(rt.pool)
+    running = {r["worker"] or "(unknown)": r["n"] for r in await rt.pool.fetch(
         f"SELECT worker, count(*) AS n FROM {schema}.processing_runs WHERE outcome = 'running'"
         " GROUP BY worker ORDER BY worker")}
     try:
         from .liveness import live_workers
 
-        fleets = await live_workers(rindle.arq)
+        fleets = await live_workers(rt.arq)
         workers: dict[str, Any] = {
             queue: [{"id": w.id, "host": w.host, "pid": w.pid, "processes": w.processes,
                      "running": running.get(w.id, 0)} for w in fleets.get(queue, [])]
-            for queue in rindle.ledger.queues}
+            for queue in rt.ledger.queues}
     except Exception as exc:  # Redis away: the database's part of the picture still helps
         workers = {"error": f"{type(exc).__name__}: {exc}"}
     return {
@@ -576,28 +576,28 @@ async def status(rindle: Rindle, *, stuck_after: timedelta = timedelta(hours=1))
     }
 
 
-async def requeue_asset(rindle: Rindle, asset_id: str, *, dry_run: bool = False) -> Report:
+async def requeue_asset(rt: Runtime, asset_id: str, *, dry_run: bool = False) -> Report:
     """Re-run what one asset is missing: its promotion, or its unfinished variants.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     asset_id: the asset.
     dry_run: report without changing anything.
     """
     key = asset_uuid(asset_id)
-    state = await rindle.pool.fetchval(f"SELECT state FROM {rindle.schema}.assets WHERE id = $1", key)
+    state = await rt.pool.fetchval(f"SELECT state FROM {rt.schema}.assets WHERE id = $1", key)
     if state is None:
         raise NotFound(f"asset {asset_id} does not exist")
     if state in ASSET.group("promotable"):
         report = Report("requeue", dry_run)
         report.add("promotions", str(key))
         if not dry_run:
-            async with rindle.db.transaction() as uow:
+            async with rt.db.transaction() as uow:
                 await stage_promote(uow, key)
-        return await _emit(rindle, report)
+        return await _emit(rt, report)
     if state not in ASSET.group("rendered"):
         raise ValidationError(f"asset {asset_id} is {state}; only assets being promoted or with "
                               "variants can be requeued")
-    report = await regenerate_variants(rindle, asset_id=str(key), dry_run=dry_run,
+    report = await regenerate_variants(rt, asset_id=str(key), dry_run=dry_run,
                                        states_=tuple(VARIANT.array("regenerable")))
     report.worker = "requeue"
     return report
@@ -615,37 +615,37 @@ class Check:
     detail: str
 
 
-async def doctor(rindle: Rindle) -> list[Check]:
+async def doctor(rt: Runtime) -> list[Check]:
     """Check everything rindle_async depends on; each failure says what to do.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     """
     from .profiles import _libvips_can_save, _libvips_version
     from .liveness import live_workers
 
     checks = []
     try:
-        version = await rindle.pool.fetchval("SHOW server_version")
+        version = await rt.pool.fetchval("SHOW server_version")
         checks.append(Check("database", True, f"PostgreSQL {version}"))
-        async with rindle.pool.acquire() as conn:
-            pending = await migrate.pending(conn, rindle.schema)
+        async with rt.pool.acquire() as conn:
+            pending = await migrate.pending(conn, rt.schema)
         checks.append(Check("migrations", not pending,
-                            f"schema {rindle.schema} is up to date" if not pending else
+                            f"schema {rt.schema} is up to date" if not pending else
                             f"migrations {pending} are not applied; run `rindle-async migrate`"))
     except Exception as exc:
         checks.append(Check("database", False, f"{type(exc).__name__}: {exc}"))
     try:
-        await rindle.arq.ping()
+        await rt.arq.ping()
         try:
-            policy = (await rindle.arq.config_get("maxmemory-policy")).get("maxmemory-policy")
+            policy = (await rt.arq.config_get("maxmemory-policy")).get("maxmemory-policy")
             checks.append(Check("redis", policy == "noeviction",
                                 "reachable, maxmemory-policy noeviction" if policy == "noeviction" else
                                 f"maxmemory-policy is {policy}: Redis may evict queued jobs; "
                                 "set maxmemory-policy noeviction"))
         except Exception as exc:  # CONFIG disabled on some managed Redis
             checks.append(Check("redis", True, f"reachable; cannot read maxmemory-policy ({exc})"))
-        queues = rindle.ledger.queues
-        fleets = await live_workers(rindle.arq)
+        queues = rt.ledger.queues
+        fleets = await live_workers(rt.arq)
         missing = [q for q in queues if not fleets.get(q)]
         seen = ", ".join(f"{q}: {len(fleets.get(q, []))}" for q in queues)
         checks.append(Check("workers", not missing,
@@ -655,20 +655,20 @@ async def doctor(rindle: Rindle) -> list[Check]:
                             + (" with RINDLE_QUEUE set for each routed queue?" if len(queues) > 1 else "?")))
     except Exception as exc:
         checks.append(Check("redis", False, f"{type(exc).__name__}: {exc}"))
-    for name, storage in sorted(rindle.storages.items()):
+    for name, storage in sorted(rt.storages.items()):
         try:
             async for _ in storage.list("", page_size=1):
                 break
             checks.append(Check(f"storage {name}", True, f"{storage.adapter} reachable"))
         except Exception as exc:
             checks.append(Check(f"storage {name}", False, f"{type(exc).__name__}: {exc}"))
-    formats = sorted({v.format for p in rindle.profiles.values() for v in p.variants.values()})
+    formats = sorted({v.format for p in rt.profiles.values() for v in p.variants.values()})
     cannot = [f for f in formats if not _libvips_can_save(f)]
     checks.append(Check("libvips", not cannot,
                         f"{_libvips_version()} saves {', '.join(formats) or 'no formats needed'}"
                         if not cannot else f"{_libvips_version()} cannot save {', '.join(cannot)}"))
     try:
-        summary = await rindle.ledger_summary()
+        summary = await rt.ledger.summary(rt.pool)
         checks.append(Check("ledger", True, f"pending={summary.pending} enqueued={summary.enqueued} "
                                             f"discarded={summary.discarded}"))
     except Exception as exc:

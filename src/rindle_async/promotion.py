@@ -30,7 +30,7 @@ from .ledger.stage import stage_render
 from .lifecycle.machines import ASSET, VARIANT
 
 if TYPE_CHECKING:
-    from .app import Rindle
+    from .runtime import Runtime
     from .db.transaction import UnitOfWork
     from .ledger.runner import JobRun
 
@@ -52,35 +52,35 @@ def _digest_and_head(path: str) -> tuple[str, bytes, int]:
     return digest.hexdigest(), head, size
 
 
-async def plan_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
+async def plan_variants(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_name: str,
                         names: list[str] | None = None) -> int:
     """Create the asset's missing variant rows, queued, and stage their render; return how many.
 
     uow: the unit of work of the promotion (or of a regeneration).
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     asset_id: the asset.
     profile_name: its profile.
     names: only these variants (default: every variant of the profile).
     """
-    missing = await missing_variants(uow, rindle, asset_id, profile_name, names)
+    missing = await missing_variants(uow, rt, asset_id, profile_name, names)
     if missing:
-        await _queue_new(uow, rindle, asset_id, profile_name, missing)
+        await _queue_new(uow, rt, asset_id, profile_name, missing)
     return len(missing)
 
 
-async def missing_variants(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
+async def missing_variants(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_name: str,
                            names: list[str] | None = None) -> list[str]:
     """The variants of the profile (or ``names``) the asset has no row for yet."""
-    profile = rindle.profiles[profile_name]
+    profile = rt.profiles[profile_name]
     existing = {r["name"] for r in await uow.conn.fetch(
-        f"SELECT name FROM {rindle.schema}.variants WHERE asset_id = $1", asset_id)}
+        f"SELECT name FROM {rt.schema}.variants WHERE asset_id = $1", asset_id)}
     return [name for name in (names if names is not None else sorted(profile.variants))
             if name not in existing]
 
 
-async def _queue_new(uow: UnitOfWork, rindle: Rindle, asset_id: object, profile_name: str,
+async def _queue_new(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_name: str,
                      names: list[str]) -> None:
-    digests = rindle.profiles[profile_name].recipe_digests()
+    digests = rt.profiles[profile_name].recipe_digests()
     await transitions.insert_many(uow, VARIANT, [
         {"id": uuid.uuid4(), "asset_id": asset_id, "name": name, "recipe_digest": digests[name]}
         for name in names], path=("planned", "queued"))
@@ -109,17 +109,17 @@ async def promote_asset(job: JobRun) -> None:
 
     job: the running ledger job; ``job.args.asset_id`` names the asset.
     """
-    rindle = job.rindle
+    rt = job.runtime
     asset_id = job.args.asset_id
-    asset = await _claim(rindle, asset_id)
+    asset = await _claim(rt, asset_id)
     if asset is None:
         return  # gone, or promoted or refused by an earlier delivery of this job
-    profile = rindle.profiles.get(asset["profile"])
+    profile = rt.profiles.get(asset["profile"])
     if profile is None:
         await _quarantine(job, asset_id, f"profile {asset['profile']!r} is not configured")
         return
-    storage = rindle.storages[asset["storage"]]
-    checked = await _check_bytes(rindle, storage, profile, asset)
+    storage = rt.storages[asset["storage"]]
+    checked = await _check_bytes(rt, storage, profile, asset)
     try:
         if checked.reason is not None:
             await _quarantine(job, asset_id, checked.reason)
@@ -132,18 +132,18 @@ async def promote_asset(job: JobRun) -> None:
         await storage.delete(asset["storage_key"])
 
 
-async def _claim(rindle: Rindle, asset_id: object) -> Any:
+async def _claim(rt: Runtime, asset_id: object) -> Any:
     """Move a validating asset to analyzing and return its row; an analyzing one (a retry)
     is returned as it is; None when there is nothing to promote."""
     try:
-        async with rindle.db.transaction() as uow:
+        async with rt.db.transaction() as uow:
             return await transitions.transition(uow, ASSET, asset_id, "validating", "analyzing")
     except InvalidTransition as exc:
         if exc.actual != "analyzing":
             return None  # promoted, refused or deleted meanwhile
     except NotFound:
         return None
-    return await rindle.pool.fetchrow(f"SELECT * FROM {rindle.schema}.assets WHERE id = $1", asset_id)
+    return await rt.pool.fetchrow(f"SELECT * FROM {rt.schema}.assets WHERE id = $1", asset_id)
 
 
 class _Checked:
@@ -155,7 +155,7 @@ class _Checked:
         self.metadata = metadata
 
 
-async def _check_bytes(rindle: Rindle, storage: Any, profile: Any, asset: Any) -> _Checked:
+async def _check_bytes(rt: Runtime, storage: Any, profile: Any, asset: Any) -> _Checked:
     """Read the stored bytes (outside any transaction): type, size, pixels; keep them safe."""
     from .processing import images  # loads libvips, in workers only
 
@@ -173,7 +173,7 @@ async def _check_bytes(rindle: Rindle, storage: Any, profile: Any, asset: Any) -
         metadata: dict[str, Any] = {"sha256": sha256}
         if reason is None and sniffed in IMAGE_TYPES:
             try:
-                metadata.update(await rindle.processing.run(
+                metadata.update(await rt.processing.run(
                     images.analyze, path, profile.max_pixels, timeout=ANALYZE_TIMEOUT, lane="analysis"))
             except images.ImageRefused as exc:
                 reason = str(exc)
@@ -217,7 +217,7 @@ async def _readable_copy(storage: Any, key: str, asset: Any, workdir: str,
 async def _promote(job: JobRun, asset_id: object, profile_name: str, checked: _Checked) -> None:
     metadata = checked.metadata
     async with job.complete() as uow:
-        missing = await missing_variants(uow, job.rindle, asset_id, profile_name)
+        missing = await missing_variants(uow, job.runtime, asset_id, profile_name)
         await transitions.walk(
             uow, ASSET, asset_id,
             ("analyzing", "promoting", "available", "processing" if missing else "ready"),
@@ -225,7 +225,7 @@ async def _promote(job: JobRun, asset_id: object, profile_name: str, checked: _C
             width=metadata.get("width"), height=metadata.get("height"),
             metadata=msgspec.json.encode(metadata).decode(), storage_key=checked.original)
         if missing:
-            await _queue_new(uow, job.rindle, asset_id, profile_name, missing)
+            await _queue_new(uow, job.runtime, asset_id, profile_name, missing)
 
 
 def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | None:

@@ -33,9 +33,9 @@ async def purge_storage(job: JobRun) -> None:
 
     job: the running ledger job; ``job.args.asset_id`` names the asset.
     """
-    rindle, schema = job.rindle, job.rindle.schema
+    rt, schema = job.runtime, job.runtime.schema
     asset_id = job.args.asset_id
-    row = await rindle.pool.fetchrow(
+    row = await rt.pool.fetchrow(
         f"SELECT a.state, a.storage, a.storage_key, EXISTS (SELECT 1 FROM {schema}.attachments t"
         f" WHERE t.asset_id = a.id) AS held FROM {schema}.assets a WHERE a.id = $1", asset_id)
     if row is None:
@@ -44,16 +44,16 @@ async def purge_storage(job: JobRun) -> None:
         log.info("purge_storage: asset %s is %s%s; left alone", asset_id, row["state"],
                  " and attached" if row["held"] else "")
         return
-    storage = rindle.storages[row["storage"]]
+    storage = rt.storages[row["storage"]]
     keys = {row["storage_key"]}
-    keys.update(r["storage_key"] for r in await rindle.pool.fetch(
+    keys.update(r["storage_key"] for r in await rt.pool.fetch(
         f"SELECT storage_key FROM {schema}.variants WHERE asset_id = $1 AND storage_key IS NOT NULL",
         asset_id))
     prefix = asset_prefix(row["storage_key"])
     keys.update([info.key async for info in storage.list(prefix)])
     for key in sorted(keys):
         await storage.delete(key)
-    for session in await rindle.pool.fetch(
+    for session in await rt.pool.fetch(
             f"SELECT storage_key, multipart_upload_id FROM {schema}.upload_sessions"
             " WHERE asset_id = $1 AND multipart_upload_id IS NOT NULL AND state <> 'completed'",
             asset_id):

@@ -121,8 +121,8 @@ async def process_variant(job: JobRun) -> None:
 
 
 async def _claim(job: JobRun, asset_id: object) -> Work | None:
-    rindle, schema = job.rindle, job.rindle.schema
-    async with rindle.db.transaction() as uow:
+    rt, schema = job.runtime, job.runtime.schema
+    async with rt.db.transaction() as uow:
         rows = await uow.conn.fetch(
             f"SELECT a.state AS asset_state, a.profile, a.storage, a.storage_key AS source_key,"
             f" v.id, v.name, v.state, v.recipe_digest FROM {schema}.assets a"
@@ -132,7 +132,7 @@ async def _claim(job: JobRun, asset_id: object) -> Work | None:
         if not rows or rows[0]["asset_state"] not in LIVE:
             return None
         first = rows[0]
-        profile = rindle.profiles.get(first["profile"])
+        profile = rt.profiles.get(first["profile"])
         digests = profile.recipe_digests() if profile is not None else {}
         retired = [r for r in rows if r["name"] not in digests]
         for row in retired:
@@ -156,12 +156,12 @@ async def _claim(job: JobRun, asset_id: object) -> Work | None:
 async def _render_and_store(job: JobRun, work: Work) -> None:
     from .processing import images  # loads libvips, in workers only
 
-    rindle, profile = job.rindle, work.profile
-    storage = rindle.storages[work.storage_name]
+    rt, profile = job.runtime, work.profile
+    storage = rt.storages[work.storage_name]
     recipes = {v.name: msgspec.structs.asdict(profile.variants[v.name]) for v in work.variants}
     with scratch_folder("rindle-render-") as workdir:
         source = await _source(storage, work.source_key, workdir)
-        outputs = await rindle.processing.run(
+        outputs = await rt.processing.run(
             images.render_variants, source, workdir, recipes, profile.max_pixels,
             timeout=job.kind.timeout - min(10.0, job.kind.timeout / 10), waiting=job.paused)
         for planned in work.variants:
@@ -194,10 +194,10 @@ async def _source(storage: Storage, key: str, workdir: str) -> str:
 
 
 async def _accept(job: JobRun, work: Work) -> None:
-    rindle, schema = job.rindle, job.rindle.schema
+    rt, schema = job.runtime, job.runtime.schema
     finished = not work.transient and not work.mismatched
     accepted: set[str] = set()
-    async with (job.complete() if finished else rindle.db.transaction()) as uow:
+    async with (job.complete() if finished else rt.db.transaction()) as uow:
         rows = await uow.conn.fetch(
             f"SELECT v.id, v.state, v.recipe_digest, a.state AS asset_state FROM {schema}.variants v"
             f" JOIN {schema}.assets a ON a.id = v.asset_id WHERE v.asset_id = $1"
@@ -221,13 +221,13 @@ async def _accept(job: JobRun, work: Work) -> None:
                 now_states[planned.id] = "failed"
         if asset_state is not None:
             await settle_asset(uow, work.asset_id, (asset_state, set(now_states.values())))
-    storage = rindle.storages[work.storage_name]
+    storage = rt.storages[work.storage_name]
     for name, stored in work.stored.items():
         if name in accepted:
             continue
         log.info("variant %s of asset %s went stale while rendering; its object is dropped", name,
                  work.asset_id)
-        referenced = await rindle.pool.fetchval(
+        referenced = await rt.pool.fetchval(
             f"SELECT EXISTS (SELECT 1 FROM {schema}.variants WHERE storage_key = $1)",
             stored["storage_key"])
         if not referenced:
@@ -240,7 +240,7 @@ async def variant_failed(uow: UnitOfWork, job: JobRun, error: str) -> None:
     Queued variants fail too unless a newer render job of the asset is pending (it will
     render them); the asset settles.
     """
-    schema = job.rindle.schema
+    schema = job.runtime.schema
     asset_id = job.args.asset_id
     rows = await uow.conn.fetch(
         f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1"

@@ -31,7 +31,7 @@ import msgspec
 
 from . import security
 from .lifecycle import transitions
-from .assets import asset_uuid
+from .assets import asset_uuid, get_asset
 from .errors import (
     InvalidTransition,
     NotFound,
@@ -50,7 +50,7 @@ from .lifecycle.tombstone import tombstone
 from .storage.base import Part, PresignedRequest, Source, Storage
 
 if TYPE_CHECKING:
-    from .app import Rindle
+    from .runtime import Runtime
     from .db.transaction import UnitOfWork
 
 SNIFF_BYTES = 8192
@@ -97,27 +97,27 @@ def _part_size(byte_size: int, part_size: int | None) -> int:
     return part_size
 
 
-async def _session(rindle: Rindle, session_id: str) -> dict:
+async def _session(rt: Runtime, session_id: str) -> dict:
     """The session row joined with its asset's profile and storage."""
     sid = asset_uuid(session_id, "session_id")
-    row = await rindle.pool.fetchrow(
-        f"SELECT s.*, a.profile, a.storage, a.state AS asset_state FROM {rindle.schema}.upload_sessions s"
-        f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id WHERE s.id = $1", sid)
+    row = await rt.pool.fetchrow(
+        f"SELECT s.*, a.profile, a.storage, a.state AS asset_state FROM {rt.schema}.upload_sessions s"
+        f" JOIN {rt.schema}.assets a ON a.id = s.asset_id WHERE s.id = $1", sid)
     if row is None:
         raise NotFound(f"upload session {session_id} does not exist")
     return dict(row)
 
 
-def _storage(rindle: Rindle, name: str) -> Storage:
-    return rindle.storages[name]
+def _storage(rt: Runtime, name: str) -> Storage:
+    return rt.storages[name]
 
 
-async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | None,
+async def initiate_upload(rt: Runtime, profile_name: str, *, filename: str | None,
                           content_type: str, byte_size: int, checksum: str | None = None,
                           multipart: bool = False, part_size: int | None = None) -> UploadTicket:
     """Open a direct-upload session and return the ticket the client uploads with.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     profile_name: the profile the file is uploaded under.
     filename: the client's file name (sanitized before it is stored); its extension must
         not name another type than ``content_type``.
@@ -127,13 +127,13 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
     multipart: use an S3 multipart upload (part URLs from ``presign_part``).
     part_size: bytes per part for multipart (default: 8 MiB or larger for huge files).
     """
-    profile = find_profile(rindle.profiles, profile_name)
+    profile = find_profile(rt.profiles, profile_name)
     declared = security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
     if filename:  # what the proxied path refuses before storing anything
         security.check_extension(filename, declared, declared=True)
     size = _check_size(profile, byte_size)
     checksum = _check_checksum(checksum)
-    storage = _storage(rindle, profile.storage)
+    storage = _storage(rt, profile.storage)
     capability = "multipart" if multipart else "presigned_put"
     if not getattr(storage.capabilities, capability):
         raise ValidationError(f"storage {profile.storage!r} ({storage.adapter}) cannot do "
@@ -143,7 +143,7 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
     key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(declared),
                                    role="upload")
     expires_at = _now() + timedelta(seconds=profile.upload_ttl)
-    async with rindle.db.transaction() as uow:
+    async with rt.db.transaction() as uow:
         await transitions.insert(uow, ASSET, "staged", id=asset_id, profile=profile.name,
                             storage=profile.storage, storage_key=key,
                             filename=security.sanitize_filename(filename),
@@ -162,7 +162,7 @@ async def initiate_upload(rindle: Rindle, profile_name: str, *, filename: str | 
     else:
         request = await storage.presign_put(key, content_type=declared, byte_size=size,
                                             expires_in=profile.upload_ttl)
-    async with rindle.db.transaction() as uow:
+    async with rt.db.transaction() as uow:
         await transitions.transition(uow, UPLOAD_SESSION, session_id, "initialized", "signed",
                                 multipart_upload_id=upload_id)
     if multipart:
@@ -190,18 +190,18 @@ def _open_session(session: dict, action: str) -> None:
                                  f"{session['expires_at'].isoformat()}; start a new upload")
 
 
-async def check_writable(rindle: Rindle, storage: str, key: str) -> None:
+async def check_writable(rt: Runtime, storage: str, key: str) -> None:
     """Refuse (UploadClosed) a write to ``key`` unless an upload session open for writing owns it.
 
     The local storage routes call this before they store a PUT; S3 cannot be asked, and
     promotion's check that it reads the object verification saw is what protects it.
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     storage: the name of the storage the key is in.
     key: the key the PUT would write.
     """
-    session = await rindle.pool.fetchrow(
-        f"SELECT s.id, s.state, s.expires_at, s.reason FROM {rindle.schema}.upload_sessions s"
-        f" JOIN {rindle.schema}.assets a ON a.id = s.asset_id"
+    session = await rt.pool.fetchrow(
+        f"SELECT s.id, s.state, s.expires_at, s.reason FROM {rt.schema}.upload_sessions s"
+        f" JOIN {rt.schema}.assets a ON a.id = s.asset_id"
         f" WHERE s.storage_key = $1 AND a.storage = $2 ORDER BY s.created_at DESC LIMIT 1",
         key, storage)
     if session is None:  # never a session's key, or its rows were purged since
@@ -217,36 +217,36 @@ async def check_writable(rindle: Rindle, storage: str, key: str) -> None:
                            "start a new upload")
 
 
-async def sign_upload(rindle: Rindle, session_id: str) -> UploadTicket:
+async def sign_upload(rt: Runtime, session_id: str) -> UploadTicket:
     """A fresh ticket for an open session whose URL expired (the session deadline holds).
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     session_id: the session from ``initiate_upload``.
     """
-    session = await _session(rindle, session_id)
+    session = await _session(rt, session_id)
     _open_session(session, "sign it again")
     if session["strategy"] == "multipart":
         raise ValidationError(f"upload session {session_id} is multipart; "
                               "get part URLs with presign_part")
-    profile = find_profile(rindle.profiles, session["profile"])
+    profile = find_profile(rt.profiles, session["profile"])
     remaining = int((session["expires_at"] - _now()).total_seconds())
-    request = await _storage(rindle, session["storage"]).presign_put(
+    request = await _storage(rt, session["storage"]).presign_put(
         session["storage_key"], content_type=session["content_type"],
         byte_size=session["byte_size"], expires_in=max(1, min(remaining, profile.upload_ttl)))
     if session["state"] == "initialized":
-        async with rindle.db.transaction() as uow:
+        async with rt.db.transaction() as uow:
             await transitions.transition(uow, UPLOAD_SESSION, session["id"], "initialized", "signed")
     return _ticket(session["id"], session["asset_id"], request, session["expires_at"])
 
 
-async def presign_part(rindle: Rindle, session_id: str, part_number: int) -> PresignedRequest:
+async def presign_part(rt: Runtime, session_id: str, part_number: int) -> PresignedRequest:
     """A PUT URL for one part of a multipart session, minted on demand.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     session_id: a multipart session from ``initiate_upload(..., multipart=True)``.
     part_number: 1-based part number.
     """
-    session = await _session(rindle, session_id)
+    session = await _session(rt, session_id)
     _open_session(session, "upload parts")
     if session["strategy"] != "multipart" or not session["multipart_upload_id"]:
         raise ValidationError(f"upload session {session_id} is not a multipart upload")
@@ -254,9 +254,9 @@ async def presign_part(rindle: Rindle, session_id: str, part_number: int) -> Pre
     if not isinstance(part_number, int) or not 1 <= part_number <= total:
         raise ValidationError(f"part_number={part_number!r} is outside 1..{total} for "
                               f"{_part_layout(session)}")
-    profile = find_profile(rindle.profiles, session["profile"])
+    profile = find_profile(rt.profiles, session["profile"])
     remaining = int((session["expires_at"] - _now()).total_seconds())
-    return await _storage(rindle, session["storage"]).presign_part(
+    return await _storage(rt, session["storage"]).presign_part(
         session["storage_key"], session["multipart_upload_id"], part_number,
         expires_in=max(1, min(remaining, profile.upload_ttl)))
 
@@ -296,9 +296,9 @@ def _check_parts(session: dict, parts: Sequence[Part]) -> list[Part]:
     return sorted(listed, key=lambda part: part.part_number)
 
 
-async def _fail(rindle: Rindle, session: dict, reason: str) -> VerificationFailed:
+async def _fail(rt: Runtime, session: dict, reason: str) -> VerificationFailed:
     """Record a failed verification (session failed, asset quarantined); return the error."""
-    async with rindle.db.transaction() as uow:
+    async with rt.db.transaction() as uow:
         await transitions.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "failed",
                                 reason=reason)
         await transitions.transition(uow, ASSET, session["asset_id"], None, "quarantined",
@@ -306,18 +306,18 @@ async def _fail(rindle: Rindle, session: dict, reason: str) -> VerificationFaile
     return VerificationFailed(f"upload session {session['id']}: {reason}")
 
 
-async def _expire(rindle: Rindle, session: dict) -> None:
+async def _expire(rt: Runtime, session: dict) -> None:
     """Close a session past its deadline and tombstone its staged asset for purging."""
-    async with rindle.db.transaction() as uow:
+    async with rt.db.transaction() as uow:
         await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "expired",
                                 reason="the upload deadline passed before verification")
         await tombstone(uow, {session["asset_id"]: UNVERIFIED}, only_from={"staged"})
 
 
-async def _claim(rindle: Rindle, session: dict) -> bool:
+async def _claim(rt: Runtime, session: dict) -> bool:
     """Move an open session to verifying; False when a concurrent call moved it first."""
     try:
-        async with rindle.db.transaction() as uow:
+        async with rt.db.transaction() as uow:
             await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "verifying")
     except InvalidTransition:
         return False
@@ -333,27 +333,27 @@ async def _object_digests(storage: Storage, key: str, algorithms: set[str]) -> d
     return {algorithm: digest.hexdigest() for algorithm, digest in digests.items()}
 
 
-async def verify_upload(rindle: Rindle, session_id: str, *,
+async def verify_upload(rt: Runtime, session_id: str, *,
                         parts: Sequence[Part] | None = None) -> Asset:
     """Check the uploaded object and hand the asset to promotion; return the asset.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     session_id: the session from ``initiate_upload``.
     parts: for multipart sessions, the uploaded parts (number and ETag) to assemble first:
         every part the session's size makes, once each, in any order.
     A second call on a completed session returns the same asset.  A bad part list raises
     ValidationError and a storage failure StorageError; both leave the session open.
     """
-    session = await _session(rindle, session_id)
+    session = await _session(rt, session_id)
     if session["state"] == "completed":
-        return await rindle.get_asset(str(session["asset_id"]))
+        return await get_asset(rt.pool, rt.schema, str(session["asset_id"]))
     if session["state"] not in UPLOAD_SESSION.group("open"):
         _open_session(session, "verify it")
     if session["expires_at"] <= _now():
-        await _expire(rindle, session)
+        await _expire(rt, session)
         raise VerificationFailed(f"upload session {session_id} expired at "
                                  f"{session['expires_at'].isoformat()}; start a new upload")
-    storage = _storage(rindle, session["storage"])
+    storage = _storage(rt, session["storage"])
     key = session["storage_key"]
     if session["strategy"] == "multipart":
         if not parts and session["state"] != "verifying":
@@ -371,9 +371,9 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
     if info is None:
         raise VerificationFailed(f"upload session {session_id}: nothing is stored at the ticket's "
                                  "URL yet; send the file with the ticket, then verify")
-    if session["state"] != "verifying" and not await _claim(rindle, session):
-        return await verify_upload(rindle, session_id)  # a concurrent verify moved it
-    profile = find_profile(rindle.profiles, session["profile"])
+    if session["state"] != "verifying" and not await _claim(rt, session):
+        return await verify_upload(rt, session_id)  # a concurrent verify moved it
+    profile = find_profile(rt.profiles, session["profile"])
     reason = None
     digests: dict[str, str] = {}
     if info.size != session["byte_size"]:
@@ -387,11 +387,11 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
         if actual != session["checksum"]:
             reason = f"checksum mismatch: declared {session['checksum']}, stored object has {actual}"
     if reason is not None:
-        raise await _fail(rindle, session, reason)
+        raise await _fail(rt, session, reason)
     # What promotion must find again: the upload URL may still write (S3 cannot revoke it).
     verified = {"size": info.size, "etag": info.etag, "sha256": digests.get("sha256")}
     try:
-        async with rindle.db.transaction() as uow:
+        async with rt.db.transaction() as uow:
             await transitions.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "completed",
                                     verified_at=_now())
             await transitions.transition(uow, ASSET, session["asset_id"], "staged", "validating",
@@ -402,28 +402,28 @@ async def verify_upload(rindle: Rindle, session_id: str, *,
                                      profile=session["profile"], adapter=session["storage"],
                                      byte_size=info.size))
     except InvalidTransition:
-        session = await _session(rindle, session_id)
+        session = await _session(rt, session_id)
         if session["state"] != "completed":
             raise
-    return await rindle.get_asset(str(session["asset_id"]))
+    return await get_asset(rt.pool, rt.schema, str(session["asset_id"]))
 
 
-async def abort_upload(rindle: Rindle, session_id: str) -> None:
+async def abort_upload(rt: Runtime, session_id: str) -> None:
     """Abandon an open session: it becomes aborted and its asset is purged.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     session_id: the session from ``initiate_upload``.
     """
-    session = await _session(rindle, session_id)
+    session = await _session(rt, session_id)
     if session["state"] not in UPLOAD_SESSION.group("open"):
         raise ValidationError(f"upload session {session_id} is {session['state']}; "
                               "only open sessions can be aborted")
-    async with rindle.db.transaction() as uow:
+    async with rt.db.transaction() as uow:
         await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "aborted",
                                 reason="aborted by the host")
         await tombstone(uow, {session["asset_id"]: UNVERIFIED}, only_from={"staged"})
     if session["multipart_upload_id"]:
-        await _storage(rindle, session["storage"]).abort_multipart(
+        await _storage(rt, session["storage"]).abort_multipart(
             session["storage_key"], session["multipart_upload_id"])
 
 
@@ -464,18 +464,18 @@ async def _head_and_rest(data: Source) -> tuple[bytes, Source]:
     return head[:SNIFF_BYTES], rest()
 
 
-async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: str | None = None,
+async def upload(rt: Runtime, profile_name: str, data: Source, *, filename: str | None = None,
                  content_type: str | None = None) -> Asset:
     """Store a file that passes through the host, then hand it to promotion; return the asset.
 
-    rindle: the opened Rindle.
+    rt: the runtime of the opened Rindle.
     profile_name: the profile the file is uploaded under.
     data: bytes, a path to a local file, or an async iterator of byte chunks.
     filename: the client's file name (sanitized before it is stored).
     content_type: the declared type, if any; refused early when the profile forbids it,
         and when the bytes are of another type.
     """
-    profile = find_profile(rindle.profiles, profile_name)
+    profile = find_profile(rt.profiles, profile_name)
     declared = None
     if content_type is not None:
         declared = security.check_declared_type(content_type, profile.allow_mime,
@@ -494,14 +494,14 @@ async def upload(rindle: Rindle, profile_name: str, data: Source, *, filename: s
         security.check_extension(filename, sniffed)
     asset_id = uuid.uuid4()
     key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(sniffed))
-    storage = _storage(rindle, profile.storage)
+    storage = _storage(rt, profile.storage)
     try:
         info = await storage.put(key, stream, content_type=sniffed, max_bytes=profile.max_bytes)
     except TooLarge as exc:
         raise TooLarge(f"the upload is over the {profile.max_bytes}-byte limit of profile "
                        f"{profile.name!r}") from exc
     try:
-        async with rindle.db.transaction() as uow:
+        async with rt.db.transaction() as uow:
             row = await transitions.insert(uow, ASSET, "validating", id=asset_id, profile=profile.name,
                                 storage=profile.storage, storage_key=key,
                                 filename=security.sanitize_filename(filename),

@@ -17,8 +17,7 @@ polling latency, admission by lane); see ``dispatch.py``.
 from __future__ import annotations
 
 import logging
-import os
-import time
+from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -29,10 +28,13 @@ from .dispatch import DISPATCHER, Dispatcher, WorkerRedis, holding_slot, worker_
 from .ledger.kinds import SCHEDULES, Scheduled
 from .ledger.stage import stage_scheduled
 from .liveness import Liveness, WorkerInfo
-from .processing.pool import ProcessingPool
+from .errors import ConfigurationError
+from .ledger.runner import arq_function, runtime_of
+from .processing.pool import ProcessingPool, default_size
 
 if TYPE_CHECKING:
     from .app import Rindle
+    from .runtime import Runtime
 
 log = logging.getLogger("rindle_async.worker")
 
@@ -40,15 +42,15 @@ log = logging.getLogger("rindle_async.worker")
 DEFAULT_LANE_SLOTS = 8
 
 
-async def _send_and_reconcile(rindle: Rindle) -> tuple[int, int]:
+async def _send_and_reconcile(runtime: Runtime) -> tuple[int, int]:
     """Send pending ledger rows, then re-send what Redis lost; return both counts."""
-    return await rindle.flush_jobs(), await rindle.reconcile_jobs()
+    return await runtime.flush_jobs(), await runtime.reconcile_jobs()
 
 
 async def relay_tick(ctx: dict[str, Any]) -> str:
     """Cron, every minute: send pending ledger rows and re-send what Redis lost."""
     with holding_slot(ctx):
-        sent, resent = await _send_and_reconcile(ctx["rindle"])
+        sent, resent = await _send_and_reconcile(runtime_of(ctx))
     return f"sent {sent}, re-sent {resent}"
 
 
@@ -56,9 +58,9 @@ def _scheduled(entry: Scheduled) -> Any:
     """The arq cron job that stages ``entry`` (once per day; a pending one is not doubled)."""
 
     async def stage(ctx: dict[str, Any]) -> str:
-        rindle: Rindle = ctx["rindle"]
+        runtime: Runtime = runtime_of(ctx)
         with holding_slot(ctx):
-            async with rindle.db.transaction() as uow:
+            async with runtime.db.transaction() as uow:
                 job_id = await stage_scheduled(uow, entry.kind, entry.args)
         name = entry.kind.name
         return f"staged {name} as job {job_id}" if job_id else f"{name} is already pending"
@@ -79,59 +81,59 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         process has its next job ready) and "default" (8: promotions, purges, maintenance).
     overrides: other arq Worker settings (poll_delay, job_timeout, ...).
     """
-    queue = queue or rindle.ledger.queue
-    kinds = [k for k in rindle.ledger.kinds.values() if rindle.ledger.queue_for(k.name) == queue]
-    served_queues = {rindle.ledger.queue, *rindle.ledger.routes.values()}
+    config = rindle.config
+    ledger = config.ledger
+    queue = queue or ledger.queue
+    kinds = [k for k in ledger.kinds.values() if ledger.queue_for(k.name) == queue]
+    served_queues = {ledger.queue, *ledger.routes.values()}
     if queue not in served_queues:
-        from .errors import ConfigurationError
-
         raise ConfigurationError(f"queue {queue!r} serves no job kind; queues in use: "
                                  f"{', '.join(sorted(served_queues))}")
-    from .ledger.runner import arq_function
-
-    size = processes or rindle.processing.size
+    size = processes or config.processes or default_size()
     lanes = {"render": 2 * size, "default": DEFAULT_LANE_SLOTS, **(concurrency or {})}
     dispatcher = Dispatcher(queue, lanes, {k.name: k.lane for k in kinds})
     job_timeout = max((k.timeout for k in kinds), default=60.0) + 5
     functions = [arq_function(kind) for kind in kinds]
     # arq's in-progress lease: its longest function timeout + 10 s
     in_progress_ttl = max([job_timeout, *(f.timeout_s or 0 for f in functions)]) + 10
-    redis_pool = WorkerRedis(worker_connections(rindle.redis_url), dispatcher=dispatcher,
+    redis_pool = WorkerRedis(worker_connections(config.redis_url), dispatcher=dispatcher,
                              default_queue_name=queue)
     leases: list[Liveness] = []
 
     async def on_startup(ctx: dict[str, Any]) -> None:
-        if processes is not None and processes != rindle.processing.size:
-            rindle.processing = ProcessingPool(processes)
         if not rindle.is_open:
-            rindle.application_name = f"{rindle.application_name} worker"  # in pg_stat_activity
-            await rindle.open()
-        ctx["rindle"] = rindle
-        await anyio.to_thread.run_sync(rindle.processing.start)
-        host, pid, _ = dispatcher.claimant.rsplit(":", 2)
-        liveness = Liveness(redis_pool, WorkerInfo(dispatcher.claimant, queue, host, int(pid), time.time(),
-                                                   rindle.processing.size),
+            await rindle.open(as_worker=True)
+        runtime = rindle.runtime
+        if size != runtime.processing.size:  # the worker's own pool; the host's stays as it is
+            runtime = replace(runtime, processing=ProcessingPool(size))
+        ctx["rindle"], ctx["runtime"] = rindle, runtime
+        await anyio.to_thread.run_sync(runtime.processing.start)
+        liveness = Liveness(redis_pool, WorkerInfo.of(dispatcher.claimant, queue, size),
                             jobs=dispatcher.jobs, in_progress_ttl=in_progress_ttl,
-                            on_redis_reset=lambda: _send_and_reconcile(rindle))
+                            on_redis_reset=lambda: _send_and_reconcile(runtime))
         await liveness.start()  # also frees the jobs of workers that died
         leases.append(liveness)
-        sent, resent = await _send_and_reconcile(rindle)
+        sent, resent = await _send_and_reconcile(runtime)
         stale = await rindle.mark_stale_variants()
         log.info("rindle worker on queue %s: %d job kind(s), %d render process(es), lanes %s; "
                  "startup sent %d, re-sent %d, marked %d stale variant(s)", queue, len(kinds),
-                 rindle.processing.size, lanes, sent, resent, stale)
+                 size, lanes, sent, resent, stale)
 
     async def on_shutdown(ctx: dict[str, Any]) -> None:
         await dispatcher.close()
         for liveness in leases:
             await liveness.stop()
+        runtime: Runtime | None = ctx.get("runtime")
+        hosts = rindle.runtime.processing if rindle.is_open else None
+        if runtime is not None and runtime.processing is not hosts:
+            await anyio.to_thread.run_sync(runtime.processing.close)
         await rindle.close()
 
     settings: dict[str, Any] = {
         "functions": functions,
         "queue_name": queue,
         "redis_pool": redis_pool,
-        "redis_settings": RedisSettings.from_dsn(rindle.redis_url),  # for `arq --check`
+        "redis_settings": RedisSettings.from_dsn(config.redis_url),  # for `arq --check`
         "ctx": {DISPATCHER: dispatcher},
         "on_startup": on_startup,
         "on_shutdown": on_shutdown,
@@ -145,21 +147,8 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         # arq's in-progress lease follows from it; a dead worker's jobs are freed sooner (liveness.py)
         "job_timeout": job_timeout,
     }
-    if queue == rindle.ledger.queue:
+    if queue == ledger.queue:
         settings["cron_jobs"] = [cron(relay_tick, name="rindle_relay_tick", second=0),
                                  *(_scheduled(entry) for entry in SCHEDULES)]
     settings.update(overrides)
     return type(f"RindleWorkerSettings_{queue}", (), settings)
-
-
-def from_environment() -> type:
-    """``WorkerSettings`` for ``arq``: the Rindle named by RINDLE_APP, the queue in RINDLE_QUEUE."""
-    from .app_loader import load_app
-
-    spec = os.environ.get("RINDLE_APP")
-    if not spec:
-        raise RuntimeError("set RINDLE_APP=module:attribute to the host's Rindle object, e.g. "
-                           "RINDLE_APP=myapp.media:rindle arq rindle_async.WorkerSettings")
-    processes = os.environ.get("RINDLE_PROCESSES")
-    return load_app(spec).worker_settings(queue=os.environ.get("RINDLE_QUEUE") or None,
-                                          processes=int(processes) if processes else None)

@@ -77,23 +77,23 @@ class App:
 async def settled(host, deadline: float, tmp_path) -> None:
     schema = host.schema
     while True:
-        counts = {table: await host.pool.fetchval(
+        counts = {table: await host.runtime.pool.fetchval(
             f"SELECT count(*) FROM {schema}.{table} WHERE state = ANY($1::text[])", list(states))
             for table, states in TRANSIENT.items() if table != "upload_sessions"}
-        counts["jobs"] = await host.pool.fetchval(
+        counts["jobs"] = await host.runtime.pool.fetchval(
             f"SELECT count(*) FROM {schema}.jobs WHERE status <> 'discarded'")
         # a direct upload whose app died before or while verifying it stays open (staged) for
         # its client to verify again, or until its deadline; nothing else may be transient
-        counts["assets"] -= await host.pool.fetchval(
+        counts["assets"] -= await host.runtime.pool.fetchval(
             f"SELECT count(*) FROM {schema}.assets a JOIN {schema}.upload_sessions s ON s.asset_id = a.id"
             " WHERE a.state = 'staged' AND s.state IN ('initialized', 'signed', 'verifying')")
         if not any(counts.values()):
             return
         if time.monotonic() > deadline:
-            jobs = await host.pool.fetch(
+            jobs = await host.runtime.pool.fetch(
                 f"SELECT id, kind, status, attempts, sent_count, error, run_after, enqueued_at, args::text"
                 f" FROM {schema}.jobs WHERE status <> 'discarded'")
-            runs = await host.pool.fetch(
+            runs = await host.runtime.pool.fetch(
                 f"SELECT job_id, attempt, outcome, error, worker, started_at FROM {schema}.processing_runs"
                 " WHERE job_id = ANY($1::bigint[]) ORDER BY job_id, attempt", [j["id"] for j in jobs])
             raise AssertionError(f"not settled: {counts}\njobs: {[tuple(j) for j in jobs]}\n"
@@ -136,7 +136,7 @@ async def test_300_uploads_survive_random_kills_of_the_app_and_the_workers(host,
                 app.process.wait()
                 killed_at = time.time()
                 await asyncio.sleep(0.2)
-                unflushed = await host.pool.fetchval(
+                unflushed = await host.runtime.pool.fetchval(
                     f"SELECT count(*) FROM {host.schema}.jobs WHERE status = 'pending'")
                 kills.append({"victim": "app", "at": killed_at, "unflushed": unflushed})
                 app.start()
@@ -145,7 +145,7 @@ async def test_300_uploads_survive_random_kills_of_the_app_and_the_workers(host,
                 # that matters
                 busy: list[WorkerProcess] = []
                 for _ in range(20):
-                    pids = {r["pid"] for r in await host.pool.fetch(
+                    pids = {r["pid"] for r in await host.runtime.pool.fetch(
                         f"SELECT DISTINCT split_part(worker, ':', 2) AS pid FROM {host.schema}.processing_runs"
                         " WHERE outcome = 'running'")}
                     busy = [w for w in eligible if str(w.process.pid) in pids]
@@ -154,7 +154,7 @@ async def test_300_uploads_survive_random_kills_of_the_app_and_the_workers(host,
                     await asyncio.sleep(0.05)
                 worker = rng.choice(busy or eligible)
                 pid = worker.process.pid
-                running = await host.pool.fetch(
+                running = await host.runtime.pool.fetch(
                     f"SELECT job_id, kind, attempt FROM {host.schema}.processing_runs"
                     " WHERE outcome = 'running' AND split_part(worker, ':', 2) = $1", str(pid))
                 for child in children(pid):
@@ -175,28 +175,28 @@ async def test_300_uploads_survive_random_kills_of_the_app_and_the_workers(host,
     done = app.done()
     assert max(done) == UPLOADS - 1  # numbers in flight at an app kill are not retried
     # every user's avatar is the last upload attached to it, and it is ready with its variants
-    rows = await host.pool.fetch(
+    rows = await host.runtime.pool.fetch(
         f"SELECT a.id, a.state, a.profile, count(v.*) FILTER (WHERE v.state = 'ready') AS ready,"
         f" count(v.*) AS variants FROM {schema}.attachments t JOIN {schema}.assets a ON a.id = t.asset_id"
         f" LEFT JOIN {schema}.variants v ON v.asset_id = a.id GROUP BY a.id")
     assert len(rows) == 20
     assert all(r["state"] == "ready" and r["ready"] == r["variants"] == 4 for r in rows), \
         [tuple(r) for r in rows]
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {schema}.jobs") == 0
-    states = {r["state"]: r["n"] for r in await host.pool.fetch(
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {schema}.jobs") == 0
+    states = {r["state"]: r["n"] for r in await host.runtime.pool.fetch(
         f"SELECT state, count(*) AS n FROM {schema}.assets GROUP BY state")}
 
     # incomplete uploads (the app died between initiate and verify) are aborted by the cron's
     # verb; run it as if their deadline had passed, then cleanup with no grace
-    await maintenance.abort_incomplete_uploads(host, now=datetime.now(timezone.utc) + timedelta(days=2))
+    await maintenance.abort_incomplete_uploads(host.runtime, now=datetime.now(timezone.utc) + timedelta(days=2))
     await settle_purges(host, tmp_path, workers)
-    report = await maintenance.cleanup_orphans(host, dry_run=False, grace=timedelta(0))
+    report = await maintenance.cleanup_orphans(host.runtime, dry_run=False, grace=timedelta(0))
     await settle_purges(host, tmp_path, workers)
-    live = await host.pool.fetch(
+    live = await host.runtime.pool.fetch(
         f"SELECT a.id, a.profile, a.state FROM {schema}.assets a"
         f" JOIN {schema}.attachments t ON t.asset_id = a.id")
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {schema}.assets") == len(live) == 20
-    assert await host.pool.fetchval(
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {schema}.assets") == len(live) == 20
+    assert await host.runtime.pool.fetchval(
         f"SELECT count(*) FROM {schema}.upload_sessions WHERE state = ANY($1::text[])",
         list(TRANSIENT["upload_sessions"])) == 0
 
@@ -209,7 +209,7 @@ async def test_300_uploads_survive_random_kills_of_the_app_and_the_workers(host,
                    else [k for k in remote if key in k])
         assert len(objects) == 5, (asset["id"], objects)
     assert len(local) + len(remote) == 5 * 20, (sorted(map(str, local)), sorted(remote))
-    checked = await maintenance.verify_storage(host)
+    checked = await maintenance.verify_storage(host.runtime)
     assert not checked.counts.get("variants_missing") and not checked.counts.get("originals_missing")
 
     recoveries = await recovery_seconds(host, kills)
@@ -239,7 +239,7 @@ async def recovery_seconds(host, kills: list[dict]) -> list[float]:
     out = []
     for kill in kills:
         for job_id, _, attempt in kill.get("running", []):
-            started = await host.pool.fetchval(
+            started = await host.runtime.pool.fetchval(
                 f"SELECT min(started_at) FROM {host.schema}.processing_runs"
                 " WHERE job_id = $1 AND attempt > $2", job_id, attempt)
             if started is not None:

@@ -348,7 +348,7 @@ def pool_peaks_mb(rindle) -> dict[int, float]:
     from rindle_async.processing.pool import _processes  # no public way to reach them
 
     peaks = {}
-    for lane in rindle.processing._lanes.values():
+    for lane in rindle.runtime.processing._lanes.values():
         for executor in lane.idle:
             for process in _processes(executor):
                 peaks[process.pid] = peak_rss_mb(process.pid)
@@ -411,8 +411,8 @@ async def test_proxied_uploads(rindle, client, redis_url, sandbox):
     assert await settle(rindle, redis_url, client, PROXIED, seen) == []
     # a refused upload leaves no row and no object
     kept = [case for case in PROXIED if not isinstance(case.expect, Raises)]
-    assert await rindle.pool.fetchval(f"SELECT count(*) FROM {rindle.schema}.assets") == len(kept)
-    prefixes = {(await rindle.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.assets"
+    assert await rindle.runtime.pool.fetchval(f"SELECT count(*) FROM {rindle.schema}.assets") == len(kept)
+    prefixes = {(await rindle.runtime.pool.fetchval(f"SELECT storage_key FROM {rindle.schema}.assets"
                                             " WHERE id = $1::uuid", seen[case.name])).rsplit("/", 1)[0]
                 for case in kept}
     assert {info.key.rsplit("/", 1)[0].removesuffix("/variants")

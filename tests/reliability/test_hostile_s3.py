@@ -116,7 +116,7 @@ async def test_a_replay_after_promotion_never_reaches_the_asset_and_cleanup_remo
     original = await rindle.url(ticket.asset_id, ttl=60)
     async with httpx.AsyncClient(timeout=20) as client:
         assert (await client.get(original)).content == body  # the promoted bytes, not the replay
-    report = await maintenance.cleanup_orphans(rindle, dry_run=False, grace=timedelta(hours=24))
+    report = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, grace=timedelta(hours=24))
     assert report.counts.get("stray_objects") == 1, report
     upload_key = ticket.url.split("?", 1)[0].split(f"/{seaweed.bucket}/", 1)[1]
     assert await seaweed.head(upload_key) is None

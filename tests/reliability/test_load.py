@@ -35,7 +35,7 @@ def percentile(samples: list[float], q: float) -> float:
 
 
 async def test_200_concurrent_uploads_through_a_pool_of_10_connections(host, host_env, tmp_path):
-    assert host._pool_size == 10
+    assert host.config.pool_size == 10
     workers = [WorkerProcess(host_env, tmp_path / f"worker-{i}.log") for i in range(2)]
     for worker in workers:
         worker.start()
@@ -73,7 +73,7 @@ async def test_200_concurrent_uploads_through_a_pool_of_10_connections(host, hos
             worker.stop()
 
     assert len(set(ids)) == UPLOADS
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
     assert max(peaks) < 256, peaks
     print(f"\nload: {UPLOADS} uploads accepted in {accepted:.1f}s, all ready {ready_at - started:.1f}s "
           f"after the first; peak RSS of a worker or render process {max(peaks):.0f} MB")

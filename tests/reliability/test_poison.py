@@ -52,15 +52,15 @@ async def test_a_poison_image_degrades_its_asset_and_nothing_else(width, reason,
     asset = await host.get_asset(poison.id)
     for variant in asset.variants.values():
         assert variant.state == "failed" and reason in variant.reason, (variant, logs(tmp_path))
-    changed = {r["id"]: r["state_changed_at"] for r in await host.pool.fetch(
+    changed = {r["id"]: r["state_changed_at"] for r in await host.runtime.pool.fetch(
         f"SELECT id::text, state_changed_at FROM {host.schema}.assets")}
     assert all(changed[asset_id] < changed[poison.id] for asset_id in good)  # served meanwhile
-    runs = await host.pool.fetch(
+    runs = await host.runtime.pool.fetch(
         f"SELECT attempt, outcome, error FROM {host.schema}.processing_runs"
         " WHERE asset_id = $1 AND kind = 'process_variant' ORDER BY attempt", poison.id)
     assert [r["outcome"] for r in runs] == ["retrying"] * (TRIES - 1) + ["failed"], [tuple(r) for r in runs]
     assert all(reason in r["error"] for r in runs), [tuple(r) for r in runs]
-    discarded = await host.pool.fetch(f"SELECT kind, error FROM {host.schema}.jobs")
+    discarded = await host.runtime.pool.fetch(f"SELECT kind, error FROM {host.schema}.jobs")
     assert [(r["kind"], reason in r["error"]) for r in discarded] == [("process_variant", True)]
     await nothing_left_behind(host)
     await one_object_per_variant(host, "local")

@@ -93,9 +93,9 @@ async def test_the_hosts_pool_and_relay_listener_cut_under_load(host, superuser,
                                   "LISTEN connection after the cuts", tmp_path)
     assert set(relistened).isdisjoint(listener)
     # no connection was lost to the pool: all but the listener's can be taken at once
-    taken = [await asyncio.wait_for(host.pool.acquire(), 5) for _ in range(host.pool.get_max_size() - 1)]
+    taken = [await asyncio.wait_for(host.runtime.pool.acquire(), 5) for _ in range(host.runtime.pool.get_max_size() - 1)]
     for conn in taken:
-        await host.pool.release(conn)
+        await host.runtime.pool.release(conn)
     await nothing_left_behind(host)
     await one_object_per_variant(host, "local")
 
@@ -121,7 +121,7 @@ async def test_a_workers_connections_cut_mid_transaction(host, superuser, privat
 
     await all_ready(host, ids, 60, tmp_path)
     assert worker.process.poll() is None, logs(tmp_path)
-    runs = await host.pool.fetch(
+    runs = await host.runtime.pool.fetch(
         f"SELECT job_id, attempt, outcome, error FROM {host.schema}.processing_runs"
         " WHERE kind = 'process_variant' ORDER BY job_id, attempt")
     cut = [r for r in runs if r["outcome"] == "retrying"]

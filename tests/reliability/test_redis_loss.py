@@ -55,7 +55,7 @@ async def test_a_worker_rides_out_redis_killed_and_restarted_empty(host, worker,
     assert "waiting for Redis" in log
     assert "Redis came back without its data" in log
     await one_object_per_variant(host, "local")
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
 
 
 async def test_flushall_under_a_busy_worker_loses_nothing(host, worker, private_redis, tmp_path):
@@ -70,7 +70,7 @@ async def test_flushall_under_a_busy_worker_loses_nothing(host, worker, private_
     assert worker.process.poll() is None, logs(tmp_path)
     assert "Redis came back without its data" in (tmp_path / "worker.log").read_text()
     await one_object_per_variant(host, "local")
-    runs = await host.pool.fetch(
+    runs = await host.runtime.pool.fetch(
         f"SELECT job_id, count(*) FILTER (WHERE outcome = 'succeeded') AS done,"
         f" count(*) FILTER (WHERE outcome = 'running') AS running"
         f" FROM {host.schema}.processing_runs GROUP BY job_id")

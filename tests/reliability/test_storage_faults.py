@@ -52,14 +52,14 @@ async def attach_all(host, ids) -> None:
 
 async def retried(host, kind: str) -> list[str]:
     """The errors of the attempts of ``kind`` that failed and were retried."""
-    return [r["error"] for r in await host.pool.fetch(
+    return [r["error"] for r in await host.runtime.pool.fetch(
         f"SELECT error FROM {host.schema}.processing_runs WHERE kind = $1 AND outcome = 'retrying'",
         kind)]
 
 
 async def pauses(host, kind: str) -> list[tuple[int, float]]:
     """(attempt, seconds from its end to the next attempt's start) for every retried ``kind``."""
-    rows = await host.pool.fetch(
+    rows = await host.runtime.pool.fetch(
         f"SELECT attempt, extract(epoch FROM lead(started_at) OVER w - finished_at) AS pause"
         f" FROM {host.schema}.processing_runs WHERE kind = $1 WINDOW w AS"
         f" (PARTITION BY job_id ORDER BY attempt)", kind)
@@ -68,12 +68,12 @@ async def pauses(host, kind: str) -> list[tuple[int, float]]:
 
 async def no_orphans(host) -> maintenance.Report:
     """A live cleanup with no grace, then: every object has a row, every row its object."""
-    report = await maintenance.cleanup_orphans(host, dry_run=False, grace=timedelta(0))
-    referenced = {r["key"] for r in await host.pool.fetch(
+    report = await maintenance.cleanup_orphans(host.runtime, dry_run=False, grace=timedelta(0))
+    referenced = {r["key"] for r in await host.runtime.pool.fetch(
         f"SELECT storage_key AS key FROM {host.schema}.assets WHERE state <> 'deleted'"
         f" UNION SELECT storage_key FROM {host.schema}.variants WHERE storage_key IS NOT NULL")}
     assert set(await stored_keys(host, "s3")) == referenced
-    verified = await maintenance.verify_storage(host)
+    verified = await maintenance.verify_storage(host.runtime)
     assert not verified.counts.get("variants_missing") and not verified.counts.get("originals_missing"), \
         verified.counts
     await nothing_left_behind(host)
@@ -101,7 +101,7 @@ async def test_jobs_retry_through_errors_resets_and_hangs(host, proxy, workers, 
     proxy.inject("DELETE", r"/variants/", "status", status=500, times=ATTEMPTS)
     await host.detach(owner_type="user", owner_id=0, slot="photo")  # its purge fails once
     deadline = time.monotonic() + 30
-    while await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets WHERE id = $1", ids[0]):
+    while await host.runtime.pool.fetchval(f"SELECT count(*) FROM {host.schema}.assets WHERE id = $1", ids[0]):
         assert time.monotonic() < deadline, logs(tmp_path)
         await asyncio.sleep(0.1)
     assert await retried(host, "purge_storage"), logs(tmp_path)

@@ -53,7 +53,7 @@ async def test_a_sigkilled_workers_jobs_run_again_within_seconds(host, workers, 
     assert recovery < RECOVERY_SECONDS, f"recovered in {recovery:.1f}s\n{logs(tmp_path)}"
     assert "stopped renewing its lease" in (tmp_path / "successor.log").read_text()
 
-    runs = await host.pool.fetch(
+    runs = await host.runtime.pool.fetch(
         f"SELECT job_id, attempt, outcome, error, worker FROM {host.schema}.processing_runs"
         " WHERE kind = 'process_variant' ORDER BY job_id, attempt")
     abandoned = [r for r in runs if r["outcome"] == "abandoned"]
@@ -64,7 +64,7 @@ async def test_a_sigkilled_workers_jobs_run_again_within_seconds(host, workers, 
                               "(killed, crashed or lost its lease)")
         assert (r["job_id"], r["attempt"] + 1, "succeeded") in [
             (x["job_id"], x["attempt"], x["outcome"]) for x in runs]
-    assert await host.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
+    assert await host.runtime.pool.fetchval(f"SELECT count(*) FROM {host.schema}.jobs") == 0
     await one_object_per_variant(host, "local")  # reruns wrote the same keys
 
 
@@ -80,7 +80,7 @@ async def test_a_job_longer_than_the_lease_is_never_taken_from_its_live_worker(h
     workers("second", **slow)  # idle, and looking for dead workers' jobs at every beat
 
     await all_ready(host, [asset.id], 90, tmp_path)
-    runs = await host.pool.fetch(
+    runs = await host.runtime.pool.fetch(
         f"SELECT kind, attempt, outcome, worker FROM {host.schema}.processing_runs"
         " WHERE kind = 'process_variant'")
     assert [(r["attempt"], r["outcome"]) for r in runs] == [(1, "succeeded")]

@@ -86,7 +86,7 @@ def local_mount(rindle: Rindle, name: str) -> LocalMount:
     """
     storage = _local_storage(rindle.storages, name)
     # The only call into the facade: upload sessions decide which PUTs may still write.
-    return LocalMount(storage, lambda key: uploads.check_writable(rindle, name, key))
+    return LocalMount(storage, lambda key: uploads.check_writable(rindle.runtime, name, key))
 
 
 def parse_range(header: str | None, size: int) -> tuple[int, int] | None:

@@ -35,10 +35,10 @@ def in_transaction() -> bool:
 class UnitOfWork:
     """One open transaction: its connection, staged events and staged jobs."""
 
-    def __init__(self, conn: asyncpg.Connection, ledger: Ledger) -> None:
+    def __init__(self, conn: asyncpg.Connection, schema: str, ledger: Ledger) -> None:
         self.conn = conn
+        self.schema = schema
         self.ledger = ledger
-        self.schema = ledger.schema
         self.events: list[BaseEvent] = []
         self.staged_jobs = 0
         #: callbacks run inside the transaction just before it commits, in order
@@ -69,13 +69,22 @@ async def keep_session(conn: asyncpg.Connection) -> None:
 
 
 class Database:
-    """The pool, and the units of work open on its connections."""
+    """The pool, and the units of work open on its connections.
 
-    def __init__(self, pool: asyncpg.Pool, ledger: Ledger, bus: EventBus) -> None:
+    pool: the asyncpg pool.
+    schema: rindle_async's schema.
+    ledger: where units of work stage jobs.
+    bus: where their events are delivered after commit.
+    relay: woken after a commit that staged jobs (None: another process relays).
+    """
+
+    def __init__(self, pool: asyncpg.Pool, schema: str, ledger: Ledger, bus: EventBus, *,
+                 relay: Relay | None = None) -> None:
         self.pool = pool
+        self.schema = schema
         self.ledger = ledger
         self.bus = bus
-        self.relay: Relay | None = None
+        self.relay = relay
         self._open: dict[int, UnitOfWork] = {}
 
     @asynccontextmanager
@@ -121,7 +130,7 @@ class Database:
 
     @asynccontextmanager
     async def _outermost(self, conn: asyncpg.Connection) -> AsyncIterator[UnitOfWork]:
-        uow = UnitOfWork(conn, self.ledger)
+        uow = UnitOfWork(conn, self.schema, self.ledger)
         self._open[id(conn)] = uow
         token = _in_transaction.set(True)
         failure: BaseException | None = None

@@ -216,7 +216,7 @@ class Ledger:
                 pipe.publish(wake_channel(queue), ",".join(sorted(names)))
             await pipe.execute()
 
-    async def summary(self, conn: asyncpg.Connection) -> LedgerSummary:
+    async def summary(self, conn: asyncpg.Connection | asyncpg.Pool) -> LedgerSummary:
         """Counts by status and the oldest pending and enqueued ages."""
         row = await conn.fetchrow(
             "SELECT"

@@ -31,7 +31,7 @@ from ..dispatch import DISPATCHER, holding_slot
 from .kinds import JobKind
 
 if TYPE_CHECKING:
-    from ..app import Rindle
+    from ..runtime import Runtime
     from ..db.transaction import UnitOfWork
 
 log = logging.getLogger("rindle_async.jobs")
@@ -46,9 +46,9 @@ OUTAGE_DELIVERIES = 10
 class JobRun:
     """One attempt at one ledger job, handed to the kind's handler."""
 
-    def __init__(self, rindle: Rindle, kind: JobKind, job_id: int, args: Any,
+    def __init__(self, runtime: Runtime, kind: JobKind, job_id: int, args: Any,
                  attempt: int, run_id: int) -> None:
-        self.rindle = rindle
+        self.runtime = runtime
         self.kind = kind
         self.id = job_id
         self.args = args
@@ -78,9 +78,9 @@ class JobRun:
     @asynccontextmanager
     async def complete(self) -> AsyncIterator[UnitOfWork]:
         """A transaction that also removes this job from the ledger when it commits."""
-        async with self.rindle.db.transaction() as uow:
+        async with self.runtime.db.transaction() as uow:
             yield uow
-            await uow.conn.execute(_succeed_sql(self.rindle.schema), self.id, self.run_id)
+            await uow.conn.execute(_succeed_sql(self.runtime.schema), self.id, self.run_id)
         self.completed = True
 
 
@@ -111,13 +111,13 @@ def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {text}"[:4000]
 
 
-async def _begin(rindle: Rindle, kind: JobKind, job_id: int, worker: str | None) -> JobRun | None:
+async def _begin(runtime: Runtime, kind: JobKind, job_id: int, worker: str | None) -> JobRun | None:
     """Count the attempt and open its processing run, in one statement; None if the job is gone.
 
     A run of the job still "running" here died with its worker: it is closed as abandoned.
     """
-    schema = rindle.schema
-    row = await rindle.pool.fetchrow(
+    schema = runtime.schema
+    row = await runtime.pool.fetchrow(
         f"WITH job AS (UPDATE {schema}.jobs SET attempts = attempts + 1, status = 'enqueued',"
         "   enqueued_at = coalesce(enqueued_at, now())"
         "   WHERE id = $1 AND status IN ('pending', 'enqueued') RETURNING attempts, args),"
@@ -131,7 +131,7 @@ async def _begin(rindle: Rindle, kind: JobKind, job_id: int, worker: str | None)
         " SELECT job.attempts, job.args, run.id AS run_id FROM job, run", job_id, kind.name, worker)
     if row is None:
         return None
-    return JobRun(rindle, kind, job_id, kind.decode(row["args"]), row["attempts"],
+    return JobRun(runtime, kind, job_id, kind.decode(row["args"]), row["attempts"],
                   row["run_id"])
 
 
@@ -151,8 +151,8 @@ async def _through_outage(statement: Callable[[], Awaitable[Any]]) -> None:
 
 
 async def _discard(job: JobRun, error: str) -> None:
-    schema = job.rindle.schema
-    async with job.rindle.db.transaction() as uow:
+    schema = job.runtime.schema
+    async with job.runtime.db.transaction() as uow:
         hook = job.kind.discard_hook
         if hook is not None:
             await hook(uow, job, error)
@@ -163,18 +163,18 @@ async def _discard(job: JobRun, error: str) -> None:
     log.error("job %s %s discarded after %d attempt(s): %s", job.kind.name, job.id, job.attempt, error)
 
 
-async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | None = None,
+async def run_job(runtime: Runtime, kind: JobKind, job_id: int, *, worker: str | None = None,
                   delivery: int = 1) -> str:
     """Run one attempt of ledger job ``job_id``; what arq calls for every kind.
 
-    rindle: the opened Rindle of this worker.
+    runtime: the opened runtime of this worker.
     kind: the job's kind.
     job_id: the ledger row id sent by the relay.
     worker: this worker's id, recorded on the attempt's processing run.
     delivery: how many times arq has handed over this job (its ``job_try``).
     """
     try:
-        job = await _begin(rindle, kind, job_id, worker)
+        job = await _begin(runtime, kind, job_id, worker)
     except Exception as exc:  # the database is unreachable: nothing was counted, try later
         log.warning("job %s %s could not start: %s", kind.name, job_id, describe(exc))
         raise Retry(defer=kind.delay(delivery)) from exc
@@ -195,7 +195,7 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | N
                 raise  # a timeout of the handler's own
             raise TimeoutError(f"{kind.name} ran longer than its {kind.timeout:g}s timeout") from None
         if not job.completed:  # nothing of its own to commit: one statement
-            await rindle.pool.execute(_succeed_sql(rindle.schema), job.id, job.run_id)
+            await runtime.pool.execute(_succeed_sql(runtime.schema), job.id, job.run_id)
             job.completed = True
     except Exception as exc:
         error = describe(exc)
@@ -203,13 +203,13 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | N
             log.exception("job %s %s failed after completing", kind.name, job_id)
             return "succeeded"
         if getattr(exc, "retryable", True) and not job.last_attempt:
-            schema = rindle.schema
+            schema = runtime.schema
             # an error may ask for a longer pause (e.g. workers of two deploys disagreeing)
             delay = max(kind.delay(job.attempt), getattr(exc, "retry_after", 0.0))
             log.warning("job %s %s attempt %d/%d failed, retrying in %.1fs: %s",
                         kind.name, job_id, job.attempt, kind.tries, delay, error)
             try:
-                await _through_outage(lambda: rindle.pool.execute(
+                await _through_outage(lambda: runtime.pool.execute(
                     f"WITH noted AS (UPDATE {schema}.jobs SET error = $3 WHERE id = $4) "
                     + _finish_run_sql(schema), job.run_id, "retrying", error, job_id))
             except Exception as lost:  # arq must still get the job back, or it drops it
@@ -227,8 +227,15 @@ async def run_job(rindle: Rindle, kind: JobKind, job_id: int, *, worker: str | N
     return "succeeded"
 
 
+def runtime_of(ctx: dict[str, Any]) -> Runtime:
+    """The runtime a job runs on: ``ctx["runtime"]`` (set by rindle's worker settings), or
+    that of the opened Rindle in ``ctx["rindle"]`` (a host's own arq settings)."""
+    runtime: Runtime | None = ctx.get("runtime")
+    return runtime if runtime is not None else ctx["rindle"].runtime
+
+
 def arq_function(kind: JobKind) -> Function:
-    """The arq function that serves ``kind`` (the worker's ctx holds ``rindle``).
+    """The arq function that serves ``kind`` (the worker's ctx holds ``runtime`` or ``rindle``).
 
     When ctx holds a dispatcher (``rindle.worker_settings`` workers), the job's lane
     slot is held while it runs and freed the moment it ends.
@@ -237,7 +244,7 @@ def arq_function(kind: JobKind) -> Function:
     async def coroutine(ctx: dict[str, Any], job_id: int) -> str:
         dispatcher = ctx.get(DISPATCHER)
         with holding_slot(ctx):
-            return await run_job(ctx["rindle"], kind, job_id,
+            return await run_job(runtime_of(ctx), kind, job_id,
                                  worker=dispatcher.claimant if dispatcher is not None else None,
                                  delivery=ctx.get("job_try") or 1)
 
