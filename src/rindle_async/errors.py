@@ -6,6 +6,8 @@ job wrapper whether a failure inside a background job is worth another try.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 
 class RindleError(Exception):
     """Base class of every error rindle_async raises on purpose."""
@@ -80,3 +82,17 @@ class TooLarge(ValidationError):
 
 class Unsupported(RindleError):
     """The storage adapter cannot do what was asked (e.g. multipart on local storage)."""
+
+
+class ContractViolation(RindleError):
+    """A storage adapter broke rules of the storage contract (``rindle_async.storage.contract``).
+
+    ``failures`` maps each broken rule's name to what the adapter did and what the rule wants.
+    """
+
+    def __init__(self, adapter: str, failures: Mapping[str, str]) -> None:
+        self.adapter = adapter
+        self.failures = dict(failures)
+        listed = "\n".join(f"- {rule}: {message}" for rule, message in self.failures.items())
+        super().__init__(f"storage adapter {adapter!r} broke {len(self.failures)} rule(s) of the "
+                         f"storage contract:\n{listed}")

@@ -3,9 +3,12 @@
 Adapters never touch the database.  rindle_async calls them only outside any
 database transaction (a test wraps every adapter to enforce that).  Missing
 objects are not errors where idempotence matters: ``head`` returns None and
-``delete`` succeeds.  Other failures raise :class:`rindle_async.StorageError`
+``delete`` succeeds.  Bad arguments (the empty key, a malformed range) raise
+:class:`rindle_async.ValidationError`; an error of ``put``'s source propagates
+unchanged.  Other failures raise :class:`rindle_async.StorageError`
 (retryable); a stream larger than ``max_bytes`` raises
 :class:`rindle_async.errors.TooLarge` and leaves no object behind.
+:func:`rindle_async.storage.contract.check_storage` checks an adapter against all of it.
 """
 
 from __future__ import annotations
@@ -165,7 +168,7 @@ class Storage(Protocol):
         """Delete the object; a missing object is not an error."""
 
     def list(self, prefix: str, *, page_size: int = 1000) -> AsyncIterator[ObjectInfo]:
-        """Every object whose key starts with ``prefix``, across pages."""
+        """Every object whose key starts with ``prefix``, once each, across pages (in no promised order)."""
 
     async def presign_put(self, key: str, *, content_type: str, byte_size: int,
                           expires_in: int) -> PresignedRequest:

@@ -19,7 +19,7 @@ import anyio
 from aiobotocore.session import AioSession, get_session
 from botocore.config import Config
 from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 from botocore.loaders import Loader, create_loader
 
 from ..errors import ConfigurationError, NotFound, ObjectChanged, StorageError, ValidationError
@@ -198,6 +198,9 @@ class S3Storage:
         try:
             return await call()
         except ERRORS as exc:
+            if isinstance(exc, ParamValidationError):  # botocore refused the arguments: no retry helps
+                raise ValidationError(f"S3 {op} of {key!r} refused its arguments ({exc}); fix the call, "
+                                      f"a retry fails the same way") from exc
             code = _code(exc)
             if code in tolerate:
                 return None
