@@ -92,6 +92,27 @@ async def test_direct_upload_flow(media_rindle, storage, db, schema):
     assert again.id == asset.id and len(await jobs(db, schema)) == 1
 
 
+@pytest.mark.parametrize("abandoned", [False, True], ids=["signed", "abandoned-verifying"])
+async def test_racing_verifications_complete_the_session_once(media_rindle, storage, db, schema,
+                                                              abandoned):
+    rindle = await media_rindle(storage)
+    completed = []
+    rindle.subscribe(completed.append, UploadCompleted)
+    body = png()
+    ticket = await rindle.initiate_upload("avatar", filename="me.png", content_type="image/png",
+                                          byte_size=len(body))
+    await send(storage, ticket, body)
+    if abandoned:  # a verification that died after claiming the session: the next call takes over
+        await db.execute(f"UPDATE {schema}.upload_sessions SET state = 'verifying'"
+                         " WHERE id = $1::uuid", ticket.session_id)
+    assets = await asyncio.gather(*(rindle.verify_upload(ticket.session_id) for _ in range(8)))
+    assert {(a.id, a.state) for a in assets} == {(ticket.asset_id, "validating")}
+    assert len(completed) == 1
+    assert await jobs(db, schema) == [("promote_asset", f'{{"asset_id": "{ticket.asset_id}"}}')]
+    assert await db.fetchval(f"SELECT state FROM {schema}.upload_sessions WHERE id = $1::uuid",
+                             ticket.session_id) == "completed"
+
+
 async def test_sign_upload_gives_a_fresh_working_ticket(media_rindle, storage):
     rindle = await media_rindle(storage)
     body = jpeg()

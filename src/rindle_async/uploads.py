@@ -47,7 +47,9 @@ from .profiles import Profile, find_profile
 from .ledger.stage import stage_promote
 from .lifecycle.machines import ASSET, UPLOAD_SESSION
 from .lifecycle.tombstone import tombstone
-from .storage.base import Part, PresignedRequest, Source, Storage
+from .db import sessions
+from .db.sessions import SessionRow
+from .storage.base import ObjectInfo, Part, PresignedRequest, Source, Storage
 
 if TYPE_CHECKING:
     from .runtime import Runtime
@@ -97,15 +99,12 @@ def _part_size(byte_size: int, part_size: int | None) -> int:
     return part_size
 
 
-async def _session(rt: Runtime, session_id: str) -> dict:
-    """The session row joined with its asset's profile and storage."""
-    sid = asset_uuid(session_id, "session_id")
-    row = await rt.pool.fetchrow(
-        f"SELECT s.*, a.profile, a.storage, a.state AS asset_state FROM {rt.schema}.upload_sessions s"
-        f" JOIN {rt.schema}.assets a ON a.id = s.asset_id WHERE s.id = $1", sid)
+async def _session(rt: Runtime, session_id: object) -> SessionRow:
+    """The session with its asset's profile and storage; NotFound when there is none."""
+    row = await sessions.get(rt.pool, rt.schema, asset_uuid(session_id, "session_id"))
     if row is None:
         raise NotFound(f"upload session {session_id} does not exist")
-    return dict(row)
+    return row
 
 
 def _storage(rt: Runtime, name: str) -> Storage:
@@ -180,14 +179,14 @@ def _ticket(session_id: object, asset_id: object, request: PresignedRequest,
                         session_expires_at=session_expires_at)
 
 
-def _open_session(session: dict, action: str) -> None:
-    if session["state"] not in UPLOAD_SESSION.group("open"):
-        detail = f" ({session['reason']})" if session["reason"] else ""
-        raise ValidationError(f"upload session {session['id']} is {session['state']}{detail}; "
+def _open_session(session: SessionRow, action: str) -> None:
+    if session.state not in UPLOAD_SESSION.group("open"):
+        detail = f" ({session.reason})" if session.reason else ""
+        raise ValidationError(f"upload session {session.id} is {session.state}{detail}; "
                               f"cannot {action}; start a new upload")
-    if session["expires_at"] <= _now():
-        raise VerificationFailed(f"upload session {session['id']} expired at "
-                                 f"{session['expires_at'].isoformat()}; start a new upload")
+    if session.expires_at <= _now():
+        raise VerificationFailed(f"upload session {session.id} expired at "
+                                 f"{session.expires_at.isoformat()}; start a new upload")
 
 
 async def check_writable(rt: Runtime, storage: str, key: str) -> None:
@@ -199,21 +198,17 @@ async def check_writable(rt: Runtime, storage: str, key: str) -> None:
     storage: the name of the storage the key is in.
     key: the key the PUT would write.
     """
-    session = await rt.pool.fetchrow(
-        f"SELECT s.id, s.state, s.expires_at, s.reason FROM {rt.schema}.upload_sessions s"
-        f" JOIN {rt.schema}.assets a ON a.id = s.asset_id"
-        f" WHERE s.storage_key = $1 AND a.storage = $2 ORDER BY s.created_at DESC LIMIT 1",
-        key, storage)
+    session = await sessions.latest_for_key(rt.pool, rt.schema, storage, key)
     if session is None:  # never a session's key, or its rows were purged since
         raise UploadClosed(f"no upload session is open for {key!r}; this URL accepts no writes, "
                            "start a new upload")
-    if session["state"] not in UPLOAD_SESSION.group("writable"):
-        detail = f" ({session['reason']})" if session["reason"] else ""
-        raise UploadClosed(f"upload session {session['id']} is {session['state']}{detail}; its URL "
+    if session.state not in UPLOAD_SESSION.group("writable"):
+        detail = f" ({session.reason})" if session.reason else ""
+        raise UploadClosed(f"upload session {session.id} is {session.state}{detail}; its URL "
                            "no longer accepts writes, start a new upload")
-    if session["expires_at"] <= _now():
-        raise UploadClosed(f"upload session {session['id']} expired at "
-                           f"{session['expires_at'].isoformat()}; its URL no longer accepts writes, "
+    if session.expires_at <= _now():
+        raise UploadClosed(f"upload session {session.id} expired at "
+                           f"{session.expires_at.isoformat()}; its URL no longer accepts writes, "
                            "start a new upload")
 
 
@@ -225,18 +220,18 @@ async def sign_upload(rt: Runtime, session_id: str) -> UploadTicket:
     """
     session = await _session(rt, session_id)
     _open_session(session, "sign it again")
-    if session["strategy"] == "multipart":
+    if session.multipart:
         raise ValidationError(f"upload session {session_id} is multipart; "
                               "get part URLs with presign_part")
-    profile = find_profile(rt.profiles, session["profile"])
-    remaining = int((session["expires_at"] - _now()).total_seconds())
-    request = await _storage(rt, session["storage"]).presign_put(
-        session["storage_key"], content_type=session["content_type"],
-        byte_size=session["byte_size"], expires_in=max(1, min(remaining, profile.upload_ttl)))
-    if session["state"] == "initialized":
+    profile = find_profile(rt.profiles, session.profile)
+    remaining = int((session.expires_at - _now()).total_seconds())
+    request = await _storage(rt, session.storage).presign_put(
+        session.storage_key, content_type=session.content_type,
+        byte_size=session.byte_size, expires_in=max(1, min(remaining, profile.upload_ttl)))
+    if session.state == "initialized":
         async with rt.db.transaction() as uow:
-            await transitions.transition(uow, UPLOAD_SESSION, session["id"], "initialized", "signed")
-    return _ticket(session["id"], session["asset_id"], request, session["expires_at"])
+            await transitions.transition(uow, UPLOAD_SESSION, session.id, "initialized", "signed")
+    return _ticket(session.id, session.asset_id, request, session.expires_at)
 
 
 async def presign_part(rt: Runtime, session_id: str, part_number: int) -> PresignedRequest:
@@ -248,32 +243,32 @@ async def presign_part(rt: Runtime, session_id: str, part_number: int) -> Presig
     """
     session = await _session(rt, session_id)
     _open_session(session, "upload parts")
-    if session["strategy"] != "multipart" or not session["multipart_upload_id"]:
+    if not session.multipart or not session.multipart_upload_id:
         raise ValidationError(f"upload session {session_id} is not a multipart upload")
     total = _part_count(session)
     if not isinstance(part_number, int) or not 1 <= part_number <= total:
         raise ValidationError(f"part_number={part_number!r} is outside 1..{total} for "
                               f"{_part_layout(session)}")
-    profile = find_profile(rt.profiles, session["profile"])
-    remaining = int((session["expires_at"] - _now()).total_seconds())
-    return await _storage(rt, session["storage"]).presign_part(
-        session["storage_key"], session["multipart_upload_id"], part_number,
+    profile = find_profile(rt.profiles, session.profile)
+    remaining = int((session.expires_at - _now()).total_seconds())
+    return await _storage(rt, session.storage).presign_part(
+        session.storage_key, session.multipart_upload_id, part_number,
         expires_in=max(1, min(remaining, profile.upload_ttl)))
 
 
-def _part_count(session: dict) -> int:
-    return math.ceil(session["byte_size"] / session["part_size"])
+def _part_count(session: SessionRow) -> int:
+    return math.ceil(session.byte_size / session.part_size)
 
 
-def _part_layout(session: dict) -> str:
-    return f"{session['byte_size']} bytes in {session['part_size']}-byte parts"
+def _part_layout(session: SessionRow) -> str:
+    return f"{session.byte_size} bytes in {session.part_size}-byte parts"
 
 
-def _check_parts(session: dict, parts: Sequence[Part]) -> list[Part]:
+def _check_parts(session: SessionRow, parts: Sequence[Part]) -> list[Part]:
     """The client's part list in part-number order, refused (ValidationError) unless it names
     every part the session's size and part size make, once each, with an ETag."""
     listed = list(parts)
-    total, prefix = _part_count(session), f"upload session {session['id']}: parts="
+    total, prefix = _part_count(session), f"upload session {session.id}: parts="
     if len(listed) != total:
         raise ValidationError(f"{prefix} {len(listed)} parts given, but {_part_layout(session)} "
                               f"make {total}; pass every uploaded part once")
@@ -296,32 +291,35 @@ def _check_parts(session: dict, parts: Sequence[Part]) -> list[Part]:
     return sorted(listed, key=lambda part: part.part_number)
 
 
-async def _fail(rt: Runtime, session: dict, reason: str) -> VerificationFailed:
+async def _fail(rt: Runtime, session: SessionRow, reason: str) -> VerificationFailed:
     """Record a failed verification (session failed, asset quarantined); return the error."""
     async with rt.db.transaction() as uow:
-        await transitions.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "failed",
+        await transitions.transition(uow, UPLOAD_SESSION, session.id, "verifying", "failed",
                                 reason=reason)
-        await transitions.transition(uow, ASSET, session["asset_id"], None, "quarantined",
+        await transitions.transition(uow, ASSET, session.asset_id, None, "quarantined",
                                 reason=f"upload verification failed: {reason}")
-    return VerificationFailed(f"upload session {session['id']}: {reason}")
+    return VerificationFailed(f"upload session {session.id}: {reason}")
 
 
-async def _expire(rt: Runtime, session: dict) -> None:
+async def _expire(rt: Runtime, session: SessionRow) -> None:
     """Close a session past its deadline and tombstone its staged asset for purging."""
     async with rt.db.transaction() as uow:
-        await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "expired",
+        await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "expired",
                                 reason="the upload deadline passed before verification")
-        await tombstone(uow, {session["asset_id"]: UNVERIFIED}, only_from={"staged"})
+        await tombstone(uow, {session.asset_id: UNVERIFIED}, only_from={"staged"})
 
 
-async def _claim(rt: Runtime, session: dict) -> bool:
-    """Move an open session to verifying; False when a concurrent call moved it first."""
+async def _claim(rt: Runtime, session: SessionRow) -> SessionRow:
+    """Move an open session to verifying and return it; when a concurrent call moved it
+    first, return the session as that call left it (verifying, completed, failed, ...)."""
+    if session.state == "verifying":
+        return session  # an earlier call claimed it and did not finish: take over
     try:
         async with rt.db.transaction() as uow:
-            await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "verifying")
+            await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "verifying")
     except InvalidTransition:
-        return False
-    return True
+        return await _session(rt, session.id)
+    return msgspec.structs.replace(session, state="verifying")
 
 
 async def _object_digests(storage: Storage, key: str, algorithms: set[str]) -> dict[str, str]:
@@ -345,67 +343,99 @@ async def verify_upload(rt: Runtime, session_id: str, *,
     ValidationError and a storage failure StorageError; both leave the session open.
     """
     session = await _session(rt, session_id)
-    if session["state"] == "completed":
-        return await get_asset(rt.pool, rt.schema, str(session["asset_id"]))
-    if session["state"] not in UPLOAD_SESSION.group("open"):
-        _open_session(session, "verify it")
-    if session["expires_at"] <= _now():
-        await _expire(rt, session)
-        raise VerificationFailed(f"upload session {session_id} expired at "
-                                 f"{session['expires_at'].isoformat()}; start a new upload")
-    storage = _storage(rt, session["storage"])
-    key = session["storage_key"]
-    if session["strategy"] == "multipart":
-        if not parts and session["state"] != "verifying":
-            raise ValidationError(f"upload session {session_id} is multipart: pass parts= "
-                                  "(part_number and etag of every uploaded part)")
-        if parts:
-            # Checked and assembled before the session is claimed: a bad list or a storage
-            # failure leaves it open, for a retry with the right parts.
-            ordered = _check_parts(session, parts)
-            try:
-                await storage.complete_multipart(key, session["multipart_upload_id"], ordered)
-            except NotFound:
-                pass  # completed by an earlier call; the stored object decides below
-    info = await storage.head(key)
+    if session.state != "completed":
+        session = await _verify(rt, session, parts)
+    return await get_asset(rt.pool, rt.schema, session.asset_id)
+
+
+async def _verify(rt: Runtime, session: SessionRow, parts: Sequence[Part] | None) -> SessionRow:
+    """The phases of a verification; each reads, does storage I/O, or runs one transaction.
+    Returns the session completed (by this call or by a concurrent one)."""
+    await _check_open(rt, session)
+    storage = _storage(rt, session.storage)
+    if session.multipart:
+        await _assemble(storage, session, parts)
+    info = await storage.head(session.storage_key)
     if info is None:
-        raise VerificationFailed(f"upload session {session_id}: nothing is stored at the ticket's "
+        raise VerificationFailed(f"upload session {session.id}: nothing is stored at the ticket's "
                                  "URL yet; send the file with the ticket, then verify")
-    if session["state"] != "verifying" and not await _claim(rt, session):
-        return await verify_upload(rt, session_id)  # a concurrent verify moved it
-    profile = find_profile(rt.profiles, session["profile"])
-    reason = None
-    digests: dict[str, str] = {}
-    if info.size != session["byte_size"]:
-        reason = f"the stored object has {info.size} bytes but {session['byte_size']} were declared"
-    elif info.size > profile.max_bytes:
-        reason = f"the stored object has {info.size} bytes, over the {profile.max_bytes}-byte limit"
-    elif session["checksum"]:
-        algorithm = session["checksum"].split(":", 1)[0]
-        digests = await _object_digests(storage, key, {algorithm, "sha256"})
-        actual = f"{algorithm}:{digests[algorithm]}"
-        if actual != session["checksum"]:
-            reason = f"checksum mismatch: declared {session['checksum']}, stored object has {actual}"
+    session = await _claim(rt, session)
+    if session.state != "verifying":  # a concurrent call finished it first
+        if session.state == "completed":
+            return session
+        _open_session(session, "verify it")
+    reason, digests = await _refusal(rt, storage, session, info)
     if reason is not None:
         raise await _fail(rt, session, reason)
+    return await _complete(rt, session, info, digests)
+
+
+async def _check_open(rt: Runtime, session: SessionRow) -> None:
+    """Refuse a session that is closed; expire (and refuse) one past its deadline."""
+    if session.state not in UPLOAD_SESSION.group("open"):
+        _open_session(session, "verify it")
+    if session.expires_at <= _now():
+        await _expire(rt, session)
+        raise VerificationFailed(f"upload session {session.id} expired at "
+                                 f"{session.expires_at.isoformat()}; start a new upload")
+
+
+async def _assemble(storage: Storage, session: SessionRow, parts: Sequence[Part] | None) -> None:
+    """Complete a multipart upload from the client's part list, before the session is claimed:
+    a bad list or a storage failure leaves it open, for a retry with the right parts."""
+    if not parts:
+        if session.state != "verifying":
+            raise ValidationError(f"upload session {session.id} is multipart: pass parts= "
+                                  "(part_number and etag of every uploaded part)")
+        return  # an earlier call assembled it and did not finish
+    ordered = _check_parts(session, parts)
+    try:
+        await storage.complete_multipart(session.storage_key, session.multipart_upload_id or "",
+                                         ordered)
+    except NotFound:
+        pass  # completed by an earlier call; the stored object decides
+
+
+async def _refusal(rt: Runtime, storage: Storage, session: SessionRow,
+                   info: ObjectInfo) -> tuple[str | None, dict[str, str]]:
+    """Why the stored object is refused (size, limit, checksum), or None; and the digests read."""
+    profile = find_profile(rt.profiles, session.profile)
+    if info.size != session.byte_size:
+        return f"the stored object has {info.size} bytes but {session.byte_size} were declared", {}
+    if info.size > profile.max_bytes:
+        return f"the stored object has {info.size} bytes, over the {profile.max_bytes}-byte limit", {}
+    if not session.checksum:
+        return None, {}
+    algorithm = session.checksum.split(":", 1)[0]
+    digests = await _object_digests(storage, session.storage_key, {algorithm, "sha256"})
+    actual = f"{algorithm}:{digests[algorithm]}"
+    if actual != session.checksum:
+        return f"checksum mismatch: declared {session.checksum}, stored object has {actual}", digests
+    return None, digests
+
+
+async def _complete(rt: Runtime, session: SessionRow, info: ObjectInfo,
+                    digests: dict[str, str]) -> SessionRow:
+    """One transaction: the session completed, the asset validating, its promotion staged."""
     # What promotion must find again: the upload URL may still write (S3 cannot revoke it).
     verified = {"size": info.size, "etag": info.etag, "sha256": digests.get("sha256")}
     try:
         async with rt.db.transaction() as uow:
-            await transitions.transition(uow, UPLOAD_SESSION, session["id"], "verifying", "completed",
-                                    verified_at=_now())
-            await transitions.transition(uow, ASSET, session["asset_id"], "staged", "validating",
-                                    byte_size=info.size,
-                                    metadata=msgspec.json.encode({"verified": verified}).decode())
-            await stage_promote(uow, session["asset_id"])
-            uow.emit(UploadCompleted(session_id=str(session["id"]), asset_id=str(session["asset_id"]),
-                                     profile=session["profile"], adapter=session["storage"],
+            await transitions.transition(uow, UPLOAD_SESSION, session.id, "verifying", "completed",
+                                         verified_at=_now())
+            await transitions.transition(uow, ASSET, session.asset_id, "staged", "validating",
+                                         byte_size=info.size,
+                                         metadata=msgspec.json.encode({"verified": verified}).decode())
+            await stage_promote(uow, session.asset_id)
+            uow.emit(UploadCompleted(session_id=str(session.id), asset_id=str(session.asset_id),
+                                     profile=session.profile, adapter=session.storage,
                                      byte_size=info.size))
     except InvalidTransition:
-        session = await _session(rt, session_id)
-        if session["state"] != "completed":
+        current = await _session(rt, session.id)
+        if current.state != "completed":
             raise
-    return await get_asset(rt.pool, rt.schema, str(session["asset_id"]))
+        return current
+    return msgspec.structs.replace(session, state="completed")
 
 
 async def abort_upload(rt: Runtime, session_id: str) -> None:
@@ -415,16 +445,16 @@ async def abort_upload(rt: Runtime, session_id: str) -> None:
     session_id: the session from ``initiate_upload``.
     """
     session = await _session(rt, session_id)
-    if session["state"] not in UPLOAD_SESSION.group("open"):
-        raise ValidationError(f"upload session {session_id} is {session['state']}; "
+    if session.state not in UPLOAD_SESSION.group("open"):
+        raise ValidationError(f"upload session {session_id} is {session.state}; "
                               "only open sessions can be aborted")
     async with rt.db.transaction() as uow:
-        await transitions.transition(uow, UPLOAD_SESSION, session["id"], session["state"], "aborted",
+        await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "aborted",
                                 reason="aborted by the host")
-        await tombstone(uow, {session["asset_id"]: UNVERIFIED}, only_from={"staged"})
-    if session["multipart_upload_id"]:
-        await _storage(rt, session["storage"]).abort_multipart(
-            session["storage_key"], session["multipart_upload_id"])
+        await tombstone(uow, {session.asset_id: UNVERIFIED}, only_from={"staged"})
+    if session.multipart_upload_id:
+        await _storage(rt, session.storage).abort_multipart(
+            session.storage_key, session.multipart_upload_id)
 
 
 # -- proxied uploads ------------------------------------------------------------------
