@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 PYTEST_WORKERS ?= 2
 
-.PHONY: test services clean demo demo-check bench
+.PHONY: test lint services clean demo demo-check bench
 .PRECIOUS: $(VENV)/.installed-%
 
 # .venv with the package and one extra installed: .installed-test, .installed-demo
@@ -18,7 +18,12 @@ services: $(VENV)/.installed-test
 	PY=$(PY) scripts/services.sh
 	scripts/browser.sh
 
-test: services
+# ruff and mypy --strict over src/ (their settings are in pyproject.toml); `make test` runs it first
+lint: $(VENV)/.installed-test
+	$(PY) -m ruff check src
+	$(PY) -m mypy
+
+test: services lint
 	$(PY) -m pytest -n $(PYTEST_WORKERS) $(PYTEST_ARGS)
 
 # `make bench` runs every benchmark under bench/ (about ten minutes on 2 cores); each prints

@@ -3,9 +3,9 @@
 from __future__ import annotations
 
 import logging
-from datetime import datetime
 from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
+from datetime import datetime
 from types import MappingProxyType, TracebackType
 from typing import Any
 
@@ -18,14 +18,13 @@ from .db import check_schema_name
 from .db import migrate as migrations
 from .errors import ConfigurationError, RindleError
 from .events import BaseEvent, EventBus, Handler
-from .ledger.kinds import JobKind
-from .ledger.runner import arq_function
+from .ledger.kinds import JobKind, builtin_kinds
 from .ledger.relay import Ledger, LedgerSummary
+from .ledger.runner import arq_function
 from .models import Asset, Attachment, UploadTicket
 from .profiles import Profile, index_profiles
 from .runtime import Config, RelaySettings, Runtime, close_runtime, open_runtime
 from .storage.base import Part, PresignedRequest, Source, Storage
-from .ledger.kinds import builtin_kinds
 from .worker import worker_settings
 
 log = logging.getLogger("rindle_async.app")

@@ -340,7 +340,7 @@ class WorkerRedis(ArqRedis):
         super().__init__(*args, **kwargs)
         self.dispatcher = dispatcher
 
-    async def zrangebyscore(self, name: Any, min: Any, max: Any, start: int | None = None,  # noqa: A002
+    async def zrangebyscore(self, name: Any, min: Any, max: Any, start: int | None = None,
                             num: int | None = None, withscores: bool = False,
                             score_cast_func: Any = float) -> Any:
         if name == self.dispatcher.queue and num is not None and not withscores:

@@ -13,7 +13,6 @@ import inspect
 import logging
 from collections.abc import Awaitable, Callable, Iterable
 from datetime import datetime, timezone
-from typing import Union
 
 import msgspec
 
@@ -90,12 +89,12 @@ class CleanupRun(BaseEvent, frozen=True, kw_only=True):
     counts: dict[str, int]
 
 
-Event = Union[UploadStarted, UploadCompleted, AssetStateChanged, VariantStateChanged,
-              DeliverySigned, CleanupRun]
+Event = (UploadStarted | UploadCompleted | AssetStateChanged | VariantStateChanged
+         | DeliverySigned | CleanupRun)
 EVENT_TYPES: tuple[type[BaseEvent], ...] = (UploadStarted, UploadCompleted, AssetStateChanged,
                                             VariantStateChanged, DeliverySigned, CleanupRun)
 
-Handler = Callable[[BaseEvent], Union[None, Awaitable[None]]]
+Handler = Callable[[BaseEvent], Awaitable[None] | None]
 
 
 class EventBus:

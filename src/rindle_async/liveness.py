@@ -163,7 +163,7 @@ async def live_workers(redis: ArqRedis) -> dict[str, list[WorkerInfo]]:
             pipe.exists(ALIVE_PREFIX + worker.decode())
         alive = await pipe.execute()
     fleets: dict[str, list[WorkerInfo]] = {}
-    for (worker, raw), up in zip(entries.items(), alive, strict=True):
+    for raw, up in zip(entries.values(), alive, strict=True):
         if up:
             info = msgspec.json.decode(raw, type=WorkerInfo)
             fleets.setdefault(info.queue, []).append(info)

@@ -13,28 +13,27 @@ from __future__ import annotations
 import itertools
 import logging
 import uuid
-from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from . import security
-from .lifecycle import transitions
 from .assets import asset_uuid
-from .db import migrate
+from .db import assets, migrate
 from .errors import InvalidTransition, NotFound, ValidationError
 from .events import CleanupRun
-from .db import assets
 from .ledger.kinds import PURGE
 from .ledger.stage import stage_promote, stage_purge, stage_render
+from .lifecycle import transitions
+from .lifecycle.machines import ASSET, JOB, UPLOAD_SESSION, VARIANT
 from .lifecycle.tombstone import tombstone
 from .promotion import plan_variants, queue_render
-from .lifecycle.machines import ASSET, JOB, UPLOAD_SESSION, VARIANT
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
     from .db.transaction import UnitOfWork
     from .ledger.runner import JobRun
+    from .runtime import Runtime
 
 log = logging.getLogger("rindle_async.maintenance")
 Progress = Callable[[int, int], None]
@@ -620,8 +619,8 @@ async def doctor(rt: Runtime) -> list[Check]:
 
     rt: the runtime of the opened Rindle.
     """
-    from .profiles import _libvips_can_save, _libvips_version
     from .liveness import live_workers
+    from .profiles import _libvips_can_save, _libvips_version
 
     checks = []
     try:

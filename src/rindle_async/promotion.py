@@ -22,17 +22,17 @@ import anyio
 import msgspec
 
 from . import security
-from .lifecycle import transitions
-from .errors import InvalidTransition, NotFound, ObjectChanged, ValidationError
-from .scratch import scratch_folder
 from .db import assets
+from .errors import InvalidTransition, NotFound, ObjectChanged, ValidationError
 from .ledger.stage import stage_render
+from .lifecycle import transitions
 from .lifecycle.machines import ASSET, VARIANT
+from .scratch import scratch_folder
 
 if TYPE_CHECKING:
-    from .runtime import Runtime
     from .db.transaction import UnitOfWork
     from .ledger.runner import JobRun
+    from .runtime import Runtime
 
 log = logging.getLogger("rindle_async.promotion")
 ANALYZE_TIMEOUT = 30.0

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .lifecycle import transitions
 from .db import assets
+from .lifecycle import transitions
 from .lifecycle.machines import VARIANT
 
 if TYPE_CHECKING:

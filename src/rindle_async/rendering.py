@@ -29,12 +29,12 @@ from typing import TYPE_CHECKING, Any
 import msgspec
 
 from . import security
-from .lifecycle import transitions
-from .errors import RindleError, StorageError
-from .scratch import scratch_folder
 from .db import assets
+from .errors import RindleError, StorageError
 from .ledger.stage import render_key
+from .lifecycle import transitions
 from .lifecycle.machines import ASSET, VARIANT
+from .scratch import scratch_folder
 
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork

@@ -30,8 +30,9 @@ import anyio
 import msgspec
 
 from . import security
-from .lifecycle import transitions
 from .assets import asset_uuid, get_asset
+from .db import sessions
+from .db.sessions import SessionRow
 from .errors import (
     InvalidTransition,
     NotFound,
@@ -42,18 +43,16 @@ from .errors import (
     VerificationFailed,
 )
 from .events import UploadCompleted, UploadStarted
-from .models import Asset, UploadTicket
-from .profiles import Profile, find_profile
 from .ledger.stage import stage_promote
+from .lifecycle import transitions
 from .lifecycle.machines import ASSET, UPLOAD_SESSION
 from .lifecycle.tombstone import tombstone
-from .db import sessions
-from .db.sessions import SessionRow
+from .models import Asset, UploadTicket
+from .profiles import Profile, find_profile
 from .storage.base import ObjectInfo, Part, PresignedRequest, Source, Storage
 
 if TYPE_CHECKING:
     from .runtime import Runtime
-    from .db.transaction import UnitOfWork
 
 SNIFF_BYTES = 8192
 MIN_PART_SIZE = 5 * 1024 * 1024  # S3's minimum for every part but the last

@@ -25,11 +25,11 @@ from arq.connections import RedisSettings
 from arq.cron import cron
 
 from .dispatch import DISPATCHER, Dispatcher, WorkerRedis, holding_slot, worker_connections
+from .errors import ConfigurationError
 from .ledger.kinds import SCHEDULES, Scheduled
+from .ledger.runner import arq_function, runtime_of
 from .ledger.stage import stage_scheduled
 from .liveness import Liveness, WorkerInfo
-from .errors import ConfigurationError
-from .ledger.runner import arq_function, runtime_of
 from .processing.pool import ProcessingPool, default_size
 
 if TYPE_CHECKING:

@@ -13,7 +13,7 @@ from __future__ import annotations
 import random
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass, fields, replace
-from functools import lru_cache
+from functools import cache
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -43,7 +43,7 @@ class MaintenanceArgs(msgspec.Struct, frozen=True):
     dry_run: bool = False
 
 
-@lru_cache(maxsize=None)
+@cache
 def _resolve(path: str) -> Callable[..., Any]:
     module, _, name = path.partition(":")
     return getattr(import_module(module), name)  # type: ignore[no-any-return]

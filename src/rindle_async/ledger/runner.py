@@ -31,8 +31,8 @@ from ..dispatch import DISPATCHER, holding_slot
 from .kinds import JobKind
 
 if TYPE_CHECKING:
-    from ..runtime import Runtime
     from ..db.transaction import UnitOfWork
+    from ..runtime import Runtime
 
 log = logging.getLogger("rindle_async.jobs")
 #: seconds a job's own bookkeeping (recording a retry, a discard) waits for a database that

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import re
 from collections.abc import Mapping, Sequence
+from itertools import pairwise
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
@@ -68,7 +69,7 @@ async def walk(uow: UnitOfWork, machine: StateMachine, row_id: object, path: Seq
     """
     if len(path) < 2:
         raise ValueError(f"a walk needs at least two states, got {list(path)}")
-    steps = list(zip(path, path[1:]))
+    steps = list(pairwise(path))
     for from_state, to_state in steps:
         machine.check(row_id, from_state, to_state)
     rows = await _update(uow, machine, "t.id = $1", row_id, path[0], path[-1], changes)
@@ -154,7 +155,7 @@ async def insert_many(uow: UnitOfWork, machine: StateMachine, rows: Sequence[Map
     if path[0] not in machine.initial:
         raise ValueError(f"a new {machine.name} starts in one of {', '.join(sorted(machine.initial))},"
                          f" not {path[0]!r}")
-    steps = list(zip(path, path[1:]))
+    steps = list(pairwise(path))
     for from_state, to_state in steps:
         machine.check(None, from_state, to_state)
     if not rows:

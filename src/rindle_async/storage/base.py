@@ -16,7 +16,7 @@ from __future__ import annotations
 import os
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
-from typing import Protocol, Union, runtime_checkable
+from typing import Protocol, runtime_checkable
 
 import anyio
 import msgspec
@@ -24,7 +24,7 @@ import msgspec
 from ..errors import TooLarge, ValidationError
 
 #: What ``put`` accepts: the bytes, a path to a local file, or an async iterator of chunks.
-Source = Union[bytes, bytearray, memoryview, str, os.PathLike, AsyncIterable[bytes]]
+Source = bytes | bytearray | memoryview | str | os.PathLike[str] | AsyncIterable[bytes]
 
 
 #: The chunk size adapters read and stream with.

@@ -201,7 +201,7 @@ async def _chunks(data: bytes, size: int) -> AsyncIterator[bytes]:
 def _differs(got: bytes, want: bytes) -> str:
     if len(got) != len(want):
         return f"{len(got)} bytes, not {len(want)}"
-    offset = next(i for i, (a, b) in enumerate(zip(got, want)) if a != b)
+    offset = next(i for i, (a, b) in enumerate(zip(got, want, strict=True)) if a != b)
     return f"{len(got)} bytes that differ from the expected ones from offset {offset}"
 
 

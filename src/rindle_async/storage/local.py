@@ -14,8 +14,8 @@ import os
 import shutil
 import time
 import uuid
-from contextlib import contextmanager
 from collections.abc import AsyncIterator, Iterator, Mapping
+from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
 from stat import S_ISREG
@@ -25,10 +25,28 @@ import anyio
 import anyio.to_thread
 import msgspec
 
-from ..errors import (ConfigurationError, DeliveryForbidden, NotFound, ObjectChanged, StorageError,
-                      Unsupported, ValidationError)
-from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
-                   check_range, iter_source, too_large, unreadable_source)
+from ..errors import (
+    ConfigurationError,
+    DeliveryForbidden,
+    NotFound,
+    ObjectChanged,
+    StorageError,
+    Unsupported,
+    ValidationError,
+)
+from .base import (
+    CHUNK_SIZE,
+    Capabilities,
+    MultipartUpload,
+    ObjectInfo,
+    Part,
+    PresignedRequest,
+    Source,
+    check_range,
+    iter_source,
+    too_large,
+    unreadable_source,
+)
 from .signing import HmacSha256, quote_component, quote_path
 
 #: Temporary files start with this; ``list`` never shows them and keys may not use it.

@@ -23,8 +23,17 @@ from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, 
 from botocore.loaders import Loader, create_loader
 
 from ..errors import ConfigurationError, NotFound, ObjectChanged, StorageError, ValidationError
-from .base import (CHUNK_SIZE, Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source,
-                   check_range, iter_source)
+from .base import (
+    CHUNK_SIZE,
+    Capabilities,
+    MultipartUpload,
+    ObjectInfo,
+    Part,
+    PresignedRequest,
+    Source,
+    check_range,
+    iter_source,
+)
 from .sigv4 import Presigner
 
 #: S3 refuses parts smaller than this (except the last) and presigned URLs longer than a week.
@@ -72,7 +81,7 @@ def _until(expires_in: int) -> datetime:
 class _Signing:
     """What one open client presigns with: credentials, and the presigner once probed."""
 
-    __slots__ = ("source", "frozen", "presigner", "probed")
+    __slots__ = ("frozen", "presigner", "probed", "source")
 
     def __init__(self, source: Any = None) -> None:
         self.source = source  # botocore credentials (refreshable or not), or None when none were found
