@@ -7,7 +7,7 @@ from collections.abc import AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import MappingProxyType, TracebackType
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import asyncpg
 from arq.worker import Function
@@ -26,6 +26,9 @@ from .profiles import Profile, index_profiles
 from .runtime import Config, RelaySettings, Runtime, close_runtime, open_runtime
 from .storage.base import Part, PresignedRequest, Source, Storage
 from .worker import worker_settings
+
+if TYPE_CHECKING:
+    from .db import Connection
 
 log = logging.getLogger("rindle_async.app")
 
@@ -179,8 +182,8 @@ class Rindle:
     # -- transactions and events ---------------------------------------------------
 
     @asynccontextmanager
-    async def transaction(self, conn: asyncpg.Connection | None = None
-                          ) -> AsyncIterator[asyncpg.Connection]:
+    async def transaction(self, conn: Connection | None = None
+                          ) -> AsyncIterator[Connection]:
         """Yield a connection in an open transaction; staged jobs and events flush on commit.
 
         conn: the host's own connection (outside a transaction); a pooled one when None.
@@ -211,7 +214,7 @@ class Rindle:
 
     async def stage_job(self, kind: str, args: Any = None, *, dedupe_key: str | None = None,
                         run_after: datetime | None = None,
-                        conn: asyncpg.Connection | None = None) -> int | None:
+                        conn: Connection | None = None) -> int | None:
         """Stage a job of a registered kind; it is sent to arq after the transaction commits.
 
         kind: the job kind's name (``Rindle(jobs=[...])`` or a built-in one).
@@ -325,7 +328,7 @@ class Rindle:
     # -- attachments ---------------------------------------------------------------
 
     async def attach(self, asset_id: str, *, owner_type: str, owner_id: str | int, slot: str,
-                     conn: asyncpg.Connection | None = None) -> Attachment:
+                     conn: Connection | None = None) -> Attachment:
         """Attach an asset to a host record's slot, replacing (and purging) what it held.
 
         asset_id: the asset.
@@ -339,7 +342,7 @@ class Rindle:
                                             owner_id=owner_id, slot=slot)
 
     async def detach(self, *, owner_type: str, owner_id: str | int, slot: str,
-                     conn: asyncpg.Connection | None = None) -> Attachment | None:
+                     conn: Connection | None = None) -> Attachment | None:
         """Empty a slot; the asset is purged unless something else holds it.
 
         owner_type: the host record's type.

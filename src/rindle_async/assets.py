@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import uuid
+from typing import TYPE_CHECKING
 
 import asyncpg
 
 from .errors import NotFound, ValidationError
 from .models import Asset
+
+if TYPE_CHECKING:
+    from .db import Connection
 
 
 def asset_uuid(asset_id: object, what: str = "asset_id") -> uuid.UUID:
@@ -22,7 +26,7 @@ def asset_uuid(asset_id: object, what: str = "asset_id") -> uuid.UUID:
         raise ValidationError(f"{what} {asset_id!r} is not a UUID") from None
 
 
-async def get_asset(conn: asyncpg.Connection | asyncpg.Pool, schema: str, asset_id: object) -> Asset:
+async def get_asset(conn: Connection | asyncpg.Pool, schema: str, asset_id: object) -> Asset:
     """The asset with its variants by name; NotFound when it does not exist.
 
     conn: a connection or the pool.

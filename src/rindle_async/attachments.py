@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import uuid
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 import asyncpg
 
@@ -25,6 +26,9 @@ from .errors import NotFound, ValidationError
 from .lifecycle.machines import ASSET
 from .lifecycle.tombstone import release_at_commit
 from .models import Attachment
+
+if TYPE_CHECKING:
+    from .db import Connection
 
 
 def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
@@ -80,6 +84,7 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
     row = await uow.conn.fetchrow(
         f"INSERT INTO {schema}.attachments (id, asset_id, owner_type, owner_id, slot)"
         " VALUES ($1, $2, $3, $4, $5) RETURNING *", uuid.uuid4(), asset_uuid, owner_type, owner, slot)
+    assert row is not None  # INSERT ... RETURNING gives back the row it inserted
     if current is not None:
         release_at_commit(uow, current["asset_id"])
     return Attachment.from_row(row)
@@ -105,7 +110,7 @@ async def detach(uow: UnitOfWork, *, owner_type: str, owner_id: object, slot: st
     return Attachment.from_row(row)
 
 
-async def attachment(conn: asyncpg.Connection | asyncpg.Pool, schema: str, *, owner_type: str,
+async def attachment(conn: Connection | asyncpg.Pool, schema: str, *, owner_type: str,
                      owner_id: object, slot: str) -> Attachment | None:
     """The attachment in ``(owner_type, owner_id, slot)``, or None.
 
@@ -122,7 +127,7 @@ async def attachment(conn: asyncpg.Connection | asyncpg.Pool, schema: str, *, ow
     return None if row is None else Attachment.from_row(row)
 
 
-async def attachments(conn: asyncpg.Connection | asyncpg.Pool, schema: str, *, owner_type: str,
+async def attachments(conn: Connection | asyncpg.Pool, schema: str, *, owner_type: str,
                       owner_ids: Iterable[object], slot: str) -> dict[str, Attachment]:
     """The attachments of many records' slot in one query, by owner id (text).
 

@@ -17,6 +17,7 @@ import os
 import sys
 from collections.abc import Awaitable, Callable, Sequence
 from datetime import timedelta
+from typing import Any
 
 import asyncpg
 from tqdm import tqdm
@@ -40,7 +41,7 @@ class _Progress:
         """
         self.label = label
         self.unit = unit
-        self.bar: tqdm | None = None
+        self.bar: tqdm[Any] | None = None
 
     def __call__(self, done: int, total: int) -> None:
         """Move the bar to ``done`` of ``total``.
@@ -221,7 +222,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     async def run() -> int:
         rindle = app_loader.load_app(args.app)
         async with rindle:
-            return await args.handler(rindle, args)
+            code: int = await args.handler(rindle, args)
+            return code
 
     try:
         return asyncio.run(run())

@@ -191,7 +191,7 @@ async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None 
         found = assets.get(asset_id)
         # An asset whose profile is no longer configured has nothing to sign it with.
         profile = rt.profiles.get(found[0]["profile"]) if found is not None else None
-        if profile is None or found[0]["state"] not in SERVABLE:
+        if found is None or profile is None or found[0]["state"] not in SERVABLE:
             continue
         row, rendered = found
         sign = rt.storages[row["storage"]].url

@@ -204,8 +204,9 @@ class Dispatcher:
     async def _claim(self, redis: ArqRedis, wanted: dict[str, int],
                      loop: asyncio.AbstractEventLoop) -> list[str]:
         now_ms = int(time.time() * 1000)
-        result = await redis.eval(
-            _CLAIM, 1, self.queue, now_ms, int(self.claim_ttl * 1000), self.claimant, self.window,
+        # redis-py types script arguments as str (it encodes ints too) and the result as sync | async
+        result = await redis.eval(  # type: ignore[misc]
+            _CLAIM, 1, self.queue, now_ms, int(self.claim_ttl * 1000), self.claimant, self.window,  # type: ignore[arg-type]
             json.dumps(self.kinds), json.dumps(wanted), in_progress_key_prefix, CLAIM_PREFIX,
             held_key(self.claimant), *(ended := list(self._ended)))
         self._ended.difference_update(ended)
@@ -252,7 +253,7 @@ class Dispatcher:
                 await asyncio.sleep(min(5.0, 0.1 * 2 ** failures))
             finally:
                 try:
-                    await pubsub.aclose()
+                    await pubsub.aclose()  # type: ignore[no-untyped-call]  # unannotated in redis-py
                 except Exception:  # the connection is gone already
                     log.debug("dispatch: closing the wake-up subscription failed", exc_info=True)
 
@@ -297,12 +298,13 @@ class OutageRetry(Retry):
     __slots__ = ("budget",)
 
     def __init__(self, budget: float = 120.0) -> None:
+        # redis-py types supported_errors as RedisError subclasses; any exception class works
         super().__init__(ExponentialBackoff(cap=1.0, base=0.025), -1,
-                         (RedisConnectionError, RedisTimeoutError, OSError))
+                         (RedisConnectionError, RedisTimeoutError, OSError))  # type: ignore[arg-type]
         self.budget = budget
 
     async def call_with_retry(self, do: Callable[[], Awaitable[T]], fail: Callable[[Any], Any]) -> T:
-        self._backoff.reset()
+        self._backoff.reset()  # type: ignore[no-untyped-call]  # unannotated in redis-py
         failures, started = 0, time.monotonic()
         while True:
             try:

@@ -41,6 +41,7 @@ import time
 import uuid
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
+from typing import Any
 
 import msgspec
 from arq.connections import ArqRedis
@@ -155,7 +156,7 @@ def held_key(worker: str) -> str:
 
 async def live_workers(redis: ArqRedis) -> dict[str, list[WorkerInfo]]:
     """Queue -> the workers holding a lease on it now (what ``doctor`` and ``status`` show)."""
-    entries = await redis.hgetall(REGISTRY)
+    entries = await redis.hgetall(REGISTRY)  # type: ignore[misc]  # redis-py's sync | async union
     if not entries:
         return {}
     async with redis.pipeline(transaction=False) as pipe:
@@ -219,11 +220,12 @@ class Liveness:
         async with self.redis.pipeline(transaction=False) as pipe:
             pipe.set(ALIVE_PREFIX + self.worker, "1", px=int(self.lease * 1000))
             pipe.delete(SUSPECT_PREFIX + self.worker)
-            pipe.hset(REGISTRY, self.worker, msgspec.json.encode(self.info))
+            # redis-py types values and script arguments as str; it encodes bytes and ints as well
+            pipe.hset(REGISTRY, self.worker, msgspec.json.encode(self.info))  # type: ignore[arg-type]
             pipe.eval(_PRUNE, 1, held_key(self.worker), in_progress_key_prefix, CLAIM_PREFIX,
                       self.worker, *jobs)
             pipe.eval(_RECOVER, 0, REGISTRY, ALIVE_PREFIX, HELD_PREFIX, in_progress_key_prefix,
-                      SUSPECT_PREFIX, int(self.grace * 1000))
+                      SUSPECT_PREFIX, int(self.grace * 1000))  # type: ignore[arg-type]
             _, _, added, _, found = await pipe.execute()
         self._renewed = now
         if added and not first:
@@ -266,7 +268,7 @@ class Liveness:
                         "tries again", self.worker, exc)
 
     @staticmethod
-    def _recovered(found: list) -> list[Recovered]:
+    def _recovered(found: list[Any]) -> list[Recovered]:
         out, i = [], 1
         for _ in range(int(found[0])):
             worker, info, count = found[i].decode(), found[i + 1], int(found[i + 2])

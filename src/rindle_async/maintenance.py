@@ -169,9 +169,9 @@ async def _expired_sessions(rt: Runtime, now: datetime, after: tuple[datetime, u
 
 
 async def _count_expired_sessions(rt: Runtime, now: datetime) -> int:
-    return await rt.pool.fetchval(
+    return int(await rt.pool.fetchval(
         f"SELECT count(*) FROM {rt.schema}.upload_sessions"
-        f" WHERE state IN {_OPEN} AND expires_at < $1", now)
+        f" WHERE state IN {_OPEN} AND expires_at < $1", now))
 
 
 async def _expire(rt: Runtime, rows: list[Any]) -> dict[uuid.UUID, bool]:
@@ -501,7 +501,7 @@ async def verify_storage(rt: Runtime, *, dry_run: bool = False,
                         row["id"])
                     still = (current is not None and current["storage_key"] == row["storage_key"]
                              and VARIANT.allows(current["state"], "missing"))
-                    if still:
+                    if still and current is not None:
                         await transitions.transition(uow, VARIANT, row["id"], current["state"], "missing",
                                                 reason="verify-storage: the object is gone")
                 if not still:  # re-rendered or purged since the run read it

@@ -17,6 +17,7 @@ import logging
 import os
 import uuid
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import anyio
 import msgspec
@@ -32,7 +33,9 @@ from .scratch import scratch_folder
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
     from .ledger.runner import JobRun
+    from .profiles import Profile
     from .runtime import Runtime
+    from .storage.base import Storage
 
 log = logging.getLogger("rindle_async.promotion")
 ANALYZE_TIMEOUT = 30.0
@@ -52,7 +55,7 @@ def _digest_and_head(path: str) -> tuple[str, bytes, int]:
     return digest.hexdigest(), head, size
 
 
-async def plan_variants(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_name: str,
+async def plan_variants(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile_name: str,
                         names: list[str] | None = None) -> int:
     """Create the asset's missing variant rows, queued, and stage their render; return how many.
 
@@ -68,7 +71,7 @@ async def plan_variants(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_
     return len(missing)
 
 
-async def missing_variants(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_name: str,
+async def missing_variants(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile_name: str,
                            names: list[str] | None = None) -> list[str]:
     """The variants of the profile (or ``names``) the asset has no row for yet."""
     profile = rt.profiles[profile_name]
@@ -78,7 +81,7 @@ async def missing_variants(uow: UnitOfWork, rt: Runtime, asset_id: object, profi
             if name not in existing]
 
 
-async def _queue_new(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_name: str,
+async def _queue_new(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile_name: str,
                      names: list[str]) -> None:
     digests = rt.profiles[profile_name].recipe_digests()
     await transitions.insert_many(uow, VARIANT, [
@@ -87,7 +90,7 @@ async def _queue_new(uow: UnitOfWork, rt: Runtime, asset_id: object, profile_nam
     await stage_render(uow, asset_id)
 
 
-async def queue_render(uow: UnitOfWork, variant_id: object, asset_id: object, name: str,
+async def queue_render(uow: UnitOfWork, variant_id: object, asset_id: UUID, name: str,
                        from_state: str, **changes: Any) -> None:
     """Move a variant to queued and stage its asset's render (one pending render per asset).
 
@@ -98,7 +101,7 @@ async def queue_render(uow: UnitOfWork, variant_id: object, asset_id: object, na
     await stage_render(uow, asset_id)
 
 
-async def _quarantine(job: JobRun, asset_id: object, reason: str) -> None:
+async def _quarantine(job: JobRun, asset_id: UUID, reason: str) -> None:
     async with job.complete() as uow:
         await transitions.transition(uow, ASSET, asset_id, "analyzing", "quarantined", reason=reason)
     log.info("asset %s quarantined: %s", asset_id, reason)
@@ -132,7 +135,7 @@ async def promote_asset(job: JobRun) -> None:
         await storage.delete(asset["storage_key"])
 
 
-async def _claim(rt: Runtime, asset_id: object) -> Any:
+async def _claim(rt: Runtime, asset_id: UUID) -> Any:
     """Move a validating asset to analyzing and return its row; an analyzing one (a retry)
     is returned as it is; None when there is nothing to promote."""
     try:
@@ -155,7 +158,7 @@ class _Checked:
         self.metadata = metadata
 
 
-async def _check_bytes(rt: Runtime, storage: Any, profile: Any, asset: Any) -> _Checked:
+async def _check_bytes(rt: Runtime, storage: Storage, profile: Profile, asset: Any) -> _Checked:
     """Read the stored bytes (outside any transaction): type, size, pixels; keep them safe."""
     from .processing import images  # loads libvips, in workers only
 
@@ -178,7 +181,7 @@ async def _check_bytes(rt: Runtime, storage: Any, profile: Any, asset: Any) -> _
             except images.ImageRefused as exc:
                 reason = str(exc)
         original = upload_key
-        if reason is None:
+        if reason is None and sniffed is not None:  # _refusal refuses what sniff did not name
             original = security.new_storage_key(profile.name, asset["id"],
                                                 security.extension_for(sniffed))
         if original != upload_key:
@@ -208,13 +211,13 @@ async def _readable_copy(storage: Any, key: str, asset: Any, workdir: str,
     the version with ``etag`` only: ObjectChanged if the upload URL rewrote it since)."""
     local_path = getattr(storage, "local_path", None)
     if local_path is not None and not security.is_upload_key(key):
-        return await local_path(key)
+        return str(await local_path(key))
     path = os.path.join(workdir, "original")
     await storage.download(key, path, if_match=etag)
     return path
 
 
-async def _promote(job: JobRun, asset_id: object, profile_name: str, checked: _Checked) -> None:
+async def _promote(job: JobRun, asset_id: UUID, profile_name: str, checked: _Checked) -> None:
     metadata = checked.metadata
     async with job.complete() as uow:
         missing = await missing_variants(uow, job.runtime, asset_id, profile_name)
@@ -228,7 +231,7 @@ async def _promote(job: JobRun, asset_id: object, profile_name: str, checked: _C
             await _queue_new(uow, job.runtime, asset_id, profile_name, missing)
 
 
-def _refusal(profile: Any, asset: Any, sniffed: str | None, size: int) -> str | None:
+def _refusal(profile: Profile, asset: Any, sniffed: str | None, size: int) -> str | None:
     if sniffed is None:
         return "the bytes are not of a recognised type"
     if sniffed not in profile.allow_mime:

@@ -25,6 +25,7 @@ import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
+from uuid import UUID
 
 import msgspec
 
@@ -77,7 +78,7 @@ class Work:
     transient: list[BaseException] = field(default_factory=list)  # worth another try
 
 
-async def settle_asset(uow: UnitOfWork, asset_id: object,
+async def settle_asset(uow: UnitOfWork, asset_id: UUID,
                        known: tuple[str, set[str]] | None = None) -> str | None:
     """Move a processing asset to ready or degraded once no variant is pending.
 
@@ -120,7 +121,7 @@ async def process_variant(job: JobRun) -> None:
             "workers running different profiles?")
 
 
-async def _claim(job: JobRun, asset_id: object) -> Work | None:
+async def _claim(job: JobRun, asset_id: UUID) -> Work | None:
     rt, schema = job.runtime, job.runtime.schema
     async with rt.db.transaction() as uow:
         rows = await uow.conn.fetch(
@@ -187,7 +188,7 @@ async def _source(storage: Storage, key: str, workdir: str) -> str:
     (an original key is never written after promotion), else a downloaded copy."""
     local_path = getattr(storage, "local_path", None)
     if local_path is not None:
-        return await local_path(key)
+        return str(await local_path(key))
     path = os.path.join(workdir, "original")
     await storage.download(key, path)
     return path

@@ -306,7 +306,7 @@ def _puremagic_type(data: bytes) -> str | None:
     # A zip head cannot tell a .docx from a .jar from a plain archive: say zip.
     if len(set(tied)) > 1 and "application/zip" in tied:
         return "application/zip"
-    return tied[0]
+    return str(tied[0])
 
 
 # --- extensions --------------------------------------------------------------------------

@@ -256,7 +256,7 @@ async def presign_part(rt: Runtime, session_id: str, part_number: int) -> Presig
 
 
 def _part_count(session: SessionRow) -> int:
-    return math.ceil(session.byte_size / session.part_size)
+    return math.ceil(session.byte_size / (session.part_size or session.byte_size))  # None: one part
 
 
 def _part_layout(session: SessionRow) -> str:

@@ -3,9 +3,18 @@
 from __future__ import annotations
 
 import re
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlsplit
 
 from ..errors import ConfigurationError
+
+if TYPE_CHECKING:
+    from typing import TypeAlias
+
+    import asyncpg
+
+    #: what rindle_async runs statements on: a connection of its pool (a proxy) or a host's own
+    Connection: TypeAlias = "asyncpg.Connection | asyncpg.pool.PoolConnectionProxy"
 
 _SCHEMA_NAME = re.compile(r"^[a-z_][a-z0-9_]{0,62}$")
 

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from uuid import UUID
 
-import asyncpg
+if TYPE_CHECKING:
+    from . import Connection
 
 
-async def lock_states(conn: asyncpg.Connection, schema: str, ids: Iterable[UUID]) -> dict[UUID, str]:
+async def lock_states(conn: Connection, schema: str, ids: Iterable[UUID]) -> dict[UUID, str]:
     """Lock the assets of ``ids`` (those that exist) and return their states.
 
     Rows are locked in id order, so two transactions locking overlapping sets wait for each
@@ -22,7 +24,7 @@ async def lock_states(conn: asyncpg.Connection, schema: str, ids: Iterable[UUID]
     return {row["id"]: row["state"] for row in rows}
 
 
-async def lock_state(conn: asyncpg.Connection, schema: str, asset_id: UUID) -> str | None:
+async def lock_state(conn: Connection, schema: str, asset_id: UUID) -> str | None:
     """Lock one asset and return its state; None when it does not exist.
 
     conn: a connection inside the transaction that will change it.

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 from uuid import UUID
 
-import asyncpg
+if TYPE_CHECKING:
+    from . import Connection
 
 
-async def held(conn: asyncpg.Connection, schema: str, ids: Iterable[UUID]) -> set[UUID]:
+async def held(conn: Connection, schema: str, ids: Iterable[UUID]) -> set[UUID]:
     """Those of ``ids`` that at least one attachment holds.
 
     One index probe per id: an IN or a join may be planned as a scan of every attachment.

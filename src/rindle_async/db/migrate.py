@@ -11,11 +11,13 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from importlib import resources
-
-import asyncpg
+from typing import TYPE_CHECKING
 
 from ..errors import ConfigurationError
 from . import check_schema_name
+
+if TYPE_CHECKING:
+    from . import Connection
 
 _PLACEHOLDER = "__SCHEMA__"
 
@@ -63,7 +65,7 @@ def _lock_key(schema: str) -> int:
     return int.from_bytes(digest[:8], "big", signed=True)
 
 
-async def migrate(conn: asyncpg.Connection, schema: str = "rindle") -> list[int]:
+async def migrate(conn: Connection, schema: str = "rindle") -> list[int]:
     """Apply pending migrations; return the versions applied by this call.
 
     conn: a connection outside any transaction.
@@ -102,7 +104,7 @@ async def migrate(conn: asyncpg.Connection, schema: str = "rindle") -> list[int]
         await conn.execute("SELECT pg_advisory_unlock($1)", _lock_key(schema))
 
 
-async def pending(conn: asyncpg.Connection, schema: str = "rindle") -> list[int]:
+async def pending(conn: Connection, schema: str = "rindle") -> list[int]:
     """Versions shipped but not yet applied (all of them on a fresh database).
 
     conn: any connection.

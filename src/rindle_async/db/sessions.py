@@ -18,8 +18,8 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
     strategy: str
     storage_key: str
     filename: str | None
-    content_type: str | None
-    byte_size: int | None
+    content_type: str  # declared at initiate_upload, as the size is
+    byte_size: int
     checksum: str | None
     multipart_upload_id: str | None
     part_size: int | None

@@ -16,12 +16,14 @@ from datetime import datetime
 from typing import TYPE_CHECKING, Any
 
 import asyncpg
+import msgspec
 
 from ..errors import TransactionError
 from ..events import BaseEvent, EventBus
 
 if TYPE_CHECKING:
     from ..ledger.relay import Ledger, Relay
+    from . import Connection
 
 
 _in_transaction: ContextVar[bool] = ContextVar("rindle_in_transaction", default=False)
@@ -35,7 +37,7 @@ def in_transaction() -> bool:
 class UnitOfWork:
     """One open transaction: its connection, staged events and staged jobs."""
 
-    def __init__(self, conn: asyncpg.Connection, schema: str, ledger: Ledger) -> None:
+    def __init__(self, conn: Connection, schema: str, ledger: Ledger) -> None:
         self.conn = conn
         self.schema = schema
         self.ledger = ledger
@@ -48,7 +50,7 @@ class UnitOfWork:
         """Queue ``event`` for delivery after commit."""
         self.events.append(event)
 
-    async def stage(self, kind: str, args: Mapping[str, Any], *, dedupe_key: str | None = None,
+    async def stage(self, kind: str, args: Mapping[str, Any] | msgspec.Struct, *, dedupe_key: str | None = None,
                     run_after: datetime | None = None) -> int | None:
         """Stage a background job in this transaction; see :meth:`Ledger.stage`."""
         job_id = await self.ledger.stage(self.conn, kind, args, dedupe_key=dedupe_key,
@@ -58,7 +60,7 @@ class UnitOfWork:
         return job_id
 
 
-async def keep_session(conn: asyncpg.Connection) -> None:
+async def keep_session(conn: Connection) -> None:
     """The ``reset`` of rindle_async's own pool: skip asyncpg's reset query on release.
 
     asyncpg resets every connection it takes back (one more round trip each time).
@@ -88,7 +90,7 @@ class Database:
         self._open: dict[int, UnitOfWork] = {}
 
     @asynccontextmanager
-    async def transaction(self, conn: asyncpg.Connection | None = None, *,
+    async def transaction(self, conn: Connection | None = None, *,
                           hosted: bool = False) -> AsyncIterator[UnitOfWork]:
         """Open a unit of work, on ``conn`` when given, else on a pooled connection.
 
@@ -108,8 +110,8 @@ class Database:
             # after the connection went back: a hook that calls Rindle needs one of its own
             await self._after_commit(uow)
             return
-        uow = self._open.get(id(conn))
-        if uow is None:
+        joined = self._open.get(id(conn))
+        if joined is None:
             if conn.is_in_transaction():
                 raise TransactionError(
                     "this connection is in a transaction that rindle_async did not open, so the "
@@ -119,17 +121,17 @@ class Database:
                 yield uow
             await self._after_commit(uow)
             return
-        marks = len(uow.events), len(uow.before_commit)
+        marks = len(joined.events), len(joined.before_commit)
         try:
             async with conn.transaction():
-                yield uow
+                yield joined
         except BaseException:  # the savepoint rolled back: so does what it queued
-            del uow.events[marks[0]:]
-            del uow.before_commit[marks[1]:]
+            del joined.events[marks[0]:]
+            del joined.before_commit[marks[1]:]
             raise
 
     @asynccontextmanager
-    async def _outermost(self, conn: asyncpg.Connection) -> AsyncIterator[UnitOfWork]:
+    async def _outermost(self, conn: Connection) -> AsyncIterator[UnitOfWork]:
         uow = UnitOfWork(conn, self.schema, self.ledger)
         self._open[id(conn)] = uow
         token = _in_transaction.set(True)

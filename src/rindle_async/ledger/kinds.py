@@ -105,7 +105,7 @@ class JobKind:
     def delay(self, attempt: int) -> float:
         """Seconds to wait after failed attempt ``attempt`` (with up to 25% jitter)."""
         base = min(self.backoff * 2 ** (attempt - 1), self.max_backoff)
-        return base * (1 + random.random() / 4)
+        return float(base) * (1 + random.random() / 4)
 
 
 PROMOTE = JobKind("promote_asset", "rindle_async.promotion:promote_asset", tries=3, timeout=120.0,

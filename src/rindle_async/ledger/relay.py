@@ -18,7 +18,7 @@ import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 import msgspec
@@ -29,6 +29,7 @@ from arq.jobs import serialize_job
 from ..errors import ConfigurationError, ValidationError
 
 if TYPE_CHECKING:
+    from ..db import Connection
     from .kinds import JobKind
 
 log = logging.getLogger("rindle_async.ledger")
@@ -97,14 +98,14 @@ class Ledger:
             raise RuntimeError("the ledger's schema instance is not loaded yet")
         return f"{self.queue}:{self.schema}:{self.instance}:{kind}:{row_id}"
 
-    async def load_instance(self, conn: asyncpg.Connection | asyncpg.Pool) -> str:
+    async def load_instance(self, conn: Connection | asyncpg.Pool) -> str:
         """Read (once) the id that makes this schema's job ids unique across re-creations."""
         if self.instance is None:
             instance = await conn.fetchval(f"SELECT id FROM {self.schema}.instance LIMIT 1")
             self.instance = str(instance)[:8]
         return self.instance
 
-    async def stage(self, conn: asyncpg.Connection, kind: str, args: Mapping[str, Any], *,
+    async def stage(self, conn: Connection, kind: str, args: Mapping[str, Any] | msgspec.Struct, *,
                     dedupe_key: str | None = None, run_after: datetime | None = None) -> int | None:
         """Insert a pending job in the caller's transaction; return its id.
 
@@ -119,13 +120,13 @@ class Ledger:
             raise ValidationError(f"unknown job kind {kind!r}; registered kinds are {sorted(self.kinds)}")
         if not conn.is_in_transaction():
             raise ConfigurationError("jobs are staged inside a transaction; use rindle.transaction()")
-        return await conn.fetchval(
+        return cast(int | None, await conn.fetchval(
             f"INSERT INTO {self.schema}.jobs (kind, args, queue, dedupe_key, run_after, max_tries)"
             " VALUES ($1, $2::jsonb, $3, $4, coalesce($5, now()), $6)"
             " ON CONFLICT (dedupe_key) WHERE status = 'pending' AND dedupe_key IS NOT NULL"
             " DO NOTHING RETURNING id",
             kind, msgspec.json.encode(args).decode(), self.queue_for(kind), dedupe_key,
-            run_after, job_kind.tries)
+            run_after, job_kind.tries))
 
     async def flush(self, pool: asyncpg.Pool, arq: ArqRedis, *, batch: int = 200) -> int:
         """Send every pending row to arq and mark it enqueued; return how many were sent.
@@ -209,14 +210,15 @@ class Ledger:
                 job_id = self.job_id(r["id"], r["kind"])
                 score = max(now_ms, int(r["run_after"].timestamp() * 1000))
                 payload = serialize_job(r["kind"], (r["id"],), {}, None, now_ms)
+                # redis-py types script arguments as str; it encodes bytes and ints as well
                 pipe.eval(_ENQUEUE, 3, job_key_prefix + job_id, result_key_prefix + job_id, r["queue"],
-                          payload, score, score - now_ms + expires_extra_ms, job_id)
+                          payload, score, score - now_ms + expires_extra_ms, job_id)  # type: ignore[arg-type]
                 lanes.setdefault(r["queue"], set()).add(self.lane_for(r["kind"]))
             for queue, names in lanes.items():
                 pipe.publish(wake_channel(queue), ",".join(sorted(names)))
             await pipe.execute()
 
-    async def summary(self, conn: asyncpg.Connection | asyncpg.Pool) -> LedgerSummary:
+    async def summary(self, conn: Connection | asyncpg.Pool) -> LedgerSummary:
         """Counts by status and the oldest pending and enqueued ages."""
         row = await conn.fetchrow(
             "SELECT"
@@ -226,6 +228,7 @@ class Ledger:
             " extract(epoch FROM now() - min(created_at) FILTER (WHERE status = 'pending')) AS p_age,"
             " extract(epoch FROM now() - min(enqueued_at) FILTER (WHERE status = 'enqueued')) AS e_age"
             f" FROM {self.schema}.jobs")
+        assert row is not None  # an aggregate without GROUP BY returns one row
         return LedgerSummary(row["pending"], row["enqueued"], row["discarded"],
                              None if row["p_age"] is None else float(row["p_age"]),
                              None if row["e_age"] is None else float(row["e_age"]))
@@ -250,7 +253,7 @@ class Relay:
         self._wake = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
         self._lock = asyncio.Lock()
-        self._listener: asyncpg.Connection | None = None
+        self._listener: asyncpg.pool.PoolConnectionProxy | None = None
         self._closing = False
 
     def wake(self) -> None:

@@ -188,10 +188,11 @@ async def run_job(runtime: Runtime, kind: JobKind, job_id: int, *, worker: str |
     started = time.monotonic()
     try:
         try:
-            with anyio.fail_after(kind.timeout) as job._deadline:
+            with anyio.fail_after(kind.timeout) as deadline:
+                job._deadline = deadline
                 await kind.run(job)
         except TimeoutError:
-            if not job._deadline.cancelled_caught:
+            if not deadline.cancelled_caught:
                 raise  # a timeout of the handler's own
             raise TimeoutError(f"{kind.name} ran longer than its {kind.timeout:g}s timeout") from None
         if not job.completed:  # nothing of its own to commit: one statement

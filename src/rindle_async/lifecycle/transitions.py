@@ -13,7 +13,7 @@ from __future__ import annotations
 import re
 from collections.abc import Mapping, Sequence
 from itertools import pairwise
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import asyncpg
 
@@ -117,7 +117,8 @@ async def _update(uow: UnitOfWork, machine: StateMachine, where: str, ids: objec
 
 def _emit(uow: UnitOfWork, machine: StateMachine, row: asyncpg.Record, from_state: str,
           to_state: str) -> None:
-    event = machine.event(row, from_state, to_state)
+    # a Record reads like a Mapping (row["name"]), which is all the event factories do
+    event = machine.event(cast("Mapping[str, Any]", row), from_state, to_state)
     if event is not None:
         uow.emit(event)
 
@@ -135,9 +136,11 @@ async def insert(uow: UnitOfWork, machine: StateMachine, state: str, **values: A
                          f" not {state!r}")
     names = _columns(values)
     placeholders = ", ".join(f"${i}" for i in range(2, len(names) + 2))
-    return await uow.conn.fetchrow(
+    row = await uow.conn.fetchrow(
         f"INSERT INTO {uow.schema}.{machine.table} (state, {', '.join(names)})"
         f" VALUES ($1, {placeholders}) RETURNING *", state, *values.values())
+    assert row is not None  # INSERT ... RETURNING gives back the row it inserted
+    return row
 
 
 async def insert_many(uow: UnitOfWork, machine: StateMachine, rows: Sequence[Mapping[str, Any]],

@@ -187,6 +187,10 @@ class _Step:
     keep: bool = False  # other variants derive from this one's frame
 
 
+def _area(frame: tuple[int, int] | None) -> int:
+    return frame[0] * frame[1] if frame is not None else 0
+
+
 def _plan(source: str, header: pyvips.Image, recipes: dict[str, dict[str, Any]]) -> list[_Step]:
     """The render order, largest frame first, and where each variant's pixels come from."""
     if _loader(header) not in _DERIVABLE:
@@ -196,8 +200,8 @@ def _plan(source: str, header: pyvips.Image, recipes: dict[str, dict[str, Any]])
     steps: list[_Step] = []
     decoded: list[_Step] = []
     for name in sorted(recipes, key=lambda n: -sizes[n][0] * sizes[n][1]):  # stable on ties
-        bases = [s for s in decoded if _can_derive(s.frame, sizes[name], display)]
-        base = min(bases, key=lambda s: s.frame[0] * s.frame[1], default=None)
+        bases = [s for s in decoded if s.frame is not None and _can_derive(s.frame, sizes[name], display)]
+        base = min(bases, key=lambda s: _area(s.frame), default=None)
         step = _Step(name, sizes[name], base.name if base else None)
         if base is None:
             decoded.append(step)
@@ -234,7 +238,7 @@ def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) 
     options: dict[str, Any] = {"height": height, "size": size}
     if crop and frame is None:
         options["crop"] = "centre"
-    elif crop:  # smaller variants derive from the whole frame; this one is cropped in _write
+    elif crop and frame is not None:  # smaller variants derive from the whole frame; _write crops this one
         width, options = frame[0], {"height": frame[1], "size": "force"}
     try:
         if os.path.getsize(source) <= _MAPPED_UP_TO:

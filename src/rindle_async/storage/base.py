@@ -13,6 +13,7 @@ unchanged.  Other failures raise :class:`rindle_async.StorageError`
 
 from __future__ import annotations
 
+import builtins
 import os
 from collections.abc import AsyncIterable, AsyncIterator
 from datetime import datetime
@@ -153,7 +154,7 @@ class Storage(Protocol):
             ) -> AsyncIterator[bytes]:
         """Stream the object (bytes ``start``..``end`` inclusive when given); NotFound if missing."""
 
-    async def download(self, key: str, path: str | os.PathLike, *, if_match: str | None = None) -> int:
+    async def download(self, key: str, path: str | os.PathLike[str], *, if_match: str | None = None) -> int:
         """Copy the object to a local file; return its size; NotFound if missing.
 
         With ``if_match`` (an ETag ``head`` gave), only that version of the object is copied;
@@ -188,7 +189,7 @@ class Storage(Protocol):
                            expires_in: int) -> PresignedRequest:
         """A PUT for one part of a multipart upload."""
 
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
+    async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[Part]) -> ObjectInfo:
         """Assemble the parts into the object."""
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:

@@ -31,7 +31,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import suppress
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import anyio
 import anyio.to_thread
@@ -243,7 +243,7 @@ async def _head(run: _Run, key: str, after: str) -> ObjectInfo:
     info = await run.storage.head(key)
     _require(isinstance(info, ObjectInfo), f"head({key!r}) gave {info!r} after {after}; the contract "
                                            f"wants an ObjectInfo for an object that exists")
-    return info
+    return cast(ObjectInfo, info)
 
 
 async def _absent(run: _Run, key: str, after: str) -> None:
@@ -557,7 +557,8 @@ async def _url_expires_in(run: _Run) -> None:
 
 async def _multipart_unsupported(run: _Run) -> None:
     key = run.key("multipart/unsupported")
-    calls = (lambda: run.storage.create_multipart(key, content_type="video/mp4"),
+    calls: tuple[Callable[[], Awaitable[object]], ...] = (
+             lambda: run.storage.create_multipart(key, content_type="video/mp4"),
              lambda: run.storage.presign_part(key, "upload-id", 1, expires_in=60),
              lambda: run.storage.complete_multipart(key, "upload-id", [Part(part_number=1, etag="e")]),
              lambda: run.storage.abort_multipart(key, "upload-id"))

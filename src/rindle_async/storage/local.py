@@ -8,6 +8,7 @@ Starlette and aiohttp routes serve signed URLs by calling ``verify`` then ``put`
 from __future__ import annotations
 
 import binascii
+import builtins
 import hmac
 import itertools
 import os
@@ -364,7 +365,7 @@ class LocalStorage:
         return SignedRequest(key=key, method=signed_method, expires_at=expires_at, max_bytes=max_bytes,
                              content_type=params.get("content_type"), disposition=params.get("disposition"))
 
-    def _signature(self, key: str, values: list[str]) -> str:
+    def _signature(self, key: str, values: builtins.list[str]) -> str:
         """HMAC-SHA256 over the key and the SIGNED_FIELDS values ("" for absent), URL-safe base64."""
         # A JSON array keeps field boundaries unambiguous whatever the values contain.
         canonical = msgspec.json.encode(["rindle-local-v1", key, *values])
@@ -412,7 +413,7 @@ class LocalStorage:
         """Unsupported: local storage takes uploads in a single PUT."""
         raise Unsupported(NO_MULTIPART)
 
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
+    async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[Part]) -> ObjectInfo:
         """Unsupported: local storage takes uploads in a single PUT."""
         raise Unsupported(NO_MULTIPART)
 

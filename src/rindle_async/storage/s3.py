@@ -3,15 +3,16 @@
 from __future__ import annotations
 
 import asyncio
+import builtins
 import calendar
 import functools
 import logging
 import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable, Collection
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable, Collection
 from contextlib import AsyncExitStack, aclosing
 from datetime import datetime, timedelta, timezone
-from typing import Any, NoReturn
+from typing import Any, Literal, NoReturn, cast
 from urllib.parse import parse_qsl, quote
 
 import aiohttp
@@ -40,6 +41,7 @@ from .sigv4 import Presigner
 MIN_PART_SIZE = 5 * 1024 * 1024
 MAX_EXPIRES_IN = 7 * 24 * 3600
 CHECKSUM_MODES = ("when_required", "when_supported")
+ChecksumMode = Literal["when_required", "when_supported"]
 MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
 ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 #: The client methods the adapter presigns, their HTTP methods, and where SigV4 puts each of their
@@ -139,7 +141,7 @@ class S3Storage:
         self.region = region
         self.path_style = path_style
         self.public_base_url = public_base_url.rstrip("/") if public_base_url else None
-        self.checksums = checksums
+        self.checksums = cast(ChecksumMode, checksums)  # one of CHECKSUM_MODES, checked above
         self.part_size = part_size
         self._credentials = {"aws_access_key_id": access_key_id, "aws_secret_access_key": secret_access_key,
                              "aws_session_token": session_token}
@@ -165,7 +167,7 @@ class S3Storage:
         session = botocore_session()
         self._client = await stack.enter_async_context(session.create_client(
             "s3", region_name=self.region, endpoint_url=self.endpoint_url, config=config,
-            **self._credentials))
+            **self._credentials))  # type: ignore[call-overload]  # the stubs want an AioConfig; a Config works
         self._stack = stack
         if self._credentials["aws_access_key_id"] is not None:
             source: Any = ReadOnlyCredentials(self._credentials["aws_access_key_id"],
@@ -275,7 +277,8 @@ class S3Storage:
         return Part(part_number=number, etag=response["ETag"])
 
     async def _body(self, op: str, key: str, start: int | None = None, end: int | None = None,
-                    *, chunk_size: int = CHUNK_SIZE, if_match: str | None = None) -> AsyncIterator[bytes]:
+                    *, chunk_size: int = CHUNK_SIZE,
+                    if_match: str | None = None) -> AsyncGenerator[bytes, None]:
         params: dict[str, Any] = {}
         if if_match is not None:
             params["IfMatch"] = f'"{_etag(if_match)}"'
@@ -372,12 +375,15 @@ class S3Storage:
         for name, value in params.items():
             place, wire = PRESIGNED_PARAMS[name]
             (query if place == "query" else headers)[wire] = value
-        return presigner.url(PRESIGNED_METHODS[op], key, credentials=await self._frozen_credentials(key),
+        credentials = await self._frozen_credentials(key)
+        # botocore types the keys Optional; credentials that were found always carry both
+        return presigner.url(PRESIGNED_METHODS[op], key, credentials=credentials,  # type: ignore[arg-type]
                              expires_in=expires_in, query=query, headers=headers)
 
     async def _botocore_presign(self, op: str, key: str, params: dict[str, Any], expires_in: int) -> str:
-        return await self._call(f"presign {op}", key, lambda: self.client.generate_presigned_url(
+        url: str = await self._call(f"presign {op}", key, lambda: self.client.generate_presigned_url(
             op, Params={"Bucket": self.bucket, "Key": key, **params}, ExpiresIn=expires_in))
+        return url
 
     async def _frozen_credentials(self, key: str) -> ReadOnlyCredentials:
         """The credentials to sign with now; refreshable ones are asked for at every signing."""
@@ -387,7 +393,8 @@ class S3Storage:
         if isinstance(source, RefreshableCredentials):
             # What botocore does before each signature: inside its advisory window (15 minutes
             # before expiry) this refreshes them, so expiring credentials are never kept past it.
-            return await source.get_frozen_credentials()
+            # aiobotocore's refreshable credentials are async; the stubs show botocore's sync method
+            return await source.get_frozen_credentials()  # type: ignore[misc, no-any-return]
         if self._signing.frozen is None:
             self._signing.frozen = (source if isinstance(source, ReadOnlyCredentials)
                                     else await source.get_frozen_credentials())
@@ -413,7 +420,8 @@ class S3Storage:
             signed_at = calendar.timegm(time.strptime(params["X-Amz-Date"], "%Y%m%dT%H%M%SZ"))
             presigner = Presigner(address=address.removesuffix(f"/{PROBE_KEY}"), region=region,
                                   service=service)
-            ours = presigner.url("GET", PROBE_KEY, credentials=credentials, expires_in=1, now=signed_at)
+            ours = presigner.url("GET", PROBE_KEY, credentials=credentials,  # type: ignore[arg-type]  # as above
+                                 expires_in=1, now=signed_at)
         except (KeyError, ValueError) as exc:
             log.debug("S3 probe URL %s is not plain SigV4: %s", probe, exc)
         if ours != probe:
@@ -482,7 +490,7 @@ class S3Storage:
                                   expires_in)
         return PresignedRequest(method="PUT", url=url, headers={}, expires_at=_until(expires_in))
 
-    async def complete_multipart(self, key: str, upload_id: str, parts: list[Part]) -> ObjectInfo:
+    async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[Part]) -> ObjectInfo:
         """Assemble the uploaded parts (in part-number order) into the object.
 
         key: the object key
@@ -491,7 +499,7 @@ class S3Storage:
         """
         if not parts:
             raise ValidationError(f"complete_multipart of {key!r} got no parts; upload at least one")
-        ordered = [{"PartNumber": p.part_number, "ETag": p.etag}
+        ordered: builtins.list[dict[str, Any]] = [{"PartNumber": p.part_number, "ETag": p.etag}
                    for p in sorted(parts, key=lambda p: p.part_number)]
         await self._call("complete multipart", key, lambda: self.client.complete_multipart_upload(
             Bucket=self.bucket, Key=key, UploadId=upload_id, MultipartUpload={"Parts": ordered}),
