@@ -47,7 +47,9 @@ def main(root: str = "src/rindle_async") -> None:
             if re.search(r"(FROM|JOIN|UPDATE|INTO)\s+\{[a-z_.]+\}\." + table + r"\b", text) or \
                     re.search(r"(FROM|JOIN|UPDATE|INTO)\s+\{[a-z_.]+\." + table + r"\}", text):
                 sql[table].add(name)
-        if name not in ("app.py", "__init__.py", "cli.py") and _imports_app(tree, name):
+        # the facade and the entry points above it (CLI, app loader, worker settings, web adapters)
+        above = ("app.py", "__init__.py", "cli.py", "app_loader.py", "worker.py")
+        if name not in above and not name.startswith("contrib/") and _imports_app(tree, name):
             facade_users.append(name)
     sizes.sort(reverse=True)
     functions.sort(reverse=True)
