@@ -135,7 +135,7 @@ class Rindle:
         """Stop the relay and close what :meth:`open` opened."""
         runtime, self._runtime = self._runtime, None
         if runtime is not None:
-            await close_runtime(runtime, self._config)
+            await close_runtime(runtime)
 
     @property
     def runtime(self) -> Runtime:

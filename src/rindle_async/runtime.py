@@ -22,7 +22,7 @@ from .db.transaction import Database, keep_session
 from .events import EventBus
 from .ledger.relay import Ledger, Relay
 from .processing.pool import ProcessingPool
-from .profiles import Profile, find_profile
+from .profiles import Profile
 from .storage.base import Storage
 
 
@@ -62,26 +62,35 @@ class Config:
 class Runtime:
     """The opened parts of one Rindle.
 
+    config: the configuration they were opened from (profiles, storages, ledger, ...).
     db: the asyncpg pool and the units of work on it.
-    profiles: the upload profiles by name.
-    storages: the storage adapters by name.
-    ledger: the job ledger (kinds, queues, staging, flush, reconcile).
     events: the hook bus events are delivered on after commit.
     processing: the libvips process pool (started by workers).
     arq: the Redis client jobs are sent with.
-    redis_url: where that Redis is.
     relay: this process's relay, or None when it runs none.
     """
 
+    config: Config
     db: Database
-    profiles: Mapping[str, Profile]
-    storages: Mapping[str, Storage]
-    ledger: Ledger
     events: EventBus
     processing: ProcessingPool
     arq: ArqRedis
-    redis_url: str
     relay: Relay | None = None
+
+    @property
+    def profiles(self) -> Mapping[str, Profile]:
+        """The upload profiles by name."""
+        return self.config.profiles
+
+    @property
+    def storages(self) -> Mapping[str, Storage]:
+        """The storage adapters by name."""
+        return self.config.storages
+
+    @property
+    def ledger(self) -> Ledger:
+        """The job ledger (kinds, queues, staging, flush, reconcile)."""
+        return self.config.ledger
 
     @property
     def pool(self) -> asyncpg.Pool:
@@ -92,10 +101,6 @@ class Runtime:
     def schema(self) -> str:
         """rindle_async's PostgreSQL schema."""
         return self.db.schema
-
-    def profile(self, name: str) -> Profile:
-        """The profile ``name``; ValidationError naming the configured ones otherwise."""
-        return find_profile(self.profiles, name)
 
     async def flush_jobs(self) -> int:
         """Send committed, unsent jobs to arq now; return how many were sent."""
@@ -128,9 +133,8 @@ async def open_runtime(config: Config, bus: EventBus, *, application_name: str |
     if config.relay.enabled:
         relay = Relay(config.ledger, pool, arq, interval=config.relay.interval,
                       listen=config.relay.listen, application_name=f"{name} listener")
-    runtime = Runtime(Database(pool, config.schema, config.ledger, bus, relay=relay),
-                      config.profiles, config.storages, config.ledger, bus,
-                      processing or ProcessingPool(config.processes), arq, config.redis_url, relay)
+    runtime = Runtime(config, Database(pool, config.schema, config.ledger, bus, relay=relay), bus,
+                      processing or ProcessingPool(config.processes), arq, relay)
     try:
         try:
             await config.ledger.load_instance(pool)
@@ -141,18 +145,18 @@ async def open_runtime(config: Config, bus: EventBus, *, application_name: str |
         if relay is not None:
             relay.start()
     except BaseException:
-        await close_runtime(runtime, config)
+        await close_runtime(runtime)
         raise
     return runtime
 
 
-async def close_runtime(runtime: Runtime, config: Config) -> None:
+async def close_runtime(runtime: Runtime) -> None:
     """Stop the relay and close what :func:`open_runtime` opened (not a host's own pool)."""
     if runtime.relay is not None:
         await runtime.relay.stop()
     await runtime.arq.aclose()
     for storage in runtime.storages.values():
         await storage.close()
-    if config.pool is None:
+    if runtime.config.pool is None:
         await runtime.pool.close()
     await anyio.to_thread.run_sync(runtime.processing.close)
