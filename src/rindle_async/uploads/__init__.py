@@ -1,0 +1,26 @@
+"""Uploads, one module per flow.
+
+``sessions``: direct uploads.  ``initiate_upload`` refuses at once what the profile
+forbids, commits a staged asset and its session, then presigns outside the
+transaction; the client sends the bytes straight to the store.  ``sign_upload`` and
+``presign_part`` mint fresh URLs within the session's deadline, ``abort_upload``
+abandons a session, and ``check_writable`` tells the local storage routes whether a
+PUT may still write: only while its session is open and not yet being verified.
+
+``verification``: ``verify_upload`` is the only trust gate of a direct upload.  It
+checks the stored object (size, deadline, checksum) outside any transaction, then
+completes the session and hands the asset to promotion in one transaction, recording
+what it saw (size, ETag, sha256 when it read the bytes) so that promotion can prove
+it reads the same object.  The real type, pixel count and the rest are checked from
+the bytes by the promotion job before anything is promoted.
+
+``proxied``: ``upload`` streams a file through the host: the type is sniffed from the
+first bytes before anything is stored, and the size limit holds while streaming.
+"""
+
+from .proxied import upload
+from .sessions import UNVERIFIED, abort_upload, check_writable, initiate_upload, presign_part, sign_upload
+from .verification import verify_upload
+
+__all__ = ["UNVERIFIED", "abort_upload", "check_writable", "initiate_upload", "presign_part", "sign_upload",
+           "upload", "verify_upload"]
