@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from tqdm import tqdm
 
-from . import app_loader, maintenance
+from . import app_loader, maintenance, recipes
 from .app import Rindle
 from .errors import RindleError
 from .maintenance import Report
@@ -155,7 +155,7 @@ async def _verify(rindle: Rindle, args: argparse.Namespace) -> int:
 
 async def _regenerate(rindle: Rindle, args: argparse.Namespace) -> int:
     progress = _progress("regenerate-variants", " variants")
-    report = await maintenance.regenerate_variants(
+    report = await recipes.regenerate_variants(
         rindle.runtime, profile=args.profile, variant=args.variant,
         states_=tuple(args.state or ("stale", "missing", "failed")), dry_run=args.dry_run,
         progress=progress)
@@ -163,7 +163,7 @@ async def _regenerate(rindle: Rindle, args: argparse.Namespace) -> int:
 
 
 async def _requeue(rindle: Rindle, args: argparse.Namespace) -> int:
-    report = await maintenance.requeue_asset(rindle.runtime, args.asset_id, dry_run=args.dry_run)
+    report = await recipes.requeue_asset(rindle.runtime, args.asset_id, dry_run=args.dry_run)
     return _print_report(report, args.verbose)
 
 

@@ -29,6 +29,7 @@ from .ledger.stage import stage_render
 from .lifecycle import transitions
 from .lifecycle.machines import ASSET, VARIANT
 from .scratch import scratch_folder
+from .storage import keys
 
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
@@ -182,7 +183,7 @@ async def _check_bytes(rt: Runtime, storage: Storage, profile: Profile, asset: A
                 reason = str(exc)
         original = upload_key
         if reason is None and sniffed is not None:  # _refusal refuses what sniff did not name
-            original = security.new_storage_key(profile.name, asset["id"],
+            original = keys.new_storage_key(profile.name, asset["id"],
                                                 security.extension_for(sniffed))
         if original != upload_key:
             # A direct upload's URL stays valid until the session deadline: keep the bytes
@@ -210,7 +211,7 @@ async def _readable_copy(storage: Any, key: str, asset: Any, workdir: str,
     and no client can write the key any more (proxied uploads), else a downloaded copy (of
     the version with ``etag`` only: ObjectChanged if the upload URL rewrote it since)."""
     local_path = getattr(storage, "local_path", None)
-    if local_path is not None and not security.is_upload_key(key):
+    if local_path is not None and not keys.is_upload_key(key):
         return str(await local_path(key))
     path = os.path.join(workdir, "original")
     await storage.download(key, path, if_match=etag)

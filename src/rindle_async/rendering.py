@@ -29,13 +29,13 @@ from uuid import UUID
 
 import msgspec
 
-from . import security
 from .db import assets
 from .errors import RindleError, StorageError
 from .ledger.stage import render_key
 from .lifecycle import transitions
 from .lifecycle.machines import ASSET, VARIANT
 from .scratch import scratch_folder
+from .storage import keys
 
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
@@ -171,7 +171,7 @@ async def _render_and_store(job: JobRun, work: Work) -> None:
                 work.refused[planned.name] = output["error"]
                 continue
             variant = profile.variants[planned.name]
-            key = security.variant_key(profile.name, str(work.asset_id), planned.name,
+            key = keys.variant_key(profile.name, str(work.asset_id), planned.name,
                                        planned.digest, variant.extension)
             try:
                 info = await storage.put(key, output["path"], content_type=variant.content_type)

@@ -18,6 +18,7 @@ from ..lifecycle import transitions
 from ..lifecycle.machines import ASSET
 from ..models import Asset
 from ..profiles import find_profile
+from ..storage import keys
 from ..storage.base import Source
 from .sessions import storage_of
 
@@ -90,7 +91,7 @@ async def upload(rt: Runtime, profile_name: str, data: Source, *, filename: str 
     if filename:
         security.check_extension(filename, sniffed)
     asset_id = uuid.uuid4()
-    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(sniffed))
+    key = keys.new_storage_key(profile.name, str(asset_id), security.extension_for(sniffed))
     storage = storage_of(rt, profile.storage)
     try:
         info = await storage.put(key, stream, content_type=sniffed, max_bytes=profile.max_bytes)
