@@ -183,3 +183,88 @@ async def delete(conn: Connection, schema: str, asset_id: UUID) -> None:
     asset_id: the asset.
     """
     await conn.execute(f"DELETE FROM {schema}.assets WHERE id = $1", asset_id)
+
+
+class AssetRow(msgspec.Struct, frozen=True, kw_only=True):
+    """One asset as stored (every column of ``assets``)."""
+
+    id: UUID
+    profile: str
+    storage: str
+    storage_key: str
+    state: str
+    filename: str | None
+    content_type: str | None
+    byte_size: int | None
+    width: int | None
+    height: int | None
+    sha256: str | None
+    metadata: str  # jsonb, as asyncpg returns it: JSON text
+    reason: str | None
+    created_at: datetime
+    updated_at: datetime
+    state_changed_at: datetime
+
+
+async def get(conn: Connection | asyncpg.Pool, schema: str, asset_id: UUID) -> AssetRow | None:
+    """The asset; None when it does not exist.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    asset_id: the asset.
+    """
+    row = await conn.fetchrow(f"SELECT * FROM {schema}.assets WHERE id = $1", asset_id)
+    return None if row is None else AssetRow(**dict(row))
+
+
+async def with_variants(conn: Connection | asyncpg.Pool, schema: str,
+                        asset_id: UUID) -> tuple[asyncpg.Record, list[asyncpg.Record]] | None:
+    """The asset's row and its variants' rows by name, as ``models.Asset.from_row`` takes them;
+    None when the asset does not exist.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    asset_id: the asset.
+    """
+    row = await conn.fetchrow(f"SELECT * FROM {schema}.assets WHERE id = $1", asset_id)
+    if row is None:
+        return None
+    return row, await conn.fetch(f"SELECT * FROM {schema}.variants WHERE asset_id = $1 ORDER BY name",
+                                 asset_id)
+
+
+def _asked_variants_query(schema: str, *, many: bool) -> str:
+    """Assets by id, one row per asked-for variant they have (a row with NULL variant columns when none)."""
+    # One id is "= $1": PostgreSQL plans it faster than "= ANY($1)" of one element (about 0.1 ms).
+    where = "a.id = ANY($1::uuid[])" if many else "a.id = $1"
+    return (f"SELECT a.id, a.profile, a.storage, a.state, a.storage_key, a.content_type, a.filename,"
+            f" v.name AS variant, v.state AS variant_state, v.storage_key AS variant_key,"
+            f" v.content_type AS variant_type"
+            f" FROM {schema}.assets a LEFT JOIN {schema}.variants v"
+            f" ON v.asset_id = a.id AND v.name = ANY($2::text[]) WHERE {where}")
+
+
+async def with_asked_variants(conn: Connection | asyncpg.Pool, schema: str, ids: list[UUID],
+                              names: Iterable[str | None]
+                              ) -> dict[UUID, tuple[asyncpg.Record, dict[str, asyncpg.Record]]]:
+    """What delivery signs from, in one query: asset id -> (its row, its rows of the asked-for
+    variants by name).  Records, not structs: this is the read of every page that shows images.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    ids: the assets.
+    names: the variant names (None, the original, is skipped).
+    """
+    wanted = [name for name in names if name is not None]
+    if not ids:
+        return {}
+    if len(ids) == 1:
+        rows = await conn.fetch(_asked_variants_query(schema, many=False), ids[0], wanted)
+    else:
+        rows = await conn.fetch(_asked_variants_query(schema, many=True), ids, wanted)
+    found: dict[UUID, tuple[asyncpg.Record, dict[str, asyncpg.Record]]] = {}
+    for row in rows:
+        asset = found.setdefault(row["id"], (row, {}))
+        if row["variant"] is not None:
+            asset[1][row["variant"]] = row
+    return found

@@ -178,3 +178,55 @@ async def in_states(conn: Connection | asyncpg.Pool, schema: str, states: list[s
         f" AND ($4::uuid IS NULL OR a.id = $4) ORDER BY v.asset_id, v.name",
         states, profile, name, asset_id, ASSET.array("rendered"))
     return [VariantOfAsset(**dict(r)) for r in rows]
+
+
+class RenderRow(msgspec.Struct, frozen=True, kw_only=True):
+    """A variant a render may claim, with its asset's state, profile and original."""
+
+    id: UUID
+    name: str
+    state: str
+    recipe_digest: str
+    asset_state: str
+    profile: str
+    storage: str
+    source_key: str
+
+
+async def lock_for_render(conn: Connection, schema: str, asset_id: UUID) -> list[RenderRow]:
+    """Lock the asset and its variants a render may claim (queued or processing), by name.
+
+    conn: a connection inside the transaction that claims them.
+    schema: rindle_async's schema.
+    asset_id: the asset.
+    """
+    rows = await conn.fetch(
+        f"SELECT a.state AS asset_state, a.profile, a.storage, a.storage_key AS source_key,"
+        f" v.id, v.name, v.state, v.recipe_digest FROM {schema}.assets a"
+        f" JOIN {schema}.variants v ON v.asset_id = a.id"
+        f" WHERE a.id = $1 AND v.state = ANY($2::text[]) ORDER BY v.name"
+        f" FOR UPDATE OF a, v", asset_id, VARIANT.array("rendering"))
+    return [RenderRow(**dict(r)) for r in rows]
+
+
+class LockedVariant(msgspec.Struct, frozen=True, kw_only=True):
+    """A variant locked with its asset, as a render reads it back before accepting its work."""
+
+    id: UUID
+    state: str
+    recipe_digest: str
+    asset_state: str
+
+
+async def lock_with_asset(conn: Connection, schema: str, asset_id: UUID) -> list[LockedVariant]:
+    """Lock the asset and all its variants; return the variants with the asset's state.
+
+    conn: a connection inside the transaction that changes them.
+    schema: rindle_async's schema.
+    asset_id: the asset.
+    """
+    rows = await conn.fetch(
+        f"SELECT v.id, v.state, v.recipe_digest, a.state AS asset_state FROM {schema}.variants v"
+        f" JOIN {schema}.assets a ON a.id = v.asset_id WHERE v.asset_id = $1"
+        f" FOR UPDATE OF v, a", asset_id)
+    return [LockedVariant(**dict(r)) for r in rows]
