@@ -24,9 +24,15 @@ from .lifecycle.machines import ASSET, VARIANT
 from .profiles import Profile, find_profile
 
 if TYPE_CHECKING:
+    from typing import TypeAlias
+    from uuid import UUID
+
     import asyncpg
 
     from .runtime import Runtime
+
+    #: an asset's row and its asked-for variants' rows by name (``db.assets.with_asked_variants``)
+    Found: TypeAlias = "tuple[asyncpg.Record, dict[str, asyncpg.Record]]"
 
 SERVABLE = ASSET.group("live")
 FORBIDDEN = ASSET.group("forbidden")
@@ -129,6 +135,30 @@ def _variant_names(variants: Iterable[str]) -> tuple[str, ...]:
     return names
 
 
+async def _sign_asset(rt: Runtime, asset_id: UUID, found: Found | None, names: tuple[str | None, ...],
+                      ttl: int | None, fallback: str | None, events: list[DeliverySigned],
+                      issued: datetime) -> dict[str | None, str | None]:
+    """One asset's URLs of ``names`` (None where it cannot be served), its events added to ``events``."""
+    signed: dict[str | None, str | None] = dict.fromkeys(names)
+    # An asset whose profile is no longer configured has nothing to sign it with.
+    profile = rt.profiles.get(found[0]["profile"]) if found is not None else None
+    if found is None or profile is None or found[0]["state"] not in SERVABLE:
+        return signed
+    row, rendered = found
+    sign = rt.storages[row["storage"]].url
+    expires_in = None if profile.public else (ttl or profile.url_ttl)
+    mode = "public" if profile.public else "signed"
+    for name in names:
+        try:
+            key, content_type = _source(profile, row, name, rendered, fallback)
+        except NotReady:
+            continue
+        signed[name] = await sign(key, expires_in=expires_in, content_type=content_type)
+        events.append(DeliverySigned(asset_id=str(asset_id), profile=profile.name, adapter=row["storage"],
+                                     variant=name, mode=mode, occurred_at=issued))
+    return signed
+
+
 async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None = None,
                variants: Iterable[str] | None = None, ttl: int | None = None,
                fallback: str | None = None) -> dict[str, Any]:
@@ -157,27 +187,8 @@ async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None 
     events: list[DeliverySigned] = []
     out: dict[str, Any] = {}
     for asset_id in ids:
-        text_id = str(asset_id)
-        signed: dict[str | None, str | None] = dict.fromkeys(names)
-        out[text_id] = signed if variants is not None else None
-        found = found_by_id.get(asset_id)
-        # An asset whose profile is no longer configured has nothing to sign it with.
-        profile = rt.profiles.get(found[0]["profile"]) if found is not None else None
-        if found is None or profile is None or found[0]["state"] not in SERVABLE:
-            continue
-        row, rendered = found
-        sign = rt.storages[row["storage"]].url
-        expires_in = None if profile.public else (ttl or profile.url_ttl)
-        mode = "public" if profile.public else "signed"
-        for name in names:
-            try:
-                key, content_type = _source(profile, row, name, rendered, fallback)
-            except NotReady:
-                continue
-            signed[name] = await sign(key, expires_in=expires_in, content_type=content_type)
-            events.append(DeliverySigned(asset_id=text_id, profile=profile.name, adapter=row["storage"],
-                                         variant=name, mode=mode, occurred_at=issued))
-        if variants is None:
-            out[text_id] = signed[variant]
+        signed = await _sign_asset(rt, asset_id, found_by_id.get(asset_id), names, ttl, fallback,
+                                   events, issued)
+        out[str(asset_id)] = signed if variants is not None else signed[variant]
     await rt.events.deliver(events)
     return out
