@@ -13,6 +13,7 @@ import msgspec
 
 from ..ledger.kinds import PURGE
 from ..lifecycle.machines import ASSET, JOB, UPLOAD_SESSION
+from . import fetch_one_as
 
 if TYPE_CHECKING:
     from . import Connection
@@ -169,10 +170,10 @@ async def purge_view(conn: Connection | asyncpg.Pool, schema: str, asset_id: UUI
     schema: rindle_async's schema.
     asset_id: the asset.
     """
-    row = await conn.fetchrow(
+    return await fetch_one_as(
+        PurgeView, conn,
         f"SELECT a.id, a.state, a.storage, a.storage_key, EXISTS (SELECT 1 FROM {schema}.attachments t"
         f" WHERE t.asset_id = a.id) AS held FROM {schema}.assets a WHERE a.id = $1", asset_id)
-    return None if row is None else PurgeView(**dict(row))
 
 
 async def delete(conn: Connection, schema: str, asset_id: UUID) -> None:
@@ -213,8 +214,9 @@ async def get(conn: Connection | asyncpg.Pool, schema: str, asset_id: UUID) -> A
     schema: rindle_async's schema.
     asset_id: the asset.
     """
-    row = await conn.fetchrow(f"SELECT * FROM {schema}.assets WHERE id = $1", asset_id)
-    return None if row is None else AssetRow(**dict(row))
+    return await fetch_one_as(
+        AssetRow, conn,
+        f"SELECT * FROM {schema}.assets WHERE id = $1", asset_id)
 
 
 async def with_variants(conn: Connection | asyncpg.Pool, schema: str,

@@ -13,6 +13,7 @@ import asyncpg
 import msgspec
 
 from ..models import Attachment
+from . import fetch_as, fetch_one_as
 
 if TYPE_CHECKING:
     from . import Connection
@@ -35,10 +36,6 @@ class AttachmentRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _COLUMNS = "id, asset_id, owner_type, owner_id, slot, created_at"
-
-
-def _row(record: asyncpg.Record | None) -> AttachmentRow | None:
-    return None if record is None else AttachmentRow(**dict(record))
 
 
 async def held(conn: Connection, schema: str, ids: Iterable[UUID]) -> set[UUID]:
@@ -65,9 +62,10 @@ async def in_slot(conn: Connection | asyncpg.Pool, schema: str, owner_type: str,
     owner_id: the host record's id, as text.
     slot: the slot on the record.
     """
-    return _row(await conn.fetchrow(
+    return await fetch_one_as(
+        AttachmentRow, conn,
         f"SELECT {_COLUMNS} FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
-        owner_type, owner_id, slot))
+        owner_type, owner_id, slot)
 
 
 async def in_slots(conn: Connection | asyncpg.Pool, schema: str, owner_type: str, owner_ids: list[str],
@@ -80,10 +78,10 @@ async def in_slots(conn: Connection | asyncpg.Pool, schema: str, owner_type: str
     owner_ids: the host records' ids, as text.
     slot: the slot on each record.
     """
-    rows = await conn.fetch(
+    return await fetch_as(
+        AttachmentRow, conn,
         f"SELECT {_COLUMNS} FROM {schema}.attachments WHERE owner_type = $1 AND slot = $2"
         " AND owner_id = ANY($3::text[])", owner_type, slot, owner_ids)
-    return [AttachmentRow(**dict(row)) for row in rows]
 
 
 async def insert(conn: Connection, schema: str, asset_id: UUID, owner_type: str, owner_id: str,
@@ -97,10 +95,11 @@ async def insert(conn: Connection, schema: str, asset_id: UUID, owner_type: str,
     owner_id: the host record's id, as text.
     slot: the slot on the record.
     """
-    row = _row(await conn.fetchrow(
+    row = await fetch_one_as(
+        AttachmentRow, conn,
         f"INSERT INTO {schema}.attachments (id, asset_id, owner_type, owner_id, slot)"
         f" VALUES ($1, $2, $3, $4, $5) RETURNING {_COLUMNS}", uuid.uuid4(), asset_id, owner_type, owner_id,
-        slot))
+        slot)
     assert row is not None  # INSERT ... RETURNING gives back the row it inserted
     return row
 
@@ -125,6 +124,7 @@ async def take(conn: Connection, schema: str, owner_type: str, owner_id: str,
     owner_id: the host record's id, as text.
     slot: the slot on the record.
     """
-    return _row(await conn.fetchrow(
+    return await fetch_one_as(
+        AttachmentRow, conn,
         f"DELETE FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3"
-        f" RETURNING {_COLUMNS}", owner_type, owner_id, slot))
+        f" RETURNING {_COLUMNS}", owner_type, owner_id, slot)

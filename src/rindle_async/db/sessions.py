@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from ..lifecycle.machines import UPLOAD_SESSION
+from . import fetch_as, fetch_one_as
 
 if TYPE_CHECKING:
     from . import Connection
@@ -45,10 +46,6 @@ _COLUMNS = ("s.id, s.asset_id, s.state, s.strategy, s.storage_key, s.filename, s
             " a.profile, a.storage, a.state AS asset_state")
 
 
-def _row(record: asyncpg.Record | None) -> SessionRow | None:
-    return None if record is None else SessionRow(**dict(record))
-
-
 async def get(conn: asyncpg.Connection | asyncpg.Pool, schema: str, session_id: UUID) -> SessionRow | None:
     """The session ``session_id``; None when it does not exist.
 
@@ -56,9 +53,10 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, schema: str, session_id: 
     schema: rindle_async's schema.
     session_id: the session.
     """
-    return _row(await conn.fetchrow(
+    return await fetch_one_as(
+        SessionRow, conn,
         f"SELECT {_COLUMNS} FROM {schema}.upload_sessions s JOIN {schema}.assets a"
-        " ON a.id = s.asset_id WHERE s.id = $1", session_id))
+        " ON a.id = s.asset_id WHERE s.id = $1", session_id)
 
 
 async def latest_for_key(conn: asyncpg.Connection | asyncpg.Pool, schema: str, storage: str,
@@ -70,10 +68,11 @@ async def latest_for_key(conn: asyncpg.Connection | asyncpg.Pool, schema: str, s
     storage: the storage's name.
     key: the storage key.
     """
-    return _row(await conn.fetchrow(
+    return await fetch_one_as(
+        SessionRow, conn,
         f"SELECT {_COLUMNS} FROM {schema}.upload_sessions s JOIN {schema}.assets a"
         " ON a.id = s.asset_id WHERE s.storage_key = $1 AND a.storage = $2"
-        " ORDER BY s.created_at DESC LIMIT 1", key, storage))
+        " ORDER BY s.created_at DESC LIMIT 1", key, storage)
 
 
 class ExpiredSession(msgspec.Struct, frozen=True, kw_only=True):
@@ -103,13 +102,13 @@ async def expired_page(conn: Connection | asyncpg.Pool, schema: str, now: dateti
     after: the (deadline, id) of the last session of the page before.
     limit: sessions per page.
     """
-    rows = await conn.fetch(
+    return await fetch_as(
+        ExpiredSession, conn,
         f"SELECT s.id, s.state, s.expires_at, s.asset_id, s.storage_key, s.multipart_upload_id,"
         f" a.storage, a.state AS asset_state FROM {schema}.upload_sessions s"
         f" JOIN {schema}.assets a ON a.id = s.asset_id"
         f" WHERE s.state IN {_OPEN} AND s.expires_at < $1 AND (s.expires_at, s.id) > ($2, $3)"
         f" ORDER BY s.expires_at, s.id LIMIT $4", now, *after, limit)
-    return [ExpiredSession(**dict(row)) for row in rows]
 
 
 async def count_expired(conn: Connection | asyncpg.Pool, schema: str, now: datetime) -> int:

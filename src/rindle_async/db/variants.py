@@ -9,6 +9,7 @@ import asyncpg
 import msgspec
 
 from ..lifecycle.machines import ASSET, VARIANT
+from . import fetch_as
 
 if TYPE_CHECKING:
     from . import Connection
@@ -116,11 +117,11 @@ async def stored(conn: Connection | asyncpg.Pool, schema: str) -> list[StoredVar
     conn: a connection or the pool.
     schema: rindle_async's schema.
     """
-    rows = await conn.fetch(
+    return await fetch_as(
+        StoredVariant, conn,
         f"SELECT v.id, v.storage_key, a.storage FROM {schema}.variants v JOIN {schema}.assets a"
         f" ON a.id = v.asset_id WHERE v.state = ANY($1::text[]) AND v.storage_key IS NOT NULL"
         f" ORDER BY v.id", VARIANT.array("stored"))
-    return [StoredVariant(**dict(r)) for r in rows]
 
 
 async def drifted(conn: Connection | asyncpg.Pool, schema: str, profile: str, name: str,
@@ -170,14 +171,14 @@ async def in_states(conn: Connection | asyncpg.Pool, schema: str, states: list[s
     name: only variants of this name.
     asset_id: only this asset's variants.
     """
-    rows = await conn.fetch(
+    return await fetch_as(
+        VariantOfAsset, conn,
         f"SELECT v.id, v.asset_id, v.name, v.state, a.profile, a.state AS asset_state"
         f" FROM {schema}.variants v JOIN {schema}.assets a ON a.id = v.asset_id"
         f" WHERE v.state = ANY($1::text[]) AND a.state = ANY($5::text[])"
         f" AND ($2::text IS NULL OR a.profile = $2) AND ($3::text IS NULL OR v.name = $3)"
         f" AND ($4::uuid IS NULL OR a.id = $4) ORDER BY v.asset_id, v.name",
         states, profile, name, asset_id, ASSET.array("rendered"))
-    return [VariantOfAsset(**dict(r)) for r in rows]
 
 
 class RenderRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -200,13 +201,13 @@ async def lock_for_render(conn: Connection, schema: str, asset_id: UUID) -> list
     schema: rindle_async's schema.
     asset_id: the asset.
     """
-    rows = await conn.fetch(
+    return await fetch_as(
+        RenderRow, conn,
         f"SELECT a.state AS asset_state, a.profile, a.storage, a.storage_key AS source_key,"
         f" v.id, v.name, v.state, v.recipe_digest FROM {schema}.assets a"
         f" JOIN {schema}.variants v ON v.asset_id = a.id"
         f" WHERE a.id = $1 AND v.state = ANY($2::text[]) ORDER BY v.name"
         f" FOR UPDATE OF a, v", asset_id, VARIANT.array("rendering"))
-    return [RenderRow(**dict(r)) for r in rows]
 
 
 class LockedVariant(msgspec.Struct, frozen=True, kw_only=True):
@@ -225,8 +226,8 @@ async def lock_with_asset(conn: Connection, schema: str, asset_id: UUID) -> list
     schema: rindle_async's schema.
     asset_id: the asset.
     """
-    rows = await conn.fetch(
+    return await fetch_as(
+        LockedVariant, conn,
         f"SELECT v.id, v.state, v.recipe_digest, a.state AS asset_state FROM {schema}.variants v"
         f" JOIN {schema}.assets a ON a.id = v.asset_id WHERE v.asset_id = $1"
         f" FOR UPDATE OF v, a", asset_id)
-    return [LockedVariant(**dict(r)) for r in rows]
