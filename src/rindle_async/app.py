@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from arq.worker import Function
 
-from . import attachments, delivery, recipes, uploads
+from . import attachments, delivery, erasure, recipes, uploads
 from .assets import get_asset
 from .db import check_schema_name
 from .db import migrate as migrations
@@ -29,6 +29,7 @@ from .worker import worker_settings
 
 if TYPE_CHECKING:
     from .db import Connection
+    from .maintenance.report import Report
 
 log = logging.getLogger("rindle_async.app")
 
@@ -355,6 +356,19 @@ class Rindle:
         async with self.runtime.db.transaction(conn) as uow:
             return await attachments.detach(uow, owner_type=owner_type, owner_id=owner_id,
                                             slot=slot)
+
+    async def erase_owner(self, owner_type: str, owner_id: str | int, *, dry_run: bool = False,
+                          conn: Connection | None = None) -> Report:
+        """Detach every slot of a host record and purge the assets no other record holds.
+
+        owner_type: the host record's type.
+        owner_id: the host record's id.
+        dry_run: report what would be erased, change nothing.
+        conn: a connection from ``rindle.transaction()`` to join the host's transaction.
+        Returns a Report counting and listing ``attachments_detached``, ``assets_erased`` and
+        ``assets_retained`` (shared with another record).
+        """
+        return await erasure.erase_owner(self.runtime, owner_type, owner_id, dry_run=dry_run, conn=conn)
 
     async def attachment(self, owner_type: str, owner_id: str | int, slot: str) -> Attachment | None:
         """The attachment in a slot, or None.

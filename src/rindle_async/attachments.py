@@ -32,8 +32,14 @@ if TYPE_CHECKING:
     from .db import Connection
 
 
-def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
-    for name, value in (("owner_type", owner_type), ("slot", slot)):
+def check_owner(owner_type: str, owner_id: object, slot: str | None = None) -> str:
+    """The owner id as text; ValidationError naming a bad owner type, id or slot.
+
+    owner_type: the host record's type.
+    owner_id: the host record's id (a string, int or UUID).
+    slot: the slot on the record; None when no slot is named (erasure).
+    """
+    for name, value in (("owner_type", owner_type), ("slot", slot if slot is not None else "-")):
         if not isinstance(value, str) or not value or len(value) > 255:
             raise ValidationError(f"{name}={value!r} must be a non-empty string of at most 255 characters")
     if isinstance(owner_id, bool) or not isinstance(owner_id, (str, int, uuid.UUID)):
@@ -44,7 +50,14 @@ def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
     return owner
 
 
-async def _lock_slot(uow: UnitOfWork, owner_type: str, owner_id: str, slot: str) -> None:
+async def lock_slot(uow: UnitOfWork, owner_type: str, owner_id: str, slot: str) -> None:
+    """Serialise the changes to one slot until the transaction ends (an advisory lock).
+
+    uow: the unit of work.
+    owner_type: the host record's type.
+    owner_id: the host record's id, as text.
+    slot: the slot on the record.
+    """
     name = f"{uow.schema}\x00{owner_type}\x00{owner_id}\x00{slot}".encode()
     key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
     await uow.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
@@ -60,9 +73,9 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
     owner_id: the host record's id (stored as text).
     slot: the slot on the record, e.g. ``"avatar"``.
     """
-    owner = _check_owner(owner_type, owner_id, slot)
+    owner = check_owner(owner_type, owner_id, slot)
     asset_uuid = to_uuid(asset_id)
-    await _lock_slot(uow, owner_type, owner, slot)
+    await lock_slot(uow, owner_type, owner, slot)
     current = await held.in_slot(uow.conn, uow.schema, owner_type, owner, slot)
     # Lock the incoming and the outgoing asset in id order, so attaches that cross
     # (X into A's slot while Y goes into B's) wait for each other instead of deadlocking.
@@ -93,8 +106,8 @@ async def detach(uow: UnitOfWork, *, owner_type: str, owner_id: object, slot: st
     owner_id: the host record's id.
     slot: the slot on the record.
     """
-    owner = _check_owner(owner_type, owner_id, slot)
-    await _lock_slot(uow, owner_type, owner, slot)
+    owner = check_owner(owner_type, owner_id, slot)
+    await lock_slot(uow, owner_type, owner, slot)
     row = await held.take(uow.conn, uow.schema, owner_type, owner, slot)
     if row is None:
         return None
@@ -112,7 +125,7 @@ async def attachment(conn: Connection | asyncpg.Pool, schema: str, *, owner_type
     owner_id: the host record's id.
     slot: the slot on the record.
     """
-    owner = _check_owner(owner_type, owner_id, slot)
+    owner = check_owner(owner_type, owner_id, slot)
     row = await held.in_slot(conn, schema, owner_type, owner, slot)
     return None if row is None else row.public()
 
@@ -127,6 +140,6 @@ async def attachments(conn: Connection | asyncpg.Pool, schema: str, *, owner_typ
     owner_ids: the host records' ids; those with an empty slot are absent from the result.
     slot: the slot on each record.
     """
-    owners = [_check_owner(owner_type, owner_id, slot) for owner_id in owner_ids]
+    owners = [check_owner(owner_type, owner_id, slot) for owner_id in owner_ids]
     rows = await held.in_slots(conn, schema, owner_type, owners, slot)
     return {row.owner_id: row.public() for row in rows}

@@ -167,6 +167,44 @@ async def _requeue(rindle: Rindle, args: argparse.Namespace) -> int:
     return _print_report(report, args.verbose)
 
 
+def _owners(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The owners named on the command line and in ``--owners-file``, each once, in order."""
+    lines = list(args.owners)
+    if args.owners_file:
+        with (sys.stdin if args.owners_file == "-" else open(args.owners_file)) as handle:
+            lines += [line.strip() for line in handle]
+    owners: dict[tuple[str, str], None] = {}
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        owner_type, sep, owner_id = line.partition(":")
+        if not sep or not owner_type or not owner_id:
+            raise RindleError(f"owner {line!r} is not TYPE:ID (e.g. user:42)")
+        owners[(owner_type, owner_id)] = None
+    if not owners:
+        raise RindleError("name the owners to erase as TYPE:ID arguments or with --owners-file")
+    return list(owners)
+
+
+async def _erase(rindle: Rindle, args: argparse.Namespace) -> int:
+    owners = _owners(args)
+    progress = _progress("erase-owners", " owners")
+    total = Report("erase_owners", not args.live, keep_items=args.verbose)
+    for done, (owner_type, owner_id) in enumerate(owners, 1):  # one transaction per owner
+        report = await rindle.erase_owner(owner_type, owner_id, dry_run=not args.live)
+        total.count("owners")
+        for what, count in report.counts.items():
+            total.count(what, count)
+            for item in report.items.get(what, []) if args.verbose else []:
+                total.items.setdefault(what, []).append(item)
+        if progress:
+            progress(done, len(owners))
+    code = _print_report(total, args.verbose, progress)
+    if not args.live:
+        print("dry run: nothing was changed; run again with --live to erase")
+    return code
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rindle-async", description=__doc__.splitlines()[0])
     parser.add_argument("--app", default=os.environ.get("RINDLE_APP"),
@@ -205,6 +243,13 @@ def _parser() -> argparse.ArgumentParser:
                             choices=("stale", "missing", "failed", "cancelled"),
                             help="repeatable; default: stale, missing and failed")
     regenerate.add_argument("--dry-run", action="store_true", help="report only")
+    erase = command("erase-owners", _erase,
+                    "detach every slot of each owner and purge what only it held (a dry run unless --live)")
+    erase.add_argument("owners", nargs="*", metavar="TYPE:ID", help="e.g. user:42")
+    erase.add_argument("--owners-file", metavar="FILE",
+                       help="one TYPE:ID per line ('#' comments; '-' reads stdin)")
+    erase.add_argument("--live", action="store_true",
+                       help="really erase; an interrupted run is resumed by running it again")
     requeue = command("requeue", _requeue,
                       "re-run promotion or the failed variants of one asset")
     requeue.add_argument("asset_id")

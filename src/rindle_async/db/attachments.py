@@ -128,3 +128,35 @@ async def take(conn: Connection, schema: str, owner_type: str, owner_id: str,
         AttachmentRow, conn,
         f"DELETE FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3"
         f" RETURNING {_COLUMNS}", owner_type, owner_id, slot)
+
+
+async def of_owner(conn: Connection | asyncpg.Pool, schema: str, owner_type: str,
+                   owner_id: str) -> list[AttachmentRow]:
+    """Every attachment of one host record, by slot.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    owner_type: the host record's type.
+    owner_id: the host record's id, as text.
+    """
+    return await fetch_as(
+        AttachmentRow, conn,
+        f"SELECT {_COLUMNS} FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 ORDER BY slot",
+        owner_type, owner_id)
+
+
+async def held_by_others(conn: Connection | asyncpg.Pool, schema: str, ids: list[UUID], owner_type: str,
+                         owner_id: str) -> set[UUID]:
+    """Those of ``ids`` that an attachment of another record than ``(owner_type, owner_id)`` holds.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    ids: the assets.
+    owner_type: the record's type.
+    owner_id: the record's id, as text.
+    """
+    rows = await conn.fetch(
+        f"SELECT ids.id FROM unnest($1::uuid[]) AS ids(id) WHERE (SELECT true FROM {schema}.attachments t"
+        " WHERE t.asset_id = ids.id AND (t.owner_type, t.owner_id) <> ($2, $3) LIMIT 1)",
+        ids, owner_type, owner_id)
+    return {row["id"] for row in rows}
