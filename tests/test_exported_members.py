@@ -13,7 +13,7 @@ PACKAGE = pathlib.Path(rindle_async.__file__).parent
 EXPORTED = {
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
     "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun",
-    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Profile", "Rindle", "RindleError",
+    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Placeholder", "Profile", "Rindle", "RindleError",
     "S3Storage", "StorageError", "TooLarge", "TransactionError", "Unsupported", "UploadClosed",
     "UploadCompleted", "UploadStarted", "UploadTicket", "ValidationError", "Variant",
     "VariantStateChanged", "VerificationFailed", "recipe_digest",

@@ -22,6 +22,7 @@ _EXPORTS = {
     "JobKind": "ledger.kinds",
     "JobRun": "ledger.runner",
     **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadTicket"), "models"),
+    "Placeholder": "placeholders",
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
     "LocalStorage": "storage.local",
     "S3Storage": "storage.s3",
@@ -60,6 +61,7 @@ if TYPE_CHECKING:
     from .ledger.kinds import JobKind
     from .ledger.runner import JobRun
     from .models import Asset, AssetVariant, Attachment, UploadTicket
+    from .placeholders import Placeholder
     from .profiles import Profile, Variant, recipe_digest
     from .storage.local import LocalStorage
     from .storage.s3 import S3Storage
