@@ -12,8 +12,8 @@ PACKAGE = pathlib.Path(rindle_async.__file__).parent
 
 EXPORTED = {
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
-    "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun",
-    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Placeholder", "Profile", "Rindle", "RindleError",
+    "Delivered", "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun",
+    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Picture", "PictureSource", "Placeholder", "Profile", "Rindle", "RindleError",
     "S3Storage", "StorageError", "TooLarge", "TransactionError", "Unsupported", "UploadClosed",
     "UploadCompleted", "UploadStarted", "UploadTicket", "ValidationError", "Variant",
     "VariantStateChanged", "VerificationFailed", "recipe_digest",
@@ -27,6 +27,7 @@ FACADE = {
     # uploads, assets, attachments, delivery
     "initiate_upload", "sign_upload", "presign_part", "verify_upload", "abort_upload", "upload",
     "get_asset", "attach", "detach", "attachment", "attachments", "erase_owner", "url", "urls",
+    "srcset", "srcsets", "picture_sources", "pictures",
 }
 
 

@@ -68,6 +68,14 @@ def placeholder_of(metadata: str | None) -> Placeholder | None:
     return msgspec.json.decode(metadata, type=_Metadata).placeholder if metadata else None
 
 
+def placeholder_value(value: str | None) -> Placeholder | None:
+    """The placeholder from its own JSON text (``metadata->>'placeholder'``), if any.
+
+    value: the JSON text, or None.
+    """
+    return msgspec.json.decode(value, type=Placeholder) if value else None
+
+
 class Attachment(msgspec.Struct, frozen=True, kw_only=True):
     """An asset held by a host record in a named slot."""
 
@@ -96,3 +104,45 @@ class UploadTicket(msgspec.Struct, frozen=True, kw_only=True):
     session_expires_at: datetime
     upload_id: str | None = None
     part_size: int | None = None
+
+
+class Delivered(msgspec.Struct, frozen=True, kw_only=True):
+    """One asset's entry of ``urls(..., placeholders=True)``.
+
+    url: the URL of ``variant=`` (or of the original), None when it cannot be served.
+    urls: with ``variants=``, variant name -> URL or None.
+    placeholder: what to paint before the image loads (None before promotion).
+    """
+
+    url: str | None = None
+    urls: dict[str, str | None] | None = None
+    placeholder: Placeholder | None = None
+
+
+class PictureSource(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``<source>`` of a ``<picture>``: a format and its ``srcset``."""
+
+    type: str
+    srcset: str
+
+
+class Picture(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ``<picture>`` element needs: ``sources`` in the order a browser should try them
+    (AVIF, WebP, ...), then the ``<img>`` in the most widely readable format.
+
+    sources: the ``<source type=... srcset=...>`` elements, best format first.
+    src: the ``<img>``'s URL, its widest rendition.
+    srcset: the ``<img>``'s ``srcset`` (its format's renditions with width descriptors).
+    type: the ``<img>``'s content type.
+    width: the width of ``src`` in pixels (for ``width=``, which keeps the layout still).
+    height: the height of ``src`` in pixels.
+    placeholder: what to paint before the image loads.
+    """
+
+    sources: list[PictureSource]
+    src: str
+    srcset: str
+    type: str
+    width: int
+    height: int
+    placeholder: Placeholder | None = None
