@@ -12,7 +12,7 @@ PACKAGE = pathlib.Path(rindle_async.__file__).parent
 
 EXPORTED = {
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
-    "Delivered", "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun",
+    "Delivered", "DeliveryForbidden", "DeliverySigned", "Event", "ImageMetadata", "InvalidTransition", "JobKind", "JobRun",
     "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Picture", "PictureSource", "Placeholder", "Profile", "Rindle", "RindleError",
     "S3Storage", "StorageError", "TooLarge", "TransactionError", "Unsupported", "UploadClosed",
     "UploadCompleted", "UploadStarted", "UploadTicket", "ValidationError", "Variant",

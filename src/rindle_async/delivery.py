@@ -74,11 +74,19 @@ def check_servable(row: asyncpg.Record) -> None:
         raise NotReady(f"asset {row['id']} is {row['state']}: its upload has not been promoted yet")
 
 
+def _original(profile: Profile, row: asyncpg.Record) -> tuple[str, str | None]:
+    """The original's key and type; DeliveryForbidden when the profile does not serve originals."""
+    if not profile.serve_original:
+        raise DeliveryForbidden(f"profile {profile.name!r} does not serve originals (serve_original=False): "
+                                "an original carries the uploader's metadata; ask for a variant")
+    return row["storage_key"], row["content_type"]
+
+
 def _source(profile: Profile, row: asyncpg.Record, variant: str | None,
             rendered: Mapping[str, asyncpg.Record], fallback: str | None) -> tuple[str, str | None]:
     """(storage key, content type) to serve: the variant's object, or the original for None or fallback."""
     if variant is None:
-        return row["storage_key"], row["content_type"]
+        return _original(profile, row)
     if variant not in profile.variants:
         raise ValidationError(f"profile {profile.name!r} has no variant {variant!r}; "
                               f"its variants: {', '.join(sorted(profile.variants)) or 'none'}")
@@ -86,7 +94,7 @@ def _source(profile: Profile, row: asyncpg.Record, variant: str | None,
     if found is not None and found["variant_state"] in RENDERED and found["variant_key"]:
         return found["variant_key"], found["variant_type"]
     if fallback == "original":
-        return row["storage_key"], row["content_type"]
+        return _original(profile, row)
     raise NotReady(f"variant {variant!r} of asset {row['id']} is "
                    f"{found['variant_state'] if found is not None else 'not planned yet'}; retry later or "
                    f"pass fallback='original'")
@@ -156,7 +164,7 @@ async def _sign_asset(rt: Runtime, asset_id: UUID, found: Found | None, names: t
     for name in names:
         try:
             key, content_type = _source(profile, row, name, rendered, fallback)
-        except NotReady:
+        except (NotReady, DeliveryForbidden):  # not rendered yet; an original the profile keeps back
             continue
         signed[name] = await sign(key, expires_in=expires_in, content_type=content_type)
         events.append(DeliverySigned(asset_id=str(asset_id), profile=profile.name, adapter=row["storage"],

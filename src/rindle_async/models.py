@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
@@ -28,6 +29,32 @@ class AssetVariant(msgspec.Struct, frozen=True, kw_only=True):
                    content_type=row["content_type"], byte_size=row["byte_size"], reason=row["reason"])
 
 
+class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """What an image says about itself, the documented subset promotion reads (never GPS or
+    any other EXIF field; docs/security.md lists what leaves the system).
+
+    captured_at: when it was taken (EXIF DateTimeOriginal, ISO 8601, with its offset if given).
+    camera_make: the camera's maker (EXIF Make).
+    camera_model: the camera's model (EXIF Model).
+    orientation: the EXIF orientation, 1..8 (1: upright); variants are rendered upright.
+    color_space: libvips' interpretation, e.g. "srgb", "b-w", "cmyk".
+    icc_profile: whether it embeds an ICC colour profile.
+    has_alpha: whether it has an alpha channel.
+    animated: whether it is an animation (GIF, WebP) of more than one frame.
+    frames: its frame count (pages), 1 for a still image.
+    """
+
+    captured_at: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    orientation: int = 1
+    color_space: str | None = None
+    icc_profile: bool = False
+    has_alpha: bool = False
+    animated: bool = False
+    frames: int = 1
+
+
 class Asset(msgspec.Struct, frozen=True, kw_only=True):
     """An uploaded file, its lifecycle state and its variants by name."""
 
@@ -45,6 +72,8 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True):
     #: what a page paints before the image loads; set at promotion (None before, and for
     #: files that are not images)
     placeholder: Placeholder | None = None
+    #: what the image says about itself, read at promotion (None before, and for other files)
+    image: ImageMetadata | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record, variants: Iterable[asyncpg.Record] = ()) -> Asset:
@@ -53,19 +82,20 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True):
                    byte_size=row["byte_size"], width=row["width"], height=row["height"],
                    reason=row["reason"], created_at=row["created_at"],
                    variants={v["name"]: AssetVariant.from_row(v) for v in variants},
-                   placeholder=placeholder_of(row["metadata"]))
+                   **_from_metadata(row["metadata"]))
 
 
 class _Metadata(msgspec.Struct):
     placeholder: Placeholder | None = None
+    image: ImageMetadata | None = None
 
 
-def placeholder_of(metadata: str | None) -> Placeholder | None:
-    """The placeholder promotion stored in an asset's metadata (JSON text), if any.
-
-    metadata: the asset row's ``metadata`` column.
-    """
-    return msgspec.json.decode(metadata, type=_Metadata).placeholder if metadata else None
+def _from_metadata(metadata: str | None) -> dict[str, Any]:
+    """The placeholder and image metadata promotion stored in an asset's ``metadata`` (JSON text)."""
+    if not metadata:
+        return {}
+    found = msgspec.json.decode(metadata, type=_Metadata)
+    return {"placeholder": found.placeholder, "image": found.image}
 
 
 def placeholder_value(value: str | None) -> Placeholder | None:

@@ -170,6 +170,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         ``picture_sources()`` serve them.
     ladder_formats: the ladder's output formats, e.g. ``("avif", "webp", "jpeg")``.
     ladder_quality: the encoder quality of the ladder's variants, 1..100.
+    serve_original: whether the uploaded original may be delivered (``url()`` without a
+        variant, ``fallback="original"``); an original carries everything the uploader's
+        device wrote into it (GPS position, serial numbers), which variants never do.
     """
 
     name: str
@@ -184,6 +187,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     ladder: tuple[int, ...] = ()
     ladder_formats: tuple[str, ...] = ("webp",)
     ladder_quality: int = 80
+    serve_original: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.name, str) and _NAME.fullmatch(self.name)):
@@ -202,8 +206,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 raise _invalid("Profile", f"variants[{name!r}]", variant, "is not a Variant")
         # a private copy, so the caller's dict changing later cannot change this profile
         force_setattr(self, "variants", {**self.variants, **self._ladder_variants()})
-        if not isinstance(self.public, bool):
-            raise _invalid("Profile", "public", self.public, "is not a bool")
+        for flag in ("public", "serve_original"):
+            if not isinstance(getattr(self, flag), bool):
+                raise _invalid("Profile", flag, getattr(self, flag), "is not a bool")
         _check_int("Profile", "url_ttl", self.url_ttl, 1, MAX_PRESIGN_TTL, _PRESIGN_WHY)
         _check_int("Profile", "upload_ttl", self.upload_ttl, 60, MAX_PRESIGN_TTL, _PRESIGN_WHY)
 
