@@ -11,6 +11,8 @@ uncropped frame, at exactly the size a decode of their own would give.
 
 from __future__ import annotations
 
+import base64
+import functools
 import os
 import re
 import threading
@@ -88,6 +90,7 @@ def analyze(path: str, max_pixels: int) -> dict[str, Any]:
     max_pixels: refuse when width x height is larger.
     """
     image = _header(path, max_pixels)
+    _check_decodable(image)
     display = _display_size(image)
     return {"width": display[0], "height": display[1], "stored_width": image.width,
             "stored_height": image.height, "orientation": _orientation(image),
@@ -151,6 +154,66 @@ def _placeholder(path: str) -> dict[str, str] | None:
         return None
     found = placeholder(thumb.width, thumb.height, pixels)
     return {"thumbhash": found.thumbhash, "color": found.color}
+
+
+#: the smallest files of each HEIF coding, to ask this build whether it decodes them: an 8 x 8
+#: AVIF (libvips' own AV1 encoder) and a 64 x 48 HEIC (libheif 1.23 with x265)
+_HEIF_SAMPLES = {
+    "av1": (
+        "AAAAHGZ0eXBhdmlmAAAAAG1pZjFhdmlmbWlhZgAAANZtZXRhAAAAAAAAACFoZGxyAAAAAAAAAABwaWN0AAAAAAAAAAAAAAAA"
+        "AAAAACJpbG9jAAAAAERAAAEAAQAAAAAA+gABAAAAAAAAACEAAAAjaWluZgAAAAAAAQAAABVpbmZlAgAAAAABAABhdjAxAAAA"
+        "AA5waXRtAAAAAAABAAAAVmlwcnAAAAA4aXBjbwAAAAxhdjFDgQAMAAAAABRpc3BlAAAAAAAAAAgAAAAIAAAAEHBpeGkAAAAA"
+        "AwgICAAAABZpcG1hAAAAAAAAAAEAAQOBAgMAAAApbWRhdBIACggYCL9ogIaDQjITHEeHhd3AACwAAJA1jjx+l9dEwA=="
+    ),
+    "hevc": (
+        "AAAAHGZ0eXBoZWljAAAAAG1pZjFoZWljbWlhZgAAAX1tZXRhAAAAAAAAACFoZGxyAAAAAAAAAABwaWN0AAAAAAAAAAAAAAAA"
+        "AAAAACJpbG9jAAAAAERAAAEAAQAAAAABoQABAAAAAAAAAB8AAAAjaWluZgAAAAAAAQAAABVpbmZlAgAAAAABAABodmMxAAAA"
+        "AA5waXRtAAAAAAABAAAA/WlwcnAAAADdaXBjbwAAAHZodmNDAQNwAAAAkAAAAAAAHvAA/P34+AAADwNgAAEAGEABDAH//wNw"
+        "AAADAJAAAAMAAAMAHroCQGEAAQAqQgEBA3AAAAMAkAAAAwAAAwAeoCCBBZbq5Ka5uAhoMCAAAAMDIAAAAwAhYgABAAZEAcFz"
+        "wIkAAAATY29scm5jbHgAAQANAAaAAAAAFGlzcGUAAAAAAAAAQAAAAEAAAAAoY2xhcAAAAEAAAAABAAAAMAAAAAEAAAAAAAAA"
+        "Av////AAAAACAAAAEHBpeGkAAAAAAwgICAAAABhpcG1hAAAAAAAAAAEAAQWBAgMFhAAAACdtZGF0AAAAGygBrwT4cWTTt/+J"
+        "d///85Dey/tNRQ7SfAP2/A=="
+    ),
+}
+_HEIF_NAMES = {"av1": "AVIF (AV1)", "hevc": "HEIC (HEVC)"}
+_HEIF_DECODERS = {"av1": "an AV1 decoder plugin (dav1d or aom)", "hevc": "the libde265 HEVC decoder plugin"}
+
+
+@functools.cache
+def heif_decodes(compression: str) -> bool:
+    """Whether this libvips build decodes HEIF images of ``compression`` ("av1" or "hevc");
+    asked by decoding a tiny sample once per process.
+
+    compression: libvips' ``heif-compression`` of the image.
+    """
+    sample = _HEIF_SAMPLES.get(compression)
+    if sample is None or pyvips.type_find("VipsOperation", "heifload") == 0:
+        return False
+    try:
+        pyvips.Image.new_from_buffer(base64.b64decode(sample), "").avg()
+    except pyvips.Error:
+        return False
+    return True
+
+
+def input_formats() -> dict[str, bool]:
+    """Each input format promotion analyses, and whether this build decodes it (for ``doctor``)."""
+    loaders = {"jpeg": "jpegload", "png": "pngload", "webp": "webpload", "gif": "gifload", "tiff": "tiffload",
+               "svg": "svgload"}
+    found = {name: pyvips.type_find("VipsOperation", loader) != 0 for name, loader in loaders.items()}
+    return found | {"avif": heif_decodes("av1"), "heic": heif_decodes("hevc")}
+
+
+def _check_decodable(image: pyvips.Image) -> None:
+    """Refuse a HEIF image whose coding this build cannot decode, naming the missing decoder."""
+    if not (_loader(image) or "").startswith("heifload") or not image.get_typeof("heif-compression"):
+        return
+    compression = image.get("heif-compression")
+    if not heif_decodes(compression):
+        name = _HEIF_NAMES.get(compression, f"HEIF ({compression})")
+        raise ImageRefused(f"this libvips build cannot decode {name} images: its libheif lacks "
+                           f"{_HEIF_DECODERS.get(compression, 'a decoder for ' + compression)}; "
+                           "install a libvips whose libheif has it, then requeue the asset")
 
 
 def _header(path: str, max_pixels: int) -> pyvips.Image:
