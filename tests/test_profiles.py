@@ -311,6 +311,7 @@ FIELD_VALUES: dict[str, st.SearchStrategy[Any]] = {
     "quality": st.integers(min_value=1, max_value=100),
     "keep_metadata": st.booleans(),
     "background": st.tuples(*[st.integers(min_value=0, max_value=255)] * 3),
+    "animated": st.booleans(),
 }
 
 
@@ -322,6 +323,8 @@ def variant_options(draw: st.DrawFn) -> dict[str, Any]:
         options["height"] = options["height"] or draw(DIMENSIONS)
     elif options["width"] is None and options["height"] is None:
         options["width"] = draw(DIMENSIONS)
+    if options["format"] not in ("webp", "gif"):
+        options["animated"] = False  # only formats that animate may keep an animation
     return options
 
 
@@ -342,6 +345,14 @@ def test_changing_any_option_changes_the_digest(options: dict[str, Any], field: 
     except ConfigurationError:  # e.g. dropping height from a cover variant
         assume(False)
     assert recipe_digest(changed) != recipe_digest(Variant(**options))
+
+
+def test_an_animated_variant_needs_a_format_that_animates() -> None:
+    assert Variant(width=64, fit="inside", format="gif", animated=True).animated
+    with pytest.raises(ConfigurationError, match="needs a format that animates"):
+        Variant(width=64, fit="inside", format="jpeg", animated=True)
+    # a field added after recipe version 1 changes no digest at its default
+    assert recipe_digest(Variant(width=128, height=128, animated=False)) == "ea1b368f9ef02aa0edbb"
 
 
 def test_digest_is_pinned() -> None:

@@ -92,6 +92,8 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     quality: encoder quality, 1..100.
     keep_metadata: keep EXIF/XMP/ICC metadata instead of stripping it.
     background: RGB used where contain pads and where alpha is flattened into jpeg, each 0..255.
+    animated: keep every frame of an animated original (GIF, WebP) instead of the first;
+        the format must be one that animates (webp, gif).
     """
 
     width: int | None = None
@@ -101,6 +103,7 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     quality: int = 80
     keep_metadata: bool = False
     background: tuple[int, int, int] = (255, 255, 255)
+    animated: bool = False
 
     def __post_init__(self) -> None:
         for field in ("width", "height"):
@@ -125,6 +128,11 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                            "is not an (r, g, b) tuple of ints in 0..255")
         if isinstance(self.background, list):  # decoding converts lists; direct construction does not
             force_setattr(self, "background", tuple(self.background))
+        if not isinstance(self.animated, bool):
+            raise _invalid("Variant", "animated", self.animated, "is not a bool")
+        if self.animated and self.format not in ANIMATED_FORMATS:
+            raise _invalid("Variant", "animated", self.animated, f"needs a format that animates "
+                           f"({', '.join(ANIMATED_FORMATS)}), not {self.format}")
         if not libvips_can_save(self.format):
             raise _invalid("Variant", "format", self.format,
                            f"cannot be written by the installed libvips {libvips_version()} "
@@ -142,13 +150,23 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         return _FORMATS[self.format][1]
 
 
+#: Variant fields added after RECIPE_VERSION 1, left out of the digest at their default, so a
+#: stored variant's digest (and its storage key) stays what it was before they existed
+_ADDED_FIELDS = {"animated": False}
+#: the output formats that keep an animation
+ANIMATED_FORMATS = ("webp", "gif")
+
+
 def recipe_digest(variant: Variant) -> str:
     """A stable 20-hex-digit digest of the variant's recipe, equal in every process.
 
     variant: the variant whose options (and ``RECIPE_VERSION``) are hashed.
     """
-    canonical = msgspec.json.encode({"recipe_version": RECIPE_VERSION, "variant": variant},
-                                    order="sorted")
+    recipe = msgspec.structs.asdict(variant)
+    for field, default in _ADDED_FIELDS.items():  # at their default they change no recipe
+        if recipe[field] == default:
+            del recipe[field]
+    canonical = msgspec.json.encode({"recipe_version": RECIPE_VERSION, "variant": recipe}, order="sorted")
     return hashlib.sha256(canonical).hexdigest()[:20]
 
 
@@ -159,7 +177,9 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     storage: key into ``Rindle(storages=...)``.
     allow_mime: accepted content types (sniffed from the bytes), lowercase type/subtype; a list is accepted.
     max_bytes: largest accepted upload in bytes.
-    max_pixels: largest accepted width x height, checked from the header before decoding.
+    max_pixels: largest accepted width x height (x frames, for an animation), checked from the
+        header before decoding.
+    max_frames: most frames an animation (GIF, WebP) may have, 1..100000.
     variants: variant name (same pattern as ``name``) to ``Variant``.
     public: serve plain URLs instead of signed, expiring ones.
     url_ttl: seconds a signed delivery URL stays valid, 1..604800 (S3's 7-day presign limit).
@@ -180,6 +200,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     allow_mime: tuple[str, ...] = ("image/jpeg", "image/png", "image/webp")
     max_bytes: int = 10 * 1024 * 1024
     max_pixels: int = 50_000_000
+    max_frames: int = 1000
     variants: dict[str, Variant] = msgspec.field(default_factory=dict)
     public: bool = False
     url_ttl: int = 300
@@ -197,6 +218,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         self._check_allow_mime()
         _check_int("Profile", "max_bytes", self.max_bytes, 1)
         _check_int("Profile", "max_pixels", self.max_pixels, 1)
+        _check_int("Profile", "max_frames", self.max_frames, 1, 100_000)
         if not isinstance(self.variants, dict):
             raise _invalid("Profile", "variants", self.variants, "is not a dict of name -> Variant")
         for name, variant in self.variants.items():

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import base64
 import functools
+import math
 import os
 import re
 import threading
@@ -83,13 +84,18 @@ def _first_line(exc: pyvips.Error, *paths: str) -> str:
     return text.splitlines()[0] if text else "unknown error"
 
 
-def analyze(path: str, max_pixels: int) -> dict[str, Any]:
+def analyze(path: str, max_pixels: int, max_frames: int = 1000) -> dict[str, Any]:
     """Read width, height and orientation from the header only, before any decode.
 
     path: the local copy of the original.
-    max_pixels: refuse when width x height is larger.
+    max_pixels: refuse when width x height (x frames, for an animation) is larger.
+    max_frames: refuse an animation of more frames.
     """
     image = _header(path, max_pixels)
+    frames = _frames(image)
+    if frames > max_frames:
+        raise ImageRefused(f"the animation declares {frames} frames, over the profile's max_frames of "
+                           f"{max_frames}; it was not decoded")
     _check_decodable(image)
     display = _display_size(image)
     return {"width": display[0], "height": display[1], "stored_width": image.width,
@@ -130,12 +136,11 @@ def _safe_metadata(image: pyvips.Image) -> dict[str, Any]:
     """The documented subset of what the file says about itself (docs/security.md): capture
     time, camera make and model, orientation, colour space, alpha, animation and frames.
     Nothing else (GPS, serial numbers, owner names, software) is read out."""
-    pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
+    frames = _frames(image)
     return {"captured_at": _captured_at(image), "camera_make": _exif_text(image, "exif-ifd0-Make"),
             "camera_model": _exif_text(image, "exif-ifd0-Model"), "orientation": _orientation(image),
             "color_space": image.interpretation, "icc_profile": bool(image.get_typeof("icc-profile-data")),
-            "has_alpha": bool(image.hasalpha()), "animated": pages > 1 and _loader(image) in _ANIMATED_LOADERS,
-            "frames": pages}
+            "has_alpha": bool(image.hasalpha()), "animated": frames > 1, "frames": frames}
 
 
 def _placeholder(path: str) -> dict[str, str] | None:
@@ -223,7 +228,19 @@ def _header(path: str, max_pixels: int) -> pyvips.Image:
         _check_pixels(*screen, max_pixels, " (its GIF logical screen)")
     image = _open(path)
     _check_pixels(image.width, image.height, max_pixels)
+    frames = _frames(image)
+    if frames > 1 and image.width * image.height * frames > max_pixels:
+        raise ImageRefused(f"the animation declares {frames} frames of {image.width}x{image.height} = "
+                           f"{image.width * image.height * frames} pixels, over the profile's max_pixels of "
+                           f"{max_pixels}; it was not decoded")
     return image
+
+
+def _frames(image: pyvips.Image) -> int:
+    """The frames of an animation (GIF, WebP); 1 for any other image (HEIF's pages are separate
+    pictures)."""
+    pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
+    return int(pages) if (_loader(image) or "") in _ANIMATED_LOADERS else 1
 
 
 def _check_pixels(width: int, height: int, max_pixels: int, what: str = "") -> None:
@@ -288,8 +305,12 @@ def render_variants(source: str, dest_dir: str, recipes: dict[str, dict[str, Any
     header = _header(source, max_pixels)
     frames: dict[str, pyvips.Image] = {}  # decoded frames that smaller variants derive from
     results: dict[str, dict[str, Any]] = {}
-    for step in _plan(source, header, recipes):
-        recipe = recipes[step.name]
+    still = {name: recipe for name, recipe in recipes.items() if not recipe.get("animated")}
+    for name in recipes.keys() - still.keys():  # every frame: a decode of their own
+        results[name] = _render_animated(source, recipes[name], os.path.join(
+            dest_dir, name + _SAVERS[recipes[name]["format"]]))
+    for step in _plan(source, header, still):
+        recipe = still[step.name]
         if step.base is None:
             image = _decode(source, recipe, step.frame if step.keep else None)
             if step.keep:
@@ -374,6 +395,59 @@ def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) 
                                                  **options).copy_memory()
     except pyvips.Error as exc:
         raise ImageRefused(f"libvips could not decode the image: {_first_line(exc, source)}") from None
+
+
+def _render_animated(source: str, recipe: dict[str, Any], output: str) -> dict[str, Any]:
+    """An animated variant: every frame resized, then cropped or padded alike, its delays and
+    loop kept (a still original gives a one-frame file); ``{"error": ...}`` when it fails."""
+    width, height, fit = recipe["width"], recipe["height"], recipe["fit"]
+    try:
+        first = _open(source)
+        # every page of an animation; other loaders (PNG, JPEG, ...) know no "n"
+        load = f"{source}[n=-1]" if _frames(first) > 1 else source
+        if fit == "cover":  # thumbnail's crop would cut the strip of frames, not each frame
+            scale = max(width / first.width, height / first.height)
+            strip = _all_frames(load, max(width, math.ceil(first.width * scale)), _LARGE, "both")
+        elif fit == "fill":
+            strip = _all_frames(load, width, height, "force")
+        else:
+            strip = _all_frames(load, width or _LARGE, height or _LARGE, "down")
+        image = _each_frame(strip, recipe) if fit in ("cover", "contain") else strip
+        _save(image, output, recipe)
+    except pyvips.Error as exc:
+        if os.path.exists(output):
+            os.remove(output)
+        return {"error": f"libvips could not render the animated variant as {recipe['format']}: "
+                         f"{_first_line(exc, output)}"}
+    page = image.get("page-height") if image.get_typeof("page-height") else image.height
+    return {"path": output, "width": image.width, "height": page, "byte_size": os.path.getsize(output)}
+
+
+def _all_frames(load: str, width: int, height: int, size: str) -> pyvips.Image:
+    """Every frame ``load`` names, each resized to fit ``width`` x ``height``, as one strip."""
+    image = pyvips.Image.thumbnail(load, width, height=height, size=size)
+    if not image.get_typeof("page-height"):  # a still image: one frame
+        image = image.copy()
+        image.set_type(pyvips.GValue.gint_type, "page-height", image.height)
+    return image
+
+
+def _each_frame(strip: pyvips.Image, recipe: dict[str, Any]) -> pyvips.Image:
+    """Crop (cover) or pad (contain) every frame of a strip to the recipe's box."""
+    width, height, page = recipe["width"], recipe["height"], strip.get("page-height")
+    frames = []
+    for top in range(0, strip.height - page + 1, page):
+        frame = strip.crop(0, top, strip.width, page)
+        if recipe["fit"] == "cover":
+            frame = frame.crop((frame.width - width) // 2, (frame.height - height) // 2, width, height)
+        else:
+            fill = list(recipe["background"]) + ([255] if frame.hasalpha() else [])
+            frame = frame.gravity("centre", width, height, extend="background", background=fill)
+        frames.append(frame)
+    joined = pyvips.Image.arrayjoin(frames, across=1).copy()
+    joined.set_type(pyvips.GValue.gint_type, "page-height", height)
+    joined.set_type(pyvips.GValue.gint_type, "n-pages", len(frames))
+    return joined
 
 
 def _reader(file: Any) -> pyvips.Source:
