@@ -72,7 +72,11 @@ def build() -> Rindle:
     local = SlowFirstVariantPut(root=os.environ["T_ROOT"], base_url="http://127.0.0.1:9/rindle",
                                 secret="host-app-secret-0123456789")
     storages: dict = {"local": local}
-    profiles = [Profile(name="photos", storage="local", variants=VARIANTS)]
+    profiles = [Profile(name="photos", storage="local", variants=VARIANTS),
+                # a lazy variant, rendered when first asked for or by `rindle-async warm-variants`
+                Profile(name="posters", storage="local",
+                        variants={"thumb": VARIANTS["thumb"],
+                                  "poster": Variant(width=120, fit="inside", format="webp", eager=False)})]
     if os.environ.get("T_S3"):
         # T_S3_TIMEOUT, T_S3_ATTEMPTS: a faulty endpoint's hangs and errors reach the jobs soon
         limits = {"read_timeout": float(os.environ["T_S3_TIMEOUT"])} if os.environ.get("T_S3_TIMEOUT") else {}

@@ -98,7 +98,7 @@ async def test_not_ready_variants_and_the_original_fallback(media_rindle, db, sc
     for a, b in [("validating", "analyzing"), ("analyzing", "promoting"), ("promoting", "available")]:
         async with rindle.runtime.db.transaction() as uow:
             await transitions.transition(uow, ASSET, asset.id, a, b)
-    with pytest.raises(NotReady, match="variant 'thumb' of asset .* is not planned yet; retry later"):
+    with pytest.raises(NotReady, match="variant 'thumb' of asset .* is not rendered yet; retry later"):
         await rindle.url(asset.id, variant="thumb")
     url = await rindle.url(asset.id, variant="thumb", fallback="original")
     assert local_key(url)[0].endswith("/original.png")

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from tqdm import tqdm
 
-from . import app_loader, maintenance, recipes
+from . import app_loader, lazy, maintenance, recipes
 from .app import Rindle
 from .errors import RindleError
 from .maintenance import Report
@@ -162,6 +162,13 @@ async def _regenerate(rindle: Rindle, args: argparse.Namespace) -> int:
     return _print_report(report, args.verbose, progress)
 
 
+async def _warm(rindle: Rindle, args: argparse.Namespace) -> int:
+    progress = _progress("warm-variants", " assets")
+    report = await lazy.warm_variants(rindle.runtime, profile=args.profile, variant=args.variant,
+                                      dry_run=args.dry_run, progress=progress)
+    return _print_report(report, args.verbose, progress)
+
+
 async def _requeue(rindle: Rindle, args: argparse.Namespace) -> int:
     report = await recipes.requeue_asset(rindle.runtime, args.asset_id, dry_run=args.dry_run)
     return _print_report(report, args.verbose)
@@ -250,6 +257,10 @@ def _parser() -> argparse.ArgumentParser:
                        help="one TYPE:ID per line ('#' comments; '-' reads stdin)")
     erase.add_argument("--live", action="store_true",
                        help="really erase; an interrupted run is resumed by running it again")
+    warm = command("warm-variants", _warm, "render lazy variants (eager=False) before anyone asks for them")
+    warm.add_argument("--profile")
+    warm.add_argument("--variant")
+    warm.add_argument("--dry-run", action="store_true", help="report only")
     requeue = command("requeue", _requeue,
                       "re-run promotion or the failed variants of one asset")
     requeue.add_argument("asset_id")

@@ -16,6 +16,7 @@ from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
+from . import lazy
 from .assets import asset_uuid
 from .db import assets
 from .errors import DeliveryForbidden, NotFound, NotReady, ValidationError
@@ -96,7 +97,7 @@ def _source(profile: Profile, row: asyncpg.Record, variant: str | None,
     if fallback == "original":
         return _original(profile, row)
     raise NotReady(f"variant {variant!r} of asset {row['id']} is "
-                   f"{found['variant_state'] if found is not None else 'not planned yet'}; retry later or "
+                   f"{found['variant_state'] if found is not None else 'not rendered yet'}; retry later or "
                    f"pass fallback='original'")
 
 
@@ -126,6 +127,8 @@ async def url(rt: Runtime, asset_id: object, *, variant: str | None = None, ttl:
     row, rendered = found
     check_servable(row)
     profile = find_profile(rt.profiles, row["profile"])
+    if variant is not None and (names := lazy.wanted(profile, row, [variant], rendered)):
+        await lazy.request(rt, {uuid: (profile.name, names)})  # rendered from now on; NotReady below
     key, content_type = _source(profile, row, variant, rendered, fallback)
     header = None
     if disposition is not None or filename is not None:
@@ -172,6 +175,17 @@ async def _sign_asset(rt: Runtime, asset_id: UUID, found: Found | None, names: t
     return signed
 
 
+async def request_lazy(rt: Runtime, found_by_id: Mapping[UUID, Found], names: Iterable[str | None]) -> None:
+    """Plan the lazy variants a page asked for that its assets have no row for yet (one
+    transaction for the page, none once they exist)."""
+    wants = {}
+    for asset_id, (row, rendered) in found_by_id.items():
+        profile = rt.profiles.get(row["profile"])
+        if profile is not None and (missing := lazy.wanted(profile, row, names, rendered)):
+            wants[asset_id] = (profile.name, missing)
+    await lazy.request(rt, wants)
+
+
 def _delivered(signed: dict[str | None, str | None], several: bool, found: Found | None) -> Delivered:
     """An asset's ``Delivered``: ``urls`` for several variants, else ``url``."""
     placeholder = placeholder_value(found[0]["placeholder"]) if found is not None else None
@@ -206,6 +220,7 @@ async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None 
     names = (variant,) if variants is None else variant_names(variants)
     ids = [asset_uuid(a) for a in asset_ids]
     found_by_id = await assets.with_asked_variants(rt.pool, rt.schema, ids, names)
+    await request_lazy(rt, found_by_id, names)
     issued = datetime.now(timezone.utc)  # one moment for the page's DeliverySigned events
     events: list[DeliverySigned] = []
     out: dict[str, Any] = {}

@@ -94,6 +94,8 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     background: RGB used where contain pads and where alpha is flattened into jpeg, each 0..255.
     animated: keep every frame of an animated original (GIF, WebP) instead of the first;
         the format must be one that animates (webp, gif).
+    eager: render at promotion (the default); False renders it when a URL of it is first
+        asked for (or ``rindle-async warm-variants``).  Not part of the recipe digest.
     """
 
     width: int | None = None
@@ -104,6 +106,7 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     keep_metadata: bool = False
     background: tuple[int, int, int] = (255, 255, 255)
     animated: bool = False
+    eager: bool = True
 
     def __post_init__(self) -> None:
         for field in ("width", "height"):
@@ -120,16 +123,15 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         if self.format not in _FORMATS:
             raise _invalid("Variant", "format", self.format, f"is not one of {', '.join(_FORMATS)}")
         _check_int("Variant", "quality", self.quality, 1, 100)
-        if not isinstance(self.keep_metadata, bool):
-            raise _invalid("Variant", "keep_metadata", self.keep_metadata, "is not a bool")
         if not (isinstance(self.background, (tuple, list)) and len(self.background) == 3
                 and all(_is_int(c) and 0 <= c <= 255 for c in self.background)):
             raise _invalid("Variant", "background", self.background,
                            "is not an (r, g, b) tuple of ints in 0..255")
         if isinstance(self.background, list):  # decoding converts lists; direct construction does not
             force_setattr(self, "background", tuple(self.background))
-        if not isinstance(self.animated, bool):
-            raise _invalid("Variant", "animated", self.animated, "is not a bool")
+        for flag in ("keep_metadata", "animated", "eager"):
+            if not isinstance(getattr(self, flag), bool):
+                raise _invalid("Variant", flag, getattr(self, flag), "is not a bool")
         if self.animated and self.format not in ANIMATED_FORMATS:
             raise _invalid("Variant", "animated", self.animated, f"needs a format that animates "
                            f"({', '.join(ANIMATED_FORMATS)}), not {self.format}")
@@ -163,6 +165,7 @@ def recipe_digest(variant: Variant) -> str:
     variant: the variant whose options (and ``RECIPE_VERSION``) are hashed.
     """
     recipe = msgspec.structs.asdict(variant)
+    del recipe["eager"]  # when it renders, not what: the same object either way
     for field, default in _ADDED_FIELDS.items():  # at their default they change no recipe
         if recipe[field] == default:
             del recipe[field]
@@ -190,6 +193,8 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         ``picture_sources()`` serve them.
     ladder_formats: the ladder's output formats, e.g. ``("avif", "webp", "jpeg")``.
     ladder_quality: the encoder quality of the ladder's variants, 1..100.
+    ladder_eager: render the ladder at promotion (the default); False renders each rung when a
+        URL of it is first asked for (``Variant(eager=False)``).
     serve_original: whether the uploaded original may be delivered (``url()`` without a
         variant, ``fallback="original"``); an original carries everything the uploader's
         device wrote into it (GPS position, serial numbers), which variants never do.
@@ -208,6 +213,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     ladder: tuple[int, ...] = ()
     ladder_formats: tuple[str, ...] = ("webp",)
     ladder_quality: int = 80
+    ladder_eager: bool = True
     serve_original: bool = True
 
     def __post_init__(self) -> None:
@@ -228,7 +234,7 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                 raise _invalid("Profile", f"variants[{name!r}]", variant, "is not a Variant")
         # a private copy, so the caller's dict changing later cannot change this profile
         force_setattr(self, "variants", {**self.variants, **self._ladder_variants()})
-        for flag in ("public", "serve_original"):
+        for flag in ("public", "serve_original", "ladder_eager"):
             if not isinstance(getattr(self, flag), bool):
                 raise _invalid("Profile", flag, getattr(self, flag), "is not a bool")
         _check_int("Profile", "url_ttl", self.url_ttl, 1, MAX_PRESIGN_TTL, _PRESIGN_WHY)
@@ -249,7 +255,8 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
         _check_int("Profile", "ladder_quality", self.ladder_quality, 1, 100)
         force_setattr(self, "ladder", tuple(ladder))
         force_setattr(self, "ladder_formats", tuple(formats))
-        rungs = {f"w{width}-{fmt}": Variant(width=width, fit="inside", format=fmt, quality=self.ladder_quality)
+        rungs = {f"w{width}-{fmt}": Variant(width=width, fit="inside", format=fmt, quality=self.ladder_quality,
+                                           eager=self.ladder_eager is not False)
                  for width in ladder for fmt in formats}
         for name, rung in rungs.items():
             if self.variants.get(name, rung) != rung:  # the same variant (a profile decoded again) is fine
@@ -282,6 +289,14 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     @functools.cached_property
     def _recipe_digests(self) -> dict[str, str]:
         return {name: recipe_digest(variant) for name, variant in self.variants.items()}
+
+    def eager_names(self) -> list[str]:
+        """The variants rendered at promotion, by name."""
+        return sorted(name for name, variant in self.variants.items() if variant.eager)
+
+    def lazy_names(self) -> list[str]:
+        """The variants rendered when first asked for (``eager=False``), by name."""
+        return sorted(name for name, variant in self.variants.items() if not variant.eager)
 
     def recipe_digests(self) -> dict[str, str]:
         """Variant name to its ``recipe_digest``, computed once per profile (a fresh dict each call)."""

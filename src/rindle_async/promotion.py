@@ -64,7 +64,7 @@ async def plan_variants(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile_na
     rt: the runtime of the opened Rindle.
     asset_id: the asset.
     profile_name: its profile.
-    names: only these variants (default: every variant of the profile).
+    names: only these variants (default: the profile's eager variants).
     """
     missing = await missing_variants(uow, rt, asset_id, profile_name, names)
     if missing:
@@ -74,11 +74,10 @@ async def plan_variants(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile_na
 
 async def missing_variants(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile_name: str,
                            names: list[str] | None = None) -> list[str]:
-    """The variants of the profile (or ``names``) the asset has no row for yet."""
+    """The eager variants of the profile (or ``names``) the asset has no row for yet."""
     profile = rt.profiles[profile_name]
     existing = await variants.names_of(uow.conn, rt.schema, asset_id)
-    return [name for name in (names if names is not None else sorted(profile.variants))
-            if name not in existing]
+    return [name for name in (names if names is not None else profile.eager_names()) if name not in existing]
 
 
 async def _queue_new(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile_name: str,

@@ -43,14 +43,15 @@ async def reconcile_profiles(rt: Runtime) -> Report:
                     continue  # another process (opening at the same deploy) got there first
                 report.add("stale", str(variant_id))
             await _repoint_pending(rt, report, profile.name, name, digest)
-        if profile.variants:
+        if profile.eager_names():
             await _plan_gained(rt, report, profile)
     return report
 
 
 async def _plan_gained(rt: Runtime, report: Report, profile: Profile) -> None:
-    """Plan the variants a profile gained for each of its assets that has variants."""
-    for asset_id in await assets.lacking_variants(rt.pool, rt.schema, profile.name, list(profile.variants)):
+    """Plan the eager variants a profile gained for each of its assets that has variants (lazy ones
+    wait for their first request)."""
+    for asset_id in await assets.lacking_variants(rt.pool, rt.schema, profile.name, profile.eager_names()):
         async with rt.db.transaction() as uow:
             # locked, so processes opening at once plan each variant once
             state = await assets.lock_state(uow.conn, rt.schema, asset_id)

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .assets import asset_uuid
 from .db import assets
-from .delivery import RENDERED, SERVABLE, check_options, check_servable, variant_names
+from .delivery import RENDERED, SERVABLE, check_options, check_servable, request_lazy, variant_names
 from .errors import NotFound, NotReady, ValidationError
 from .events import DeliverySigned
 from .models import Picture, PictureSource, placeholder_value
@@ -108,7 +108,9 @@ async def _rows(rt: Runtime, asset_ids: Iterable[object], variants: tuple[str, .
     ids = [asset_uuid(a) for a in asset_ids]
     wanted = variants if variants is not None else tuple(
         {name for profile in rt.profiles.values() for name in profile.ladder_names(fmt)})
-    return ids, await assets.with_asked_variants(rt.pool, rt.schema, ids, wanted)
+    found = await assets.with_asked_variants(rt.pool, rt.schema, ids, wanted)
+    await request_lazy(rt, found, wanted)
+    return ids, found
 
 
 def _check(variants: Iterable[str] | None, fmt: str | None, ttl: int | None) -> tuple[str, ...] | None:

@@ -271,3 +271,23 @@ async def with_asked_variants(conn: Connection | asyncpg.Pool, schema: str, ids:
         if row["variant"] is not None:
             asset[1][row["variant"]] = row
     return found
+
+
+async def lacking_page(conn: Connection | asyncpg.Pool, schema: str, profile: str, names: list[str],
+                       after: UUID, limit: int) -> list[tuple[UUID, list[str]]]:
+    """The next page of the profile's assets that have variants, in id order, each with those of
+    ``names`` it has no row for (an empty list for one that lacks none).
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    profile: the profile.
+    names: variant names.
+    after: the id of the last asset of the page before.
+    limit: assets per page.
+    """
+    rows = await conn.fetch(
+        f"SELECT a.id, ARRAY(SELECT n FROM unnest($2::text[]) AS n WHERE NOT EXISTS (SELECT 1"
+        f" FROM {schema}.variants v WHERE v.asset_id = a.id AND v.name = n) ORDER BY n) AS missing"
+        f" FROM {schema}.assets a WHERE a.profile = $1 AND a.state = ANY($5::text[]) AND a.id > $3"
+        f" ORDER BY a.id LIMIT $4", profile, names, after, limit, ASSET.array("rendered"))
+    return [(row["id"], list(row["missing"])) for row in rows]
