@@ -93,17 +93,17 @@ def setup(request) -> tuple[str, str]:
 
 
 @pytest.fixture
-async def tus_host(setup, host_env, monkeypatch, request, db) -> AsyncIterator[tuple[Rindle, dict[str, str]]]:
+async def tus_host(setup, host_env, monkeypatch, s3_endpoint, s3_bucket, db
+                   ) -> AsyncIterator[tuple[Rindle, dict[str, str]]]:
     """The host's Rindle in this process (for the rows and the worker) and the app's environment."""
     from . import hostapp
 
     framework, store = setup
     env = {**host_env, "T_FRAMEWORK": framework, "T_PROFILE": STORES[store][0]}
     if store == "s3":
-        endpoint, bucket = request.getfixturevalue("s3_endpoint"), request.getfixturevalue("s3_bucket")
-        env.update(T_S3=endpoint, T_BUCKET=bucket)
-        monkeypatch.setenv("T_S3", endpoint)
-        monkeypatch.setenv("T_BUCKET", bucket)
+        env.update(T_S3=s3_endpoint, T_BUCKET=s3_bucket)
+        monkeypatch.setenv("T_S3", s3_endpoint)
+        monkeypatch.setenv("T_BUCKET", s3_bucket)
     rindle = hostapp.build()
     await rindle.open()
     await rindle.migrate()
@@ -178,9 +178,12 @@ async def test_tuspy_resumes_after_drop_restart_and_in_another_process(tus_host,
     await drain(rindle, redis_url)
     asset = await rindle.get_asset(asset_id)
     assert (asset.state, asset.content_type, asset.byte_size) == ("ready", "image/png", len(data))
-    stored = b"".join([c async for c in rindle.storages[asset.profile == "photos" and "local" or "s3"]
-                       .get(await _original_key(rindle, asset_id))])
+    storage = rindle.storages["local" if setup[1] == "local" else "s3"]
+    key = await _original_key(rindle, asset_id)
+    stored = b"".join([chunk async for chunk in storage.get(key)])
     assert hashlib.sha256(stored).digest() == hashlib.sha256(data).digest()
+    left = [info.key async for info in storage.list(key.rsplit("/", 1)[0] + "/")]
+    assert not [name for name in left if "/tus." in name], left  # no partial file or tail remains
     print(f"\n{setup}: {len(data)} bytes, upload start -> ready in {time.monotonic() - started:.1f} s "
           "(with a dropped connection, a server restart and a second client)")
 
