@@ -324,3 +324,43 @@ async def test_refusals_leave_consistent_rows(framework, media_rindle):
         assert expired.status_code == 410 and "expired" in expired.text
         assert await rows(rindle, late.rsplit("/", 1)[1]) == ("expired", "deleted")
         assert (await client.head(url + "not-an-id", headers=TUS)).status_code == 404
+
+
+# -- deadlines: abort-incomplete-uploads expires tus sessions like every other upload ----------
+
+async def _chunks(data: bytes) -> AsyncIterator[bytes]:
+    for start in range(0, len(data), 256 * 1024):
+        yield data[start:start + 256 * 1024]
+
+
+@pytest.mark.parametrize("store", ["local", "s3"])
+async def test_expired_tus_sessions_are_aborted_and_their_bytes_purged(store, media_rindle, s3_storage,
+                                                                       redis_url):
+    from rindle_async import maintenance
+
+    rindle = await media_rindle(s3_storage if store == "s3" else None)
+    storage = rindle.storages["media"]
+    data = noise_png(1500, 1500) if store == "s3" else png(300, 200)
+    sent = 6 * 1024 * 1024 if store == "s3" else len(data) // 2  # S3: one 5 MiB part and a tail
+    upload = await rindle.create_resumable_upload("avatar", length=len(data), filename="big.png",
+                                                  content_type="image/png")
+    upload = await rindle.append_resumable_upload(upload.session_id, offset=0, chunks=_chunks(data[:sent]))
+    assert upload.offset == sent and not upload.completed
+    key = await rindle.runtime.pool.fetchval(
+        f"SELECT storage_key FROM {rindle.schema}.upload_sessions WHERE id = $1::uuid", upload.session_id)
+    prefix = key.rsplit("/", 1)[0] + "/"
+    scratch = sorted([info.key.rsplit("/", 1)[1] async for info in storage.list(prefix)])
+    assert scratch == (["tus.tail.2"] if store == "s3" else ["tus.partial"])
+
+    await rindle.runtime.pool.execute(
+        f"UPDATE {rindle.schema}.upload_sessions SET expires_at = now() - interval '1 second'"
+        " WHERE id = $1::uuid", upload.session_id)
+    report = await maintenance.abort_incomplete_uploads(rindle.runtime)
+    assert report.counts["sessions_expired"] == 1
+    assert report.counts.get("multipart_aborted", 0) == (1 if store == "s3" else 0)
+    await drain(rindle, redis_url)
+    assert [info.key async for info in storage.list(prefix)] == []  # the purge took the partial bytes
+    if store == "s3":
+        assert [u async for u in storage.list_multipart(prefix)] == []
+    assert await rindle.runtime.pool.fetchval(
+        f"SELECT count(*) FROM {rindle.schema}.assets WHERE id = $1::uuid", upload.asset_id) == 0

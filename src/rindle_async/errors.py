@@ -89,6 +89,11 @@ class OffsetMismatch(ValidationError):
                          f"{stored} bytes are stored; ask for the offset (HEAD) and resume from there")
 
 
+class UploadBusy(RindleError):
+    """Another request (in another process) is storing a chunk of this resumable upload right
+    now (tus: 423); retry once it finished."""
+
+
 class Unsupported(RindleError):
     """The storage adapter cannot do what was asked (e.g. multipart on local storage)."""
 

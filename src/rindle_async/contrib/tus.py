@@ -18,7 +18,8 @@ profile's ``max_bytes`` (or a chunk past it), 415 for a PATCH that is not
 ``application/offset+octet-stream``, 409 for a wrong ``Upload-Offset``, 460 for a chunk
 whose ``Upload-Checksum`` does not match (nothing of it is stored), 403 when the host's
 authorization refuses, 404 for an unknown upload (or another owner's), 410 for one that
-expired, was terminated or failed, 422 when the finished file's bytes are refused.
+expired, was terminated or failed, 423 while another process stores a chunk of it, 422 when
+the finished file's bytes are refused.
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ from ..errors import (
     OffsetMismatch,
     RindleError,
     TooLarge,
+    UploadBusy,
     UploadClosed,
     ValidationError,
     VerificationFailed,
@@ -207,7 +209,7 @@ class TusServer:
     def _refuse(self, exc: RindleError) -> Answer:
         """The answer for an expected refusal; anything else is re-raised (the host's 500)."""
         for kind, status in ((ChecksumMismatch, 460), (UnsupportedMediaType, 415), (OffsetMismatch, 409),
-                             (TooLarge, 413), (NotFound, 404), (UploadClosed, 410),
+                             (TooLarge, 413), (NotFound, 404), (UploadClosed, 410), (UploadBusy, 423),
                              (VerificationFailed, 422), (ValidationError, 400)):
             if isinstance(exc, kind):
                 return self._error(status, str(exc))

@@ -24,6 +24,7 @@ only; the callers run no database transaction around it.
 
 from __future__ import annotations
 
+import fcntl
 import os
 from collections.abc import AsyncIterable
 from typing import TYPE_CHECKING, Protocol, runtime_checkable
@@ -34,7 +35,7 @@ import anyio.to_thread
 from ..db import resumable as rows
 from ..db.resumable import ResumableRow
 from ..db.sessions import SessionRow
-from ..errors import NotFound, TooLarge, ValidationError
+from ..errors import NotFound, OffsetMismatch, TooLarge, UploadBusy, ValidationError
 from ..purge import asset_prefix
 from ..storage.base import Part, Storage
 
@@ -110,6 +111,7 @@ class PartialFile:
         if not await path.exists():
             raise NotFound(f"upload session {session.id}: its partial file is gone; start a new upload")
         async with await anyio.open_file(path, "ab") as file:
+            await _lock_at(file.wrapped.fileno(), session, offset)
             try:
                 async for chunk in chunks:
                     if offset + len(chunk) > session.byte_size:
@@ -125,6 +127,19 @@ class PartialFile:
         partial = await self._path(session)
         if await partial.exists():
             await partial.rename(await self.storage.local_path(session.storage_key))
+
+
+async def _lock_at(fd: int, session: SessionRow, offset: int) -> None:
+    """Lock the partial file against writers in other processes (released when it is closed),
+    then make sure it still ends at ``offset``: a writer that was first may have moved it."""
+    try:
+        await anyio.to_thread.run_sync(fcntl.flock, fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        raise UploadBusy(f"upload session {session.id}: another request is storing a chunk right "
+                         "now; retry when it finished") from None
+    size = (await anyio.to_thread.run_sync(os.fstat, fd)).st_size
+    if size != offset:
+        raise OffsetMismatch(session.id, offset, size)
 
 
 class MultipartParts:

@@ -138,7 +138,7 @@ async def resumable_upload(rt: Runtime, session_id: str, *, owner: str | None = 
         if session.state == "completed":
             return _status(session, row, session.byte_size)
         offset = await appender_for(rt, storage_of(rt, session.storage)).offset(session, row)
-        if offset == session.byte_size:  # stored whole by a request that stopped before verifying
+        if offset == session.byte_size:  # stored whole by a request that stopped before it was verified
             await _finish(rt, session, row)
             return _status(await load(rt, session.id), row, offset)
         return _status(session, row, offset)
@@ -216,12 +216,14 @@ def _lock(session_id: str) -> asyncio.Lock:
 
 async def _open(rt: Runtime, session_id: str, owner: str | None) -> tuple[SessionRow, ResumableRow]:
     """The session and its resumable row, refused unless it is a resumable session the caller owns
-    (NotFound) that is open or completed (UploadClosed); one past its deadline is expired here."""
+    (NotFound) that is open or completed (UploadClosed); one past its deadline is expired here
+    (and refused)."""
     session = await load(rt, session_id)
     row = await rows.get(rt.pool, rt.schema, session.id)
     if session.strategy != STRATEGY or row is None or (row.owner is not None and row.owner != owner):
         raise NotFound(f"no resumable upload {session_id}")
-    if session.state != "completed" and session.state not in UPLOAD_SESSION.group("writable"):
+    # "verifying": a request stopped while verifying the whole file; the next one takes over
+    if session.state != "completed" and session.state not in UPLOAD_SESSION.group("open"):
         detail = f" ({session.reason})" if session.reason else ""
         raise UploadClosed(f"upload session {session.id} is {session.state}{detail}; start a new upload")
     if session.state != "completed" and session.expires_at <= now():
