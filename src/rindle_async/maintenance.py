@@ -298,17 +298,21 @@ async def _stray_objects(rt: Runtime, report: Report, cutoff: datetime, batch: i
 
 
 async def _unreferenced(rt: Runtime, storage: str, keys: list[str]) -> list[str]:
-    """Those of ``keys`` (in order) that no row refers to and no pending purge will delete."""
+    """Those of ``keys`` (in order) that no row refers to and no pending purge will delete.
+    A staged asset's resumable-upload scratch objects are its session's: its deadline decides."""
     if not keys:
         return []
     schema = rt.schema
     rows = await rt.pool.fetch(
-        f"SELECT o.key FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS o(key, asset_id, n)"
+        f"SELECT o.key FROM unnest($1::text[], $2::uuid[], $4::bool[]) WITH ORDINALITY"
+        f" AS o(key, asset_id, scratch, n)"
         f" LEFT JOIN {schema}.assets a ON a.id = o.asset_id AND a.storage = $3"
-        f" WHERE a.id IS NULL OR (a.state <> 'deleted' AND a.storage_key <> o.key AND (SELECT true"
+        f" WHERE a.id IS NULL OR (a.state <> 'deleted' AND a.storage_key <> o.key"
+        f"   AND NOT (o.scratch AND a.state = 'staged') AND (SELECT true"
         f"   FROM {schema}.variants v WHERE v.asset_id = a.id AND v.storage_key = o.key LIMIT 1)"
         f"   IS NULL)"
-        f" ORDER BY o.n", keys, [_asset_of(key) for key in keys], storage)
+        f" ORDER BY o.n", keys, [_asset_of(key) for key in keys], storage,
+        [security.is_resumable_scratch(key) for key in keys])
     return [row["key"] for row in rows]
 
 

@@ -37,6 +37,7 @@ from ..db.resumable import ResumableRow
 from ..db.sessions import SessionRow
 from ..errors import NotFound, OffsetMismatch, TooLarge, UploadBusy, ValidationError
 from ..purge import asset_prefix
+from ..security import RESUMABLE_SCRATCH
 from ..storage.base import Part, Storage
 
 if TYPE_CHECKING:
@@ -91,7 +92,8 @@ class PartialFile:
         self.storage = storage
 
     async def _path(self, session: SessionRow) -> anyio.Path:
-        return anyio.Path(await self.storage.local_path(asset_prefix(session.storage_key) + "tus.partial"))
+        key = asset_prefix(session.storage_key) + RESUMABLE_SCRATCH + "partial"
+        return anyio.Path(await self.storage.local_path(key))
 
     async def start(self, session: SessionRow) -> str | None:
         path = await self._path(session)
@@ -150,7 +152,7 @@ class MultipartParts:
         self.rt, self.storage, self.parts = rt, storage, storage
 
     def _tail_key(self, session: SessionRow, part_number: int) -> str:
-        return f"{asset_prefix(session.storage_key)}tus.tail.{part_number}"
+        return f"{asset_prefix(session.storage_key)}{RESUMABLE_SCRATCH}tail.{part_number}"
 
     async def start(self, session: SessionRow) -> str | None:
         return await self.storage.create_multipart(session.storage_key, content_type=session.content_type)
