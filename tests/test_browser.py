@@ -328,12 +328,13 @@ def test_aiohttp_http_api(start_example, tmp_path):
 TUS_JS = Path(os.environ.get("RINDLE_TEST_NPM_TUS", ROOT / "var" / "npm-tus")) / "node_modules" / \
     "tus-js-client" / "dist" / "tus.min.js"
 
-#: Starts a tus upload of the picked file in 512 KiB PATCHes, aborts it (and the request in flight)
-#: once `cut` bytes were sent, asks the server for its offset, then resumes with a new Upload from
-#: the upload URL, as a page reloaded after a network failure would.
-TUS_CUT_AND_RESUME = """async ([cut, chunkSize]) => {
+#: Starts a tus upload of the picked file in one PATCH, aborts it once `cut` bytes were sent (the
+#: connection drops mid-body: the test throttles the page's upload bandwidth), asks the server for
+#: its offset, then resumes with a new Upload from the upload URL, as a page reloaded after a
+#: network failure would.
+TUS_CUT_AND_RESUME = """async ([cut]) => {
   const file = document.querySelector('#tus-file').files[0];
-  const options = {endpoint: location.origin + '/files/', chunkSize, retryDelays: [],
+  const options = {endpoint: location.origin + '/files/', retryDelays: [],
                    metadata: {filename: file.name, filetype: file.type}};
   const url = await new Promise((resolve, reject) => {
     const upload = new tus.Upload(file, {...options, onError: reject,
@@ -372,8 +373,12 @@ def test_tus_js_client_cut_and_resumed_in_chromium(framework, start_example, bro
         page.evaluate("""() => { const input = document.createElement('input');
                                  input.type = 'file'; input.id = 'tus-file'; document.body.append(input); }""")
         page.set_input_files("#tus-file", image)
+        network = page.context.new_cdp_session(page)
+        network.send("Network.enable")
+        network.send("Network.emulateNetworkConditions", {  # about 2 MB/s up: the cut lands mid-PATCH
+            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 2_000_000})
         started = time.monotonic()
-        result = page.evaluate(TUS_CUT_AND_RESUME, [1300 * 1024, 512 * 1024])
+        result = page.evaluate(TUS_CUT_AND_RESUME, [1300 * 1024])
         assert 1024 * 1024 <= result["stored"] < result["size"], result  # resumed, not restarted
         with httpx.Client(base_url=stack.base_url, headers={"X-Demo-User": "demo"}, timeout=15) as client:
             asset = rendered(client, stack, result["asset"])
