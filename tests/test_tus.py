@@ -271,6 +271,8 @@ async def test_refusals_leave_consistent_rows(framework, media_rindle):
         assert (await client.post(url, headers={"Upload-Length": "10"})).status_code == 412
         assert (await create(64 * 1024 + 1)).status_code == 413
         assert (await create(filetype="application/pdf")).status_code == 400
+        untyped = await client.post(url, headers={**TUS, "Upload-Length": "10"})
+        assert untyped.status_code == 400 and "filetype" in untyped.json()["error"]
         assert (await create(**{"X-User": ""})).status_code == 403
         count = f"SELECT count(*) FROM {rindle.schema}.upload_sessions"
         assert await rindle.runtime.pool.fetchval(count) == 0  # refused creations leave nothing

@@ -48,6 +48,7 @@ from ..errors import (
     VerificationFailed,
 )
 from ..models import Asset
+from ..security import type_for_filename
 from ..uploads.appending import can_resume
 from ..uploads.resumable import ResumableUpload, resumable_asset
 from .local_http import Answer
@@ -156,6 +157,9 @@ class TusServer:
             raise ValidationError("Upload-Defer-Length is not supported here; send Upload-Length")
         length = _number(headers, "upload-length")
         metadata = parse_metadata(headers.get("upload-metadata"))
+        if not metadata.get("filetype") and type_for_filename(metadata.get("filename")) is None:
+            raise ValidationError("Upload-Metadata names no filetype (and no filename with a known "
+                                  f"extension); send filetype, one of {', '.join(self.profile.allow_mime)}")
         upload = await self.rindle.create_resumable_upload(
             self.profile.name, length=length, filename=metadata.get("filename"),
             content_type=metadata.get("filetype") or None, owner=owner, metadata=metadata)
