@@ -56,7 +56,7 @@ from .local_http import Answer
 if TYPE_CHECKING:
     from ..app import Rindle
 
-__all__ = ["Authorize", "OnComplete", "TusServer"]
+__all__ = ["Authorize", "OnComplete", "OnCompleteFailed", "TusServer"]
 
 TUS_VERSION = "1.0.0"
 EXTENSIONS = "creation,creation-with-upload,termination,expiration,checksum"
@@ -72,6 +72,10 @@ _METADATA_KEY = re.compile(r"[^\s,]+")
 Authorize = Callable[[], Awaitable[str | None]]
 #: Called once per upload, after the request that completed it committed: (asset, owner).
 OnComplete = Callable[[Asset, str | None], Awaitable[None]]
+
+
+class OnCompleteFailed(Exception):
+    """The host's ``on_complete`` raised (the upload itself completed); the host sees a 500."""
 
 
 class ChecksumMismatch(ValidationError):
@@ -186,10 +190,13 @@ class TusServer:
                 body = await _checked(body, spool, *checksum)
             upload = await self.rindle.append_resumable_upload(upload_id, offset=offset, chunks=body,
                                                                owner=owner)
-        headers_out = self._upload_headers(upload)
         if upload.completed and self.on_complete is not None:
-            await self.on_complete(await resumable_asset(self.rindle.runtime, upload.session_id), owner)
-        return self._answer(204, headers_out)
+            asset = await resumable_asset(self.rindle.runtime, upload.session_id)
+            try:
+                await self.on_complete(asset, owner)
+            except RindleError as exc:  # the host's failure, not the client's: a 500, never a refusal
+                raise OnCompleteFailed(f"on_complete failed for asset {asset.id}: {exc}") from exc
+        return self._answer(204, self._upload_headers(upload))
 
     def _upload_headers(self, upload: ResumableUpload) -> dict[str, str]:
         headers = {"Upload-Offset": str(upload.offset), "Cache-Control": "no-store"}

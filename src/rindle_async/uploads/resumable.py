@@ -183,14 +183,15 @@ async def terminate_resumable(rt: Runtime, session_id: str, *, owner: str | None
     session_id: the session from ``create_resumable``.
     owner: the caller; NotFound unless it is the session's owner (when it has one).
     """
-    session, _ = await _open(rt, session_id, owner)
-    if session.state == "completed":
-        raise ValidationError(f"upload session {session.id} is completed; detach or delete its asset "
-                              "instead of terminating the upload")
-    async with rt.db.transaction() as uow:
-        await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "aborted",
-                                     reason="terminated by the client")
-        await tombstone(uow, {session.asset_id: UNVERIFIED}, only_from={"staged"})
+    async with _lock(session_id):  # not under a request that is still storing a chunk
+        session, _ = await _open(rt, session_id, owner)
+        if session.state == "completed":
+            raise ValidationError(f"upload session {session.id} is completed; detach or delete its asset "
+                                  "instead of terminating the upload")
+        async with rt.db.transaction() as uow:
+            await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "aborted",
+                                         reason="terminated by the client")
+            await tombstone(uow, {session.asset_id: UNVERIFIED}, only_from={"staged"})
     if session.multipart_upload_id:
         await storage_of(rt, session.storage).abort_multipart(session.storage_key,
                                                               session.multipart_upload_id)
