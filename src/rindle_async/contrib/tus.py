@@ -50,7 +50,7 @@ from ..errors import (
 from ..models import Asset
 from ..security import type_for_filename
 from ..uploads.appending import can_resume
-from ..uploads.resumable import ResumableUpload, resumable_asset
+from ..uploads.resumable import ResumableUpload
 from .local_http import Answer
 
 if TYPE_CHECKING:
@@ -191,7 +191,7 @@ class TusServer:
             upload = await self.rindle.append_resumable_upload(upload_id, offset=offset, chunks=body,
                                                                owner=owner)
         if upload.completed and self.on_complete is not None:
-            asset = await resumable_asset(self.rindle.runtime, upload.session_id)
+            asset = await self.rindle.get_asset(upload.asset_id)
             try:
                 await self.on_complete(asset, owner)
             except RindleError as exc:  # the host's failure, not the client's: a 500, never a refusal

@@ -25,7 +25,7 @@ from typing import TYPE_CHECKING
 import msgspec
 
 from .. import security
-from ..assets import asset_uuid, get_asset
+from ..assets import asset_uuid
 from ..db import resumable as rows
 from ..db.resumable import ResumableRow
 from ..db.sessions import SessionRow
@@ -195,16 +195,6 @@ async def terminate_resumable(rt: Runtime, session_id: str, *, owner: str | None
     if session.multipart_upload_id:
         await storage_of(rt, session.storage).abort_multipart(session.storage_key,
                                                               session.multipart_upload_id)
-
-
-async def resumable_asset(rt: Runtime, session_id: str) -> Asset:
-    """The asset of a resumable upload session (after completion: ``validating`` or later).
-
-    rt: the runtime of the opened Rindle.
-    session_id: the session from ``create_resumable``.
-    """
-    session = await load(rt, session_id)
-    return await get_asset(rt.pool, rt.schema, session.asset_id)
 
 
 def _lock(session_id: str) -> asyncio.Lock:
