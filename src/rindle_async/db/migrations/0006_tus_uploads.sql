@@ -1,9 +1,9 @@
--- rindle_async schema, version 5.
+-- rindle_async schema, version 6 (5 is the presigned POST uploads of the Companion routes).
 -- __SCHEMA__ is replaced by the configured schema name (default "rindle").
 
--- tus resumable uploads are upload sessions with strategy 'tus'.  The list also names
--- 'presigned_post' (the Companion-style S3 POST-policy uploads), so this constraint holds
--- whichever of the two migrations that extend it runs last.
+-- tus resumable uploads are upload sessions with strategy 'tus'.  The list keeps
+-- 'presigned_post' (migration 5: the Companion-style S3 POST-policy uploads), so the
+-- constraint allows every strategy whether or not 5 ran before.
 ALTER TABLE __SCHEMA__.upload_sessions DROP CONSTRAINT IF EXISTS upload_sessions_strategy_check;
 ALTER TABLE __SCHEMA__.upload_sessions ADD CONSTRAINT upload_sessions_strategy_check
     CHECK (strategy IN ('presigned_put', 'multipart', 'presigned_post', 'tus'));
