@@ -248,9 +248,10 @@ async def rows(rindle: Rindle, session_id: str) -> tuple[str, str]:
     return row["state"], row["asset_state"]
 
 
-@pytest.mark.parametrize("framework", ["starlette", "aiohttp"])
-async def test_refusals_leave_consistent_rows(framework, media_rindle):
-    rindle = await media_rindle(max_bytes=64 * 1024)
+@pytest.mark.parametrize(("framework", "store"), [("starlette", "local"), ("aiohttp", "local"),
+                                                   ("starlette", "s3"), ("aiohttp", "s3")])
+async def test_refusals_leave_consistent_rows(framework, store, media_rindle, s3_storage):
+    rindle = await media_rindle(s3_storage if store == "s3" else None, max_bytes=64 * 1024)
     image = png(40, 30)
     completed: list = []
     async with serve(framework, rindle, completed) as url, httpx.AsyncClient(
@@ -271,6 +272,9 @@ async def test_refusals_leave_consistent_rows(framework, media_rindle):
         assert (await client.post(url, headers={"Upload-Length": "10"})).status_code == 412
         assert (await create(64 * 1024 + 1)).status_code == 413
         assert (await create(filetype="application/pdf")).status_code == 400
+        deferred = await client.post(url, headers={**TUS, "Upload-Defer-Length": "1",
+                                                   "Upload-Metadata": metadata("me.png", "image/png")})
+        assert deferred.status_code == 400 and "Upload-Defer-Length" in deferred.json()["error"]
         untyped = await client.post(url, headers={**TUS, "Upload-Length": "10"})
         assert untyped.status_code == 400 and "filetype" in untyped.json()["error"]
         assert (await create(**{"X-User": ""})).status_code == 403
@@ -283,6 +287,10 @@ async def test_refusals_leave_consistent_rows(framework, media_rindle):
         session_id = upload.rsplit("/", 1)[1]
         half = len(image) // 2
         assert (await client.head(upload, headers={**TUS, "X-User": "bob"})).status_code == 404
+        head = await client.head(upload, headers=TUS)
+        assert (head.headers["upload-offset"], head.headers["upload-length"]) == ("0", str(len(image)))
+        assert head.headers["upload-metadata"] == metadata("me.png", "image/png")
+        assert head.headers["cache-control"] == "no-store"
         assert (await client.patch(upload, content=image, headers={
             **TUS, "Upload-Offset": "0", "Content-Type": "image/png"})).status_code == 415
         assert (await client.patch(upload, content=image[5:], headers={**OCTETS, "Upload-Offset": "5"})
