@@ -17,11 +17,12 @@ _EXPORTS = {
                      "NotReady", "ObjectChanged", "OffsetMismatch", "RindleError", "StorageError", "TooLarge",
                      "TransactionError", "Unsupported", "UploadClosed", "ValidationError",
                      "VerificationFailed"), "errors"),
-    **dict.fromkeys(("AssetStateChanged", "CleanupRun", "DeliverySigned", "Event", "UploadCompleted",
-                     "UploadStarted", "VariantStateChanged"), "events"),
+    **dict.fromkeys(("AssetStateChanged", "CleanupRun", "DeliverySigned", "Event", "OwnerErased",
+                     "UploadCompleted", "UploadStarted", "VariantStateChanged"), "events"),
     "JobKind": "ledger.kinds",
     "JobRun": "ledger.runner",
     **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadTicket"), "models"),
+    "Placeholder": "placeholders",
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
     "ResumableUpload": "uploads.resumable",
     "LocalStorage": "storage.local",
@@ -54,6 +55,7 @@ if TYPE_CHECKING:
         CleanupRun,
         DeliverySigned,
         Event,
+        OwnerErased,
         UploadCompleted,
         UploadStarted,
         VariantStateChanged,
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
     from .ledger.kinds import JobKind
     from .ledger.runner import JobRun
     from .models import Asset, AssetVariant, Attachment, UploadTicket
+    from .placeholders import Placeholder
     from .profiles import Profile, Variant, recipe_digest
     from .storage.local import LocalStorage
     from .storage.s3 import S3Storage

@@ -8,6 +8,8 @@ from datetime import datetime
 import asyncpg
 import msgspec
 
+from .placeholders import Placeholder
+
 
 class AssetVariant(msgspec.Struct, frozen=True, kw_only=True):
     """One rendition of an asset, as stored."""
@@ -40,6 +42,9 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     created_at: datetime
     variants: dict[str, AssetVariant] = {}
+    #: what a page paints before the image loads; set at promotion (None before, and for
+    #: files that are not images)
+    placeholder: Placeholder | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record, variants: Iterable[asyncpg.Record] = ()) -> Asset:
@@ -47,7 +52,20 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True):
                    filename=row["filename"], content_type=row["content_type"],
                    byte_size=row["byte_size"], width=row["width"], height=row["height"],
                    reason=row["reason"], created_at=row["created_at"],
-                   variants={v["name"]: AssetVariant.from_row(v) for v in variants})
+                   variants={v["name"]: AssetVariant.from_row(v) for v in variants},
+                   placeholder=placeholder_of(row["metadata"]))
+
+
+class _Metadata(msgspec.Struct):
+    placeholder: Placeholder | None = None
+
+
+def placeholder_of(metadata: str | None) -> Placeholder | None:
+    """The placeholder promotion stored in an asset's metadata (JSON text), if any.
+
+    metadata: the asset row's ``metadata`` column.
+    """
+    return msgspec.json.decode(metadata, type=_Metadata).placeholder if metadata else None
 
 
 class Attachment(msgspec.Struct, frozen=True, kw_only=True):
@@ -58,11 +76,6 @@ class Attachment(msgspec.Struct, frozen=True, kw_only=True):
     owner_id: str
     slot: str
     created_at: datetime
-
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Attachment:
-        return cls(asset_id=str(row["asset_id"]), owner_type=row["owner_type"],
-                   owner_id=row["owner_id"], slot=row["slot"], created_at=row["created_at"])
 
 
 class UploadTicket(msgspec.Struct, frozen=True, kw_only=True):

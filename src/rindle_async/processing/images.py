@@ -1,4 +1,4 @@
-"""The pyvips calls: header analysis and variant rendering.
+"""The pyvips calls: header analysis (with the placeholder) and variant rendering.
 
 These functions run inside pool processes (see ``pool.py``): they take and
 return plain values and raise :class:`ImageRefused` for input that must be
@@ -19,6 +19,8 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyvips
+
+from ..placeholders import THUMB_SIZE, placeholder
 
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap on display.
 _SWAPPED = {5, 6, 7, 8}
@@ -89,7 +91,25 @@ def analyze(path: str, max_pixels: int) -> dict[str, Any]:
     return {"width": display[0], "height": display[1], "stored_width": image.width,
             "stored_height": image.height, "orientation": _orientation(image),
             "pages": image.get("n-pages") if image.get_typeof("n-pages") else 1,
-            "loader": _loader(image)}
+            "loader": _loader(image), "placeholder": _placeholder(path)}
+
+
+def _placeholder(path: str) -> dict[str, str] | None:
+    """The placeholder of the image's first frame, upright, from a thumbnail libvips decodes
+    with shrink-on-load (JPEG at up to 1/8 scale, WebP and HEIF at the size asked for; PNG
+    and GIF stream through in rows); None when even that decode fails (the renders will
+    say why)."""
+    try:
+        thumb = pyvips.Image.thumbnail(path, THUMB_SIZE, height=THUMB_SIZE, size="down")
+        thumb = thumb.colourspace("srgb")
+        if not thumb.hasalpha():
+            thumb = thumb.bandjoin(255)
+        thumb = thumb.cast("uchar")
+        pixels = bytes(thumb.write_to_memory())  # a cffi buffer: indexing it gives bytes
+    except pyvips.Error:
+        return None
+    found = placeholder(thumb.width, thumb.height, pixels)
+    return {"thumbhash": found.thumbhash, "color": found.color}
 
 
 def _header(path: str, max_pixels: int) -> pyvips.Image:

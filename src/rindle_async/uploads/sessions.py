@@ -19,6 +19,7 @@ from ..lifecycle.machines import ASSET, UPLOAD_SESSION
 from ..lifecycle.tombstone import tombstone
 from ..models import UploadTicket
 from ..profiles import Profile, find_profile
+from ..storage import keys
 from ..storage.base import PresignedRequest, Storage
 
 if TYPE_CHECKING:
@@ -106,7 +107,7 @@ async def initiate_upload(rt: Runtime, profile_name: str, *, filename: str | Non
                               f"{capability.replace('_', ' ')} uploads")
     parts = _part_size(size, part_size) if multipart else None
     asset_id, session_id = uuid.uuid4(), uuid.uuid4()
-    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(declared),
+    key = keys.new_storage_key(profile.name, str(asset_id), security.extension_for(declared),
                                    role="upload")
     expires_at = now() + timedelta(seconds=profile.upload_ttl)
     async with rt.db.transaction() as uow:
