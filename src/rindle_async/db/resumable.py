@@ -1,4 +1,4 @@
-"""Rows of ``tus_uploads`` and the parts of resumable uploads (state changes go through ``lifecycle``)."""
+"""Rows of ``tus_uploads``: what a resumable (tus) session carries beyond its upload session."""
 
 from __future__ import annotations
 
@@ -53,21 +53,3 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, schema: str, session_id: 
              for p in msgspec.json.decode(record["parts"])]
     return ResumableRow(owner=record["owner"], metadata=msgspec.json.decode(record["metadata"]),
                         parts=sorted(parts, key=lambda item: item[0].part_number))
-
-
-async def add_part(conn: asyncpg.Connection | asyncpg.Pool, schema: str, session_id: UUID, part: Part,
-                   size: int) -> bool:
-    """Record a flushed part, unless another writer recorded that part number first; True if recorded.
-
-    conn: a connection or the pool (one statement).
-    schema: rindle_async's schema.
-    session_id: the upload session.
-    part: the part the store accepted.
-    size: its size in bytes.
-    """
-    entry = msgspec.json.encode([{"part_number": part.part_number, "etag": part.etag, "size": size}])
-    status = await conn.execute(
-        f"UPDATE {schema}.upload_sessions SET parts = parts || $2::jsonb, updated_at = now()"
-        " WHERE id = $1 AND jsonb_array_length(parts) = $3", session_id, entry.decode(),
-        part.part_number - 1)
-    return bool(status == "UPDATE 1")

@@ -32,13 +32,12 @@ from typing import TYPE_CHECKING, Protocol, runtime_checkable
 import anyio
 import anyio.to_thread
 
-from ..db import resumable as rows
+from ..db import sessions
 from ..db.resumable import ResumableRow
 from ..db.sessions import SessionRow
 from ..errors import NotFound, OffsetMismatch, TooLarge, UploadBusy, ValidationError
-from ..purge import asset_prefix
-from ..security import RESUMABLE_SCRATCH
 from ..storage.base import Part, Storage
+from ..storage.keys import RESUMABLE_SCRATCH, asset_prefix
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -189,7 +188,7 @@ class MultipartParts:
     async def _flush(self, session: SessionRow, number: int, body: bytes) -> None:
         part = await self.parts.upload_part(session.storage_key, session.multipart_upload_id or "",
                                               number, body)
-        if not await rows.add_part(self.rt.pool, self.rt.schema, session.id, part, len(body)):
+        if not await sessions.add_part(self.rt.pool, self.rt.schema, session.id, part, len(body)):
             raise ValidationError(f"upload session {session.id}: part {number} was recorded by a "
                                   "concurrent request; ask for the offset (HEAD) and resume")
 

@@ -36,6 +36,7 @@ from ..lifecycle.machines import ASSET, UPLOAD_SESSION
 from ..lifecycle.tombstone import tombstone
 from ..models import Asset
 from ..profiles import Profile, find_profile
+from ..storage import keys
 from .appending import appender_for
 from .proxied import SNIFF_BYTES
 from .sessions import MAX_PARTS, MIN_PART_SIZE, UNVERIFIED, load, now, storage_of
@@ -88,7 +89,7 @@ async def create_resumable(rt: Runtime, profile_name: str, *, length: int, filen
     storage = storage_of(rt, profile.storage)
     appender = appender_for(rt, storage)
     asset_id, session_id = uuid.uuid4(), uuid.uuid4()
-    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(declared),
+    key = keys.new_storage_key(profile.name, str(asset_id), security.extension_for(declared),
                                    role="upload")
     expires_at = now() + timedelta(seconds=profile.upload_ttl)
     part_size = max(MIN_PART_SIZE, -(-size // MAX_PARTS))
