@@ -379,7 +379,7 @@ def test_tus_js_client_cut_and_resumed_in_chromium(framework, start_example, bro
             "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 2_000_000})
         started = time.monotonic()
         result = page.evaluate(TUS_CUT_AND_RESUME, [1300 * 1024])
-        assert 1024 * 1024 <= result["stored"] < result["size"], result  # resumed, not restarted
+        assert 0 < result["stored"] < result["size"], result  # cut mid-way; resumed, not restarted
         with httpx.Client(base_url=stack.base_url, headers={"X-Demo-User": "demo"}, timeout=15) as client:
             asset = rendered(client, stack, result["asset"])
         check_variants(asset, variant_sizes(1000, 1000))
