@@ -30,7 +30,7 @@ from starlette.applications import Starlette
 from starlette.routing import Mount
 from tusclient.client import TusClient
 
-from rindle_async import Asset, Rindle
+from rindle_async import Asset, OffsetMismatch, Rindle
 from rindle_async.contrib.aiohttp import add_tus_routes
 from rindle_async.contrib.starlette import tus_routes
 
@@ -378,3 +378,26 @@ async def test_expired_tus_sessions_are_aborted_and_their_bytes_purged(store, me
         assert [u async for u in storage.list_multipart(prefix)] == []
     assert await rindle.runtime.pool.fetchval(
         f"SELECT count(*) FROM {rindle.schema}.assets WHERE id = $1::uuid", upload.asset_id) == 0
+
+
+async def test_a_partial_file_another_process_writes_is_not_written(media_rindle, local_storage):
+    import fcntl
+
+    from rindle_async.errors import UploadBusy
+
+    rindle = await media_rindle()
+    image = png(60, 40)
+    upload = await rindle.create_resumable_upload("avatar", length=len(image), filename="me.png",
+                                                  content_type="image/png")
+    key = await rindle.runtime.pool.fetchval(
+        f"SELECT storage_key FROM {rindle.schema}.upload_sessions WHERE id = $1::uuid", upload.session_id)
+    partial = await local_storage.local_path(key.rsplit("/", 1)[0] + "/tus.partial")
+    with open(partial, "ab") as other:  # what a request in another process holds while it writes
+        fcntl.flock(other, fcntl.LOCK_EX)
+        with pytest.raises(UploadBusy):
+            await rindle.append_resumable_upload(upload.session_id, offset=0, chunks=_chunks(image))
+        other.write(image[:10])  # that request stored 10 bytes meanwhile
+    with pytest.raises(OffsetMismatch):  # the offset is derived from the file: those 10 bytes count
+        await rindle.append_resumable_upload(upload.session_id, offset=0, chunks=_chunks(image))
+    done = await rindle.append_resumable_upload(upload.session_id, offset=10, chunks=_chunks(image[10:]))
+    assert done.completed and done.offset == len(image)
