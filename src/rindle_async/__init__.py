@@ -21,7 +21,8 @@ _EXPORTS = {
                      "UploadCompleted", "UploadStarted", "VariantStateChanged"), "events"),
     "JobKind": "ledger.kinds",
     "JobRun": "ledger.runner",
-    **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadTicket"), "models"),
+    **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "Delivered", "ImageMetadata", "Picture",
+                     "PictureSource", "UploadTicket"), "models"),
     "Placeholder": "placeholders",
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
     "ResumableUpload": "uploads.resumable",
@@ -62,7 +63,16 @@ if TYPE_CHECKING:
     )
     from .ledger.kinds import JobKind
     from .ledger.runner import JobRun
-    from .models import Asset, AssetVariant, Attachment, UploadTicket
+    from .models import (
+        Asset,
+        AssetVariant,
+        Attachment,
+        Delivered,
+        ImageMetadata,
+        Picture,
+        PictureSource,
+        UploadTicket,
+    )
     from .placeholders import Placeholder
     from .profiles import Profile, Variant, recipe_digest
     from .storage.local import LocalStorage

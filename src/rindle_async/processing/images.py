@@ -20,7 +20,8 @@ from typing import Any
 
 import pyvips
 
-from ..placeholders import THUMB_SIZE, placeholder
+# absolute: bench/memory.py also imports this file on its own, outside the package
+from rindle_async.placeholders import THUMB_SIZE, placeholder
 
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap on display.
 _SWAPPED = {5, 6, 7, 8}
@@ -91,7 +92,47 @@ def analyze(path: str, max_pixels: int) -> dict[str, Any]:
     return {"width": display[0], "height": display[1], "stored_width": image.width,
             "stored_height": image.height, "orientation": _orientation(image),
             "pages": image.get("n-pages") if image.get_typeof("n-pages") else 1,
-            "loader": _loader(image), "placeholder": _placeholder(path)}
+            "loader": _loader(image), "placeholder": _placeholder(path), "image": _safe_metadata(image)}
+
+
+#: "VALUE (FORMATTED, TYPE, N components, M bytes)": how libvips shows an EXIF field
+_EXIF_FIELD = re.compile(r"^(?P<value>.*) \((?P<shown>.*), (?P<type>[A-Za-z]+), \d+ components, \d+ bytes\)$",
+                         re.S)
+#: the loaders whose several pages are frames of one animation (HEIF's are separate images)
+_ANIMATED_LOADERS = {"gifload", "webpload"}
+
+
+def _exif_text(image: pyvips.Image, field: str) -> str | None:
+    """An EXIF ASCII field as text, or None when absent or not text."""
+    if not image.get_typeof(field):
+        return None
+    match = _EXIF_FIELD.match(str(image.get(field)))
+    if match is None or match["type"] != "ASCII":
+        return None
+    return match["value"].strip().strip("\x00").strip() or None
+
+
+def _captured_at(image: pyvips.Image) -> str | None:
+    """DateTimeOriginal (and its offset) as ISO 8601, e.g. "2024-05-01T12:34:56+02:00"."""
+    taken = _exif_text(image, "exif-ifd2-DateTimeOriginal")
+    found = re.fullmatch(r"(\d{4}):(\d{2}):(\d{2}) (\d{2}:\d{2}:\d{2})", taken or "")
+    if found is None:
+        return None
+    offset = _exif_text(image, "exif-ifd2-OffsetTimeOriginal") or ""
+    return f"{found[1]}-{found[2]}-{found[3]}T{found[4]}" + (offset if re.fullmatch(r"[+-]\d{2}:\d{2}", offset)
+                                                              else "")
+
+
+def _safe_metadata(image: pyvips.Image) -> dict[str, Any]:
+    """The documented subset of what the file says about itself (docs/security.md): capture
+    time, camera make and model, orientation, colour space, alpha, animation and frames.
+    Nothing else (GPS, serial numbers, owner names, software) is read out."""
+    pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
+    return {"captured_at": _captured_at(image), "camera_make": _exif_text(image, "exif-ifd0-Make"),
+            "camera_model": _exif_text(image, "exif-ifd0-Model"), "orientation": _orientation(image),
+            "color_space": image.interpretation, "icc_profile": bool(image.get_typeof("icc-profile-data")),
+            "has_alpha": bool(image.hasalpha()), "animated": pages > 1 and _loader(image) in _ANIMATED_LOADERS,
+            "frames": pages}
 
 
 def _placeholder(path: str) -> dict[str, str] | None:
