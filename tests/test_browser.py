@@ -320,3 +320,68 @@ def test_aiohttp_http_api(start_example, tmp_path):
             wait_purged(stack.media_root, second_id)
         except AssertionError as exc:
             raise AssertionError(f"{exc}\n{stack.log_tails()}") from exc
+
+
+# -- tus: tus-js-client in Chromium against /files/, cut mid-way and resumed ---------------
+
+#: tus-js-client, installed pinned from npm by scripts/npm-tus.sh; injected into the page by the test.
+TUS_JS = Path(os.environ.get("RINDLE_TEST_NPM_TUS", ROOT / "var" / "npm-tus")) / "node_modules" / \
+    "tus-js-client" / "dist" / "tus.min.js"
+
+#: Starts a tus upload of the picked file in one PATCH, aborts it once `cut` bytes were sent (the
+#: connection drops mid-body: the test throttles the page's upload bandwidth), asks the server for
+#: its offset, then resumes with a new Upload from the upload URL, as a page reloaded after a
+#: network failure would.
+TUS_CUT_AND_RESUME = """async ([cut]) => {
+  const file = document.querySelector('#tus-file').files[0];
+  const options = {endpoint: location.origin + '/files/', retryDelays: [],
+                   metadata: {filename: file.name, filetype: file.type}};
+  const url = await new Promise((resolve, reject) => {
+    const upload = new tus.Upload(file, {...options, onError: reject,
+      onSuccess: () => reject(new Error('the upload finished before it was cut')),
+      onProgress: (sent) => { if (sent >= cut) { upload.abort(); resolve(upload.url); } }});
+    upload.start();
+  });
+  const head = await fetch(url, {method: 'HEAD', headers: {'Tus-Resumable': '1.0.0'}});
+  const stored = Number(head.headers.get('Upload-Offset'));
+  const asset = await new Promise((resolve, reject) => {
+    const upload = new tus.Upload(file, {...options, uploadUrl: url, onError: reject,
+      onSuccess: ({lastResponse}) => resolve(lastResponse.getHeader('Rindle-Asset-Id'))});
+    upload.start();
+  });
+  return {url, stored, asset, size: file.size};
+}"""
+
+
+def noise_image(path: Path, side: int) -> Path:
+    """A PNG that hardly compresses (about side * side * 3 bytes), so the upload takes several chunks."""
+    noise = pyvips.Image.gaussnoise(side, side, sigma=80, mean=128).cast("uchar")
+    noise.bandjoin([noise.rot180(), noise.flip("horizontal")]).write_to_file(str(path), compression=0)
+    return path
+
+
+@pytest.mark.parametrize("framework", ["starlette", "aiohttp"])
+def test_tus_js_client_cut_and_resumed_in_chromium(framework, start_example, browser, tmp_path):
+    if not TUS_JS.exists():
+        pytest.fail(f"no tus-js-client at {TUS_JS}: run scripts/npm-tus.sh")
+    stack = start_example(framework)
+    image = noise_image(tmp_path / "big.png", 1000)  # about 3 MB: six 512 KiB PATCHes
+    page = browser.new_page()
+    with explained(page, stack, tmp_path / "failure.png"):
+        page.goto(stack.base_url + "/")
+        page.add_script_tag(path=str(TUS_JS))
+        page.evaluate("""() => { const input = document.createElement('input');
+                                 input.type = 'file'; input.id = 'tus-file'; document.body.append(input); }""")
+        page.set_input_files("#tus-file", image)
+        network = page.context.new_cdp_session(page)
+        network.send("Network.enable")
+        network.send("Network.emulateNetworkConditions", {  # about 2 MB/s up: the cut lands mid-PATCH
+            "offline": False, "latency": 0, "downloadThroughput": -1, "uploadThroughput": 2_000_000})
+        started = time.monotonic()
+        result = page.evaluate(TUS_CUT_AND_RESUME, [1300 * 1024])
+        assert 0 < result["stored"] < result["size"], result  # cut mid-way; resumed, not restarted
+        with httpx.Client(base_url=stack.base_url, headers={"X-Demo-User": "demo"}, timeout=15) as client:
+            asset = rendered(client, stack, result["asset"])
+        check_variants(asset, variant_sizes(1000, 1000))
+        print(f"\n{framework}: tus-js-client {result['size']} bytes, cut at {result['stored']}, "
+              f"upload start -> ready in {time.monotonic() - started:.1f} s")

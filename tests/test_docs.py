@@ -18,6 +18,7 @@ import pathlib
 import re
 import socket
 import textwrap
+import uuid
 
 import asyncpg
 import pytest
@@ -97,6 +98,8 @@ async def page_env(database_url, redis_url, tmp_path):
         await asyncio.sleep(0.01)
     rindle = Rindle(
         database_url=database_url, redis_url=redis_url,
+        # a queue of its own: test runs elsewhere on this Redis db must not take its jobs
+        queue=f"docs-{uuid.uuid4().hex[:12]}",
         storages={"local": LocalStorage(root=tmp_path / "media", base_url=f"{server_url}/rindle",
                                         secret="docs-secret-0123456789")},
         profiles=[Profile(name="avatar", storage="local",

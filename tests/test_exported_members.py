@@ -13,7 +13,8 @@ PACKAGE = pathlib.Path(rindle_async.__file__).parent
 EXPORTED = {
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
     "Delivered", "DeliveryForbidden", "DeliverySigned", "Event", "ImageMetadata", "InvalidTransition", "JobKind", "JobRun",
-    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Picture", "PictureSource", "Placeholder", "Profile", "Rindle", "RindleError",
+    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OffsetMismatch", "OwnerErased", "Picture",
+    "PictureSource", "Placeholder", "Profile", "ResumableUpload", "Rindle", "RindleError",
     "S3Storage", "StorageError", "TooLarge", "TransactionError", "Unsupported", "UploadClosed",
     "UploadCompleted", "UploadStarted", "UploadTicket", "ValidationError", "Variant",
     "VariantStateChanged", "VerificationFailed", "recipe_digest",
@@ -28,6 +29,8 @@ FACADE = {
     "initiate_upload", "sign_upload", "presign_part", "verify_upload", "abort_upload", "upload",
     "get_asset", "attach", "detach", "attachment", "attachments", "erase_owner", "url", "urls",
     "srcset", "srcsets", "picture_sources", "pictures",
+    # resumable (tus) uploads
+    "create_resumable_upload", "resumable_upload", "append_resumable_upload", "terminate_resumable_upload",
 }
 
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 from aiohttp import web
 
-from rindle_async.contrib.aiohttp import add_local_storage_routes
+from rindle_async.contrib.aiohttp import add_local_storage_routes, add_tus_routes
 
 import avatars
 from media import LOCAL_PREFIX, rindle
@@ -54,6 +54,10 @@ async def complete_upload(request: web.Request) -> web.Response:
     return reply(await avatars.complete_upload(current_user(request), request.match_info["session_id"]))
 
 
+async def tus_user(request: web.Request) -> str:
+    return current_user(request)  # whom a tus upload at /files/ is for
+
+
 async def remove(request: web.Request) -> web.Response:
     return reply(await avatars.remove(current_user(request)))
 
@@ -71,6 +75,9 @@ def create_app(argv: list[str] | None = None) -> web.Application:
     app.router.add_delete("/api/avatar", remove)
     app.router.add_post("/api/avatar/uploads", start_upload)
     app.router.add_post("/api/avatar/uploads/{session_id}/complete", complete_upload)
+    # tus resumable uploads (tus-js-client, Uppy's Tus plugin, tuspy) at tusd's default path
+    add_tus_routes(app, rindle, profile="avatar", path="/files/", authorize=tus_user,
+                   on_complete=avatars.attach_tus_upload)
     if "local" in rindle.storages:  # signed PUT (uploads) and GET (delivery) for the local folder
         add_local_storage_routes(app, rindle, prefix=LOCAL_PREFIX)
     return app

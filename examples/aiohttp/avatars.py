@@ -13,7 +13,7 @@ from typing import Any
 
 import msgspec
 
-from rindle_async import (DeliveryForbidden, NotFound, NotReady, RindleError, StorageError, TooLarge,
+from rindle_async import (Asset, DeliveryForbidden, NotFound, NotReady, RindleError, StorageError, TooLarge,
                           ValidationError, VerificationFailed)
 
 from media import avatar, rindle
@@ -86,6 +86,11 @@ async def complete_upload(user_id: str, session_id: str) -> Reply:
     asset = await rindle.verify_upload(session_id)
     await rindle.attach(asset.id, owner_type=OWNER_TYPE, owner_id=user_id, slot=SLOT)
     return await show(user_id)
+
+
+async def attach_tus_upload(asset: Asset, user_id: str | None) -> None:
+    """A finished tus upload (``/files/``) becomes the user's avatar, as complete_upload does."""
+    await rindle.attach(asset.id, owner_type=OWNER_TYPE, owner_id=user_id or "", slot=SLOT)
 
 
 @replies

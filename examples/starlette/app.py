@@ -20,7 +20,7 @@ from starlette.requests import Request
 from starlette.responses import FileResponse, JSONResponse
 from starlette.routing import BaseRoute, Mount, Route
 
-from rindle_async.contrib.starlette import local_storage_routes
+from rindle_async.contrib.starlette import local_storage_routes, tus_routes
 
 import avatars
 from media import LOCAL_PREFIX, rindle
@@ -56,6 +56,10 @@ async def complete_upload(request: Request) -> JSONResponse:
     return reply(await avatars.complete_upload(current_user(request), request.path_params["session_id"]))
 
 
+async def tus_user(request: Request) -> str:
+    return current_user(request)  # whom a tus upload at /files/ is for
+
+
 async def remove(request: Request) -> JSONResponse:
     return reply(await avatars.remove(current_user(request)))
 
@@ -72,6 +76,9 @@ routes: list[BaseRoute] = [
     Route("/api/avatar", remove, methods=["DELETE"]),
     Route("/api/avatar/uploads", start_upload, methods=["POST"]),
     Route("/api/avatar/uploads/{session_id}/complete", complete_upload, methods=["POST"]),
+    # tus resumable uploads (tus-js-client, Uppy's Tus plugin, tuspy) at tusd's default path
+    Mount("/files", app=tus_routes(rindle, profile="avatar", authorize=tus_user,
+                                   on_complete=avatars.attach_tus_upload)),
 ]
 if "local" in rindle.storages:  # signed PUT (uploads) and GET (delivery) for the local folder
     routes.append(Mount(LOCAL_PREFIX, app=local_storage_routes(rindle)))

@@ -14,7 +14,7 @@ from typing import TYPE_CHECKING, Any
 _EXPORTS = {
     "Rindle": "app",
     **dict.fromkeys(("ConfigurationError", "DeliveryForbidden", "InvalidTransition", "NotFound",
-                     "NotReady", "ObjectChanged", "RindleError", "StorageError", "TooLarge",
+                     "NotReady", "ObjectChanged", "OffsetMismatch", "RindleError", "StorageError", "TooLarge",
                      "TransactionError", "Unsupported", "UploadClosed", "ValidationError",
                      "VerificationFailed"), "errors"),
     **dict.fromkeys(("AssetStateChanged", "CleanupRun", "DeliverySigned", "Event", "OwnerErased",
@@ -25,6 +25,7 @@ _EXPORTS = {
                      "PictureSource", "UploadTicket"), "models"),
     "Placeholder": "placeholders",
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
+    "ResumableUpload": "uploads.resumable",
     "LocalStorage": "storage.local",
     "S3Storage": "storage.s3",
 }
@@ -40,6 +41,7 @@ if TYPE_CHECKING:
         NotFound,
         NotReady,
         ObjectChanged,
+        OffsetMismatch,
         RindleError,
         StorageError,
         TooLarge,
@@ -75,6 +77,7 @@ if TYPE_CHECKING:
     from .profiles import Profile, Variant, recipe_digest
     from .storage.local import LocalStorage
     from .storage.s3 import S3Storage
+    from .uploads.resumable import ResumableUpload
 
 
 def __getattr__(name: str) -> Any:

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator, Callable, Iterable, Mapping
+from collections.abc import AsyncIterable, AsyncIterator, Callable, Iterable, Mapping
 from contextlib import asynccontextmanager
 from datetime import datetime
 from types import MappingProxyType, TracebackType
@@ -25,6 +25,7 @@ from .models import Asset, Attachment, Picture, UploadTicket
 from .profiles import Profile, index_profiles
 from .runtime import Config, RelaySettings, Runtime, close_runtime, open_runtime
 from .storage.base import Part, PresignedRequest, Source, Storage
+from .uploads.resumable import ResumableUpload
 from .worker import worker_settings
 
 if TYPE_CHECKING:
@@ -307,6 +308,52 @@ class Rindle:
         session_id: the ticket's session_id.
         """
         await uploads.abort_upload(self.runtime, session_id)
+
+    # -- resumable uploads (tus) ---------------------------------------------------
+
+    async def create_resumable_upload(self, profile: str, *, length: int, filename: str | None,
+                                      content_type: str | None, owner: str | None = None,
+                                      metadata: Mapping[str, str] | None = None) -> ResumableUpload:
+        """Open a resumable upload session (the tus routes' creation); chunks follow.
+
+        profile: the profile name.
+        length: the file's size (refused at once if over the profile's max_bytes).
+        filename: the client's file name.
+        content_type: the declared type; None takes the type the filename's extension names.
+        owner: who may read, append to and terminate it (None: anyone with its id).
+        metadata: the client's metadata, kept with the session.
+        """
+        return await uploads.create_resumable(self.runtime, profile, length=length, filename=filename,
+                                              content_type=content_type, owner=owner, metadata=metadata)
+
+    async def resumable_upload(self, session_id: str, *, owner: str | None = None) -> ResumableUpload:
+        """A resumable upload's stored offset, length and deadline.
+
+        session_id: the upload's session_id.
+        owner: the caller (NotFound unless it owns the upload).
+        """
+        return await uploads.resumable_upload(self.runtime, session_id, owner=owner)
+
+    async def append_resumable_upload(self, session_id: str, *, offset: int,
+                                      chunks: AsyncIterable[bytes],
+                                      owner: str | None = None) -> ResumableUpload:
+        """Store the next chunk of a resumable upload; the last one verifies the file.
+
+        session_id: the upload's session_id.
+        offset: where the chunk starts (OffsetMismatch unless the stored bytes end there).
+        chunks: the chunk's bytes, streamed.
+        owner: the caller (NotFound unless it owns the upload).
+        """
+        return await uploads.append_resumable(self.runtime, session_id, offset=offset, chunks=chunks,
+                                              owner=owner)
+
+    async def terminate_resumable_upload(self, session_id: str, *, owner: str | None = None) -> None:
+        """Abandon an unfinished resumable upload; its asset and stored bytes are purged.
+
+        session_id: the upload's session_id.
+        owner: the caller (NotFound unless it owns the upload).
+        """
+        await uploads.terminate_resumable(self.runtime, session_id, owner=owner)
 
     async def upload(self, profile: str, data: Source, *, filename: str | None = None,
                      content_type: str | None = None) -> Asset:

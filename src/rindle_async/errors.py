@@ -80,6 +80,20 @@ class TooLarge(ValidationError):
     """A file (declared, or counted while streaming) is larger than allowed."""
 
 
+class OffsetMismatch(ValidationError):
+    """A resumable upload's chunk does not start where the stored bytes end (tus: 409)."""
+
+    def __init__(self, session_id: object, given: int, stored: int) -> None:
+        self.given, self.stored = given, stored
+        super().__init__(f"upload session {session_id}: the chunk starts at offset {given} but "
+                         f"{stored} bytes are stored; ask for the offset (HEAD) and resume from there")
+
+
+class UploadBusy(RindleError):
+    """Another request (in another process) is storing a chunk of this resumable upload right
+    now (tus: 423); retry once it finished."""
+
+
 class Unsupported(RindleError):
     """The storage adapter cannot do what was asked (e.g. multipart on local storage)."""
 

@@ -305,6 +305,22 @@ def check_extension(filename: str, mime: str, *, declared: bool = False) -> None
     raise ValidationError(f"filename {filename!r} says {named[0]} but {claim} {mime}")
 
 
+def type_for_filename(filename: str | None) -> str | None:
+    """The type a filename's extension names (the first, when it names several), or None.
+
+    filename: the client's filename, read as :func:`sanitize_filename` stores it.
+    """
+    stem, dot, extension = sanitize_filename(filename).rpartition(".")
+    if not (dot and stem.strip(". ")):
+        return None
+    extension = extension.strip().lower()
+    named = _EXTENSION_TYPES.get(extension)
+    if named:
+        return named[0]
+    guessed = _mimetypes().types_map[True].get("." + extension)
+    return guessed if guessed and guessed not in _GENERIC_TYPES else None
+
+
 # --- declared types ----------------------------------------------------------------------
 
 

@@ -1,4 +1,5 @@
-"""aiohttp routes serving :class:`~rindle_async.LocalStorage` URLs (PUT uploads, GET/HEAD delivery).
+"""aiohttp routes serving :class:`~rindle_async.LocalStorage` URLs (PUT uploads, GET/HEAD delivery),
+and tus resumable uploads (:func:`add_tus_routes`).
 
 Add them under the path of the storage's ``base_url``::
 
@@ -12,6 +13,7 @@ Add them under the path of the storage's ``base_url``::
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -19,11 +21,12 @@ from aiohttp import web
 
 from ..storage.base import CHUNK_SIZE
 from .local_http import handle_request, local_mount
+from .tus import OnComplete, TusServer
 
 if TYPE_CHECKING:
     from ..app import Rindle
 
-__all__ = ["add_local_storage_routes"]
+__all__ = ["add_local_storage_routes", "add_tus_routes"]
 
 
 def add_local_storage_routes(app: web.Application, rindle: Rindle, *, prefix: str = "/rindle",
@@ -60,3 +63,34 @@ def add_local_storage_routes(app: web.Application, rindle: Rindle, *, prefix: st
         return response  # aiohttp finishes it (write_eof)
 
     app.router.add_route("*", prefix.rstrip("/") + "/{key:.*}", handler)
+
+
+def add_tus_routes(app: web.Application, rindle: Rindle, *, profile: str, path: str = "/files/",
+                   authorize: Callable[[web.Request], Awaitable[str | None]] | None = None,
+                   on_complete: OnComplete | None = None) -> None:
+    """Add routes speaking tus 1.0 for one profile at ``path`` and ``{path}{upload id}``.
+
+    app: the aiohttp application (before it starts)
+    rindle: the host's Rindle (opened before the first request)
+    profile: the profile the uploads belong to
+    path: the uploads' URL path, e.g. "/files/"
+    authorize: the owner a request uploads for (e.g. the signed-in user's id), or None to refuse it (403)
+    on_complete: awaited with (asset, owner) once per finished upload, e.g. to attach it
+    Raises ConfigurationError at once for an unknown profile or a store that cannot hold tus uploads.
+    """
+    server = TusServer(rindle, profile=profile, path=path, on_complete=on_complete)
+
+    async def handler(request: web.Request) -> web.StreamResponse:
+        check = authorize
+        try:
+            answer = await server.handle(request.method, request.match_info.get("upload_id", ""),
+                                         request.headers, request.content.iter_chunked(CHUNK_SIZE),
+                                         None if check is None else lambda: check(request))
+        except ConnectionResetError:
+            # the chunk's bytes that arrived are stored; the client resumes from HEAD
+            return web.Response(status=400)
+        return web.Response(body=answer.body, status=answer.status, headers=answer.headers)
+
+    base = server.path
+    app.router.add_route("*", base, handler)
+    app.router.add_route("*", base + "{upload_id}", handler)

@@ -1,4 +1,5 @@
-"""Starlette routes serving :class:`~rindle_async.LocalStorage` URLs (PUT uploads, GET/HEAD delivery).
+"""Starlette routes serving :class:`~rindle_async.LocalStorage` URLs (PUT uploads, GET/HEAD delivery),
+and tus resumable uploads (:func:`tus_routes`).
 
 Mount them where the storage's ``base_url`` points::
 
@@ -12,6 +13,7 @@ Mount them where the storage's ``base_url`` points::
 
 from __future__ import annotations
 
+from collections.abc import Awaitable, Callable
 from typing import TYPE_CHECKING
 
 from starlette.requests import ClientDisconnect, Request
@@ -19,12 +21,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from .local_http import LocalMount, handle_request, local_mount
+from .local_http import Answer, LocalMount, handle_request, local_mount
+from .tus import OnComplete, TusServer
 
 if TYPE_CHECKING:
     from ..app import Rindle
 
-__all__ = ["local_storage_routes"]
+__all__ = ["local_storage_routes", "tus_routes"]
 
 
 def local_storage_routes(rindle: Rindle, storage: str = "local") -> Router:
@@ -52,8 +55,48 @@ class _LocalStorageEndpoint:
         except ClientDisconnect:
             # An abandoned upload is routine (nothing was stored): no error log, and nobody to answer.
             return
-        if answer.stream is None:
-            response: Response = Response(answer.body, status_code=answer.status, headers=answer.headers)
-        else:
-            response = StreamingResponse(answer.stream, status_code=answer.status, headers=answer.headers)
-        await response(scope, receive, send)
+        await _respond(answer, scope, receive, send)
+
+
+async def _respond(answer: Answer, scope: Scope, receive: Receive, send: Send) -> None:
+    if answer.stream is None:
+        response: Response = Response(answer.body, status_code=answer.status, headers=answer.headers)
+    else:
+        response = StreamingResponse(answer.stream, status_code=answer.status, headers=answer.headers)
+    await response(scope, receive, send)
+
+
+def tus_routes(rindle: Rindle, *, profile: str, path: str = "/files/",
+               authorize: Callable[[Request], Awaitable[str | None]] | None = None,
+               on_complete: OnComplete | None = None) -> Router:
+    """A Router speaking tus 1.0 for one profile; mount it at ``path``::
+
+        Mount("/files", app=tus_routes(rindle, profile="avatar", authorize=user_id, on_complete=attach))
+
+    rindle: the host's Rindle (opened before the first request)
+    profile: the profile the uploads belong to
+    path: where the Router is mounted; upload URLs are ``{path}{upload id}``
+    authorize: the owner a request uploads for (e.g. the signed-in user's id), or None to refuse it (403)
+    on_complete: awaited with (asset, owner) once per finished upload, e.g. to attach it
+    Raises ConfigurationError at once for an unknown profile or a store that cannot hold tus uploads.
+    """
+    endpoint = _TusEndpoint(TusServer(rindle, profile=profile, path=path, on_complete=on_complete), authorize)
+    return Router(routes=[Route("/", endpoint), Route("/{upload_id:path}", endpoint)])
+
+
+class _TusEndpoint:
+    """An ASGI app, so Route passes every method (tus needs OPTIONS, HEAD, PATCH and DELETE)."""
+
+    def __init__(self, server: TusServer, authorize: Callable[[Request], Awaitable[str | None]] | None) -> None:
+        self.server, self.authorize = server, authorize
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        check = self.authorize
+        try:
+            answer = await self.server.handle(request.method, request.path_params.get("upload_id", ""),
+                                              request.headers, request.stream(),
+                                              None if check is None else lambda: check(request))
+        except ClientDisconnect:
+            return  # the chunk's bytes that arrived are stored; the client resumes from HEAD
+        await _respond(answer, scope, receive, send)

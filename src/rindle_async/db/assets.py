@@ -13,6 +13,7 @@ import msgspec
 
 from ..ledger.kinds import PURGE
 from ..lifecycle.machines import ASSET, JOB, UPLOAD_SESSION
+from ..storage.keys import is_resumable_scratch
 from . import fetch_one_as
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ async def cleanup_page(conn: Connection | asyncpg.Pool, schema: str, after: UUID
 async def unreferenced_keys(conn: Connection | asyncpg.Pool, schema: str, storage: str,
                             keys: list[tuple[str, UUID | None]]) -> list[str]:
     """Those of ``keys`` (in order) that no row refers to and no pending purge will delete.
+    A staged asset's resumable-upload scratch objects are its session's: its deadline decides.
 
     conn: a connection or the pool.
     schema: rindle_async's schema.
@@ -99,12 +101,15 @@ async def unreferenced_keys(conn: Connection | asyncpg.Pool, schema: str, storag
     if not keys:
         return []
     rows = await conn.fetch(
-        f"SELECT o.key FROM unnest($1::text[], $2::uuid[]) WITH ORDINALITY AS o(key, asset_id, n)"
+        f"SELECT o.key FROM unnest($1::text[], $2::uuid[], $4::bool[]) WITH ORDINALITY"
+        f" AS o(key, asset_id, scratch, n)"
         f" LEFT JOIN {schema}.assets a ON a.id = o.asset_id AND a.storage = $3"
-        f" WHERE a.id IS NULL OR (a.state <> 'deleted' AND a.storage_key <> o.key AND (SELECT true"
+        f" WHERE a.id IS NULL OR (a.state <> 'deleted' AND a.storage_key <> o.key"
+        f"   AND NOT (o.scratch AND a.state = 'staged') AND (SELECT true"
         f"   FROM {schema}.variants v WHERE v.asset_id = a.id AND v.storage_key = o.key LIMIT 1)"
         f"   IS NULL)"
-        f" ORDER BY o.n", [key for key, _ in keys], [asset for _, asset in keys], storage)
+        f" ORDER BY o.n", [key for key, _ in keys], [asset for _, asset in keys], storage,
+        [is_resumable_scratch(key) for key, _ in keys])
     return [row["key"] for row in rows]
 
 

@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from ..lifecycle.machines import UPLOAD_SESSION
+from ..storage.base import Part
 from . import fetch_as, fetch_one_as
 
 if TYPE_CHECKING:
@@ -150,3 +151,22 @@ async def unfinished_multipart(conn: Connection | asyncpg.Pool, schema: str,
         f"SELECT storage_key, multipart_upload_id FROM {schema}.upload_sessions"
         " WHERE asset_id = $1 AND multipart_upload_id IS NOT NULL AND state <> 'completed'", asset_id)
     return [(r["storage_key"], r["multipart_upload_id"]) for r in rows]
+
+
+async def add_part(conn: Connection | asyncpg.Pool, schema: str, session_id: UUID, part: Part,
+                   size: int) -> bool:
+    """Record a part a resumable upload flushed to the store, unless another writer recorded that
+    part number first; True if recorded.
+
+    conn: a connection or the pool (one statement).
+    schema: rindle_async's schema.
+    session_id: the upload session.
+    part: the part the store accepted.
+    size: its size in bytes.
+    """
+    entry = msgspec.json.encode([{"part_number": part.part_number, "etag": part.etag, "size": size}])
+    status = await conn.execute(
+        f"UPDATE {schema}.upload_sessions SET parts = parts || $2::jsonb, updated_at = now()"
+        " WHERE id = $1 AND jsonb_array_length(parts) = $3", session_id, entry.decode(),
+        part.part_number - 1)
+    return bool(status == "UPDATE 1")

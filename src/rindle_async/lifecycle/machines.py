@@ -12,8 +12,9 @@ Two kinds of state are stops that no reader sees stored:
   through both to ``processing`` or ``ready`` in one transaction (``transitions.walk``),
   so hooks get an event for each step but no query ever finds an asset in them.  They are
   kept because DESIGN names them and because hosts subscribe to those events.
-- ``uploading`` and ``uploaded`` (upload session): DESIGN marks them optional; no flow
-  of this version enters them (verification moves ``signed`` straight to ``verifying``).
+- ``uploading`` and ``uploaded`` (upload session): DESIGN marks them optional.  Direct
+  uploads move ``signed`` straight to ``verifying``; a resumable (tus) session is
+  ``uploading`` from its first chunk until verification claims it; none enters ``uploaded``.
 
 ``JOB`` is the ledger's ``status`` column (pending, enqueued, discarded; a job that
 succeeds is deleted with its handler's own state change).  It is data only: the ledger's

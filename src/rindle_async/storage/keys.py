@@ -39,6 +39,19 @@ def new_storage_key(profile: str, asset_id: str | uuid.UUID, extension: str | No
     return f"{prefix}/{role}{suffix}"
 
 
+#: The name prefix of an unfinished resumable upload's scratch objects (partial file, tail),
+#: kept under its asset's prefix so the asset's purge deletes them.
+RESUMABLE_SCRATCH = "tus."
+
+
+def is_resumable_scratch(key: str) -> bool:
+    """Whether ``key`` holds bytes of an unfinished resumable upload (``<asset prefix>/tus.*``).
+
+    key: an object key.
+    """
+    return key.rpartition("/")[2].startswith(RESUMABLE_SCRATCH)
+
+
 def is_upload_key(key: str) -> bool:
     """Whether ``key`` is a direct upload's landing key (a client may still write to it).
 

@@ -498,6 +498,16 @@ class S3Storage:
                                   expires_in)
         return PresignedRequest(method="PUT", url=url, headers={}, expires_at=_until(expires_in))
 
+    async def upload_part(self, key: str, upload_id: str, part_number: int, body: bytes) -> Part:
+        """Upload one part from this process (a resumable upload's chunks); return it with its ETag.
+
+        key: the object key
+        upload_id: from ``create_multipart``
+        part_number: 1..10000
+        body: the part's bytes (at least 5 MiB, except for the last part)
+        """
+        return await self._upload_part(key, upload_id, part_number, body)
+
     async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[Part]) -> ObjectInfo:
         """Assemble the uploaded parts (in part-number order) into the object.
 

@@ -14,13 +14,19 @@ what it saw (size, ETag, sha256 when it read the bytes) so that promotion can pr
 it reads the same object.  The real type, pixel count and the rest are checked from
 the bytes by the promotion job before anything is promoted.
 
+``resumable``: uploads sent in chunks over many requests (the tus routes): each is an
+upload session whose offset is derived from the stored bytes (``appending`` keeps them,
+per kind of store); the chunk that completes the file goes through ``verify_upload``.
+
 ``proxied``: ``upload`` streams a file through the host: the type is sniffed from the
 first bytes before anything is stored, and the size limit holds while streaming.
 """
 
 from .proxied import upload
+from .resumable import append_resumable, create_resumable, resumable_upload, terminate_resumable
 from .sessions import UNVERIFIED, abort_upload, check_writable, initiate_upload, presign_part, sign_upload
 from .verification import verify_upload
 
-__all__ = ["UNVERIFIED", "abort_upload", "check_writable", "initiate_upload", "presign_part", "sign_upload",
+__all__ = ["UNVERIFIED", "abort_upload", "append_resumable", "check_writable", "create_resumable",
+           "initiate_upload", "presign_part", "resumable_upload", "sign_upload", "terminate_resumable",
            "upload", "verify_upload"]
