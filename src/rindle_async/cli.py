@@ -212,6 +212,9 @@ async def _erase(rindle: Rindle, args: argparse.Namespace) -> int:
     return code
 
 
+Command = Callable[[str, Callable[[Rindle, argparse.Namespace], Awaitable[int]], str], argparse.ArgumentParser]
+
+
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="rindle-async", description=__doc__.splitlines()[0])
     parser.add_argument("--app", default=os.environ.get("RINDLE_APP"),
@@ -225,12 +228,22 @@ def _parser() -> argparse.ArgumentParser:
         cmd.add_argument("-v", "--verbose", action="store_true", help="list every affected id")
         return cmd
 
+    _health_commands(command)
+    _cleanup_commands(command)
+    _variant_commands(command)
+    return parser
+
+
+def _health_commands(command: Command) -> None:
     command("migrate", _migrate, "apply pending database migrations (safe to repeat)")
     command("doctor", _doctor, "check the database, Redis, storages, libvips and workers")
     status = command("status", _status, "counts by state, stuck work and the job ledger")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--stuck-after", type=int, default=3600, metavar="SECONDS",
                         help="a transient state older than this counts as stuck (default 3600)")
+
+
+def _cleanup_commands(command: Command) -> None:
     abort = command("abort-incomplete-uploads", _abort,
                     "expire upload sessions past their deadline and purge their staged assets")
     abort.add_argument("--dry-run", action="store_true", help="report only")
@@ -239,6 +252,16 @@ def _parser() -> argparse.ArgumentParser:
     cleanup.add_argument("--live", action="store_true", help="really delete")
     cleanup.add_argument("--grace-hours", type=float, default=24.0,
                          help="minimum age of unattached assets and stray objects (default 24)")
+    erase = command("erase-owners", _erase,
+                    "detach every slot of each owner and purge what only it held (a dry run unless --live)")
+    erase.add_argument("owners", nargs="*", metavar="TYPE:ID", help="e.g. user:42")
+    erase.add_argument("--owners-file", metavar="FILE",
+                       help="one TYPE:ID per line ('#' comments; '-' reads stdin)")
+    erase.add_argument("--live", action="store_true",
+                       help="really erase; an interrupted run is resumed by running it again")
+
+
+def _variant_commands(command: Command) -> None:
     verify = command("verify-storage", _verify,
                      "HEAD every ready variant and original; mark missing variants")
     verify.add_argument("--dry-run", action="store_true", help="report only")
@@ -250,13 +273,6 @@ def _parser() -> argparse.ArgumentParser:
                             choices=("stale", "missing", "failed", "cancelled"),
                             help="repeatable; default: stale, missing and failed")
     regenerate.add_argument("--dry-run", action="store_true", help="report only")
-    erase = command("erase-owners", _erase,
-                    "detach every slot of each owner and purge what only it held (a dry run unless --live)")
-    erase.add_argument("owners", nargs="*", metavar="TYPE:ID", help="e.g. user:42")
-    erase.add_argument("--owners-file", metavar="FILE",
-                       help="one TYPE:ID per line ('#' comments; '-' reads stdin)")
-    erase.add_argument("--live", action="store_true",
-                       help="really erase; an interrupted run is resumed by running it again")
     warm = command("warm-variants", _warm, "render lazy variants (eager=False) before anyone asks for them")
     warm.add_argument("--profile")
     warm.add_argument("--variant")
@@ -265,7 +281,6 @@ def _parser() -> argparse.ArgumentParser:
                       "re-run promotion or the failed variants of one asset")
     requeue.add_argument("asset_id")
     requeue.add_argument("--dry-run", action="store_true", help="report only")
-    return parser
 
 
 def main(argv: Sequence[str] | None = None) -> int:
