@@ -36,6 +36,7 @@ class AttachmentRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _COLUMNS = "id, asset_id, owner_type, owner_id, slot, created_at"
+_SLOT = "owner_type = $1 AND owner_id = $2 AND slot = $3"  # one record's slot: the unique key
 
 
 async def held(conn: Connection, schema: str, ids: Iterable[UUID]) -> set[UUID]:
@@ -62,10 +63,8 @@ async def in_slot(conn: Connection | asyncpg.Pool, schema: str, owner_type: str,
     owner_id: the host record's id, as text.
     slot: the slot on the record.
     """
-    return await fetch_one_as(
-        AttachmentRow, conn,
-        f"SELECT {_COLUMNS} FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
-        owner_type, owner_id, slot)
+    return await fetch_one_as(AttachmentRow, conn, f"SELECT {_COLUMNS} FROM {schema}.attachments WHERE {_SLOT}",
+                              owner_type, owner_id, slot)
 
 
 async def in_slots(conn: Connection | asyncpg.Pool, schema: str, owner_type: str, owner_ids: list[str],
@@ -124,10 +123,9 @@ async def take(conn: Connection, schema: str, owner_type: str, owner_id: str,
     owner_id: the host record's id, as text.
     slot: the slot on the record.
     """
-    return await fetch_one_as(
-        AttachmentRow, conn,
-        f"DELETE FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3"
-        f" RETURNING {_COLUMNS}", owner_type, owner_id, slot)
+    return await fetch_one_as(AttachmentRow, conn,
+                              f"DELETE FROM {schema}.attachments WHERE {_SLOT} RETURNING {_COLUMNS}",
+                              owner_type, owner_id, slot)
 
 
 async def of_owner(conn: Connection | asyncpg.Pool, schema: str, owner_type: str,
