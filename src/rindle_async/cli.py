@@ -93,7 +93,7 @@ async def _migrate(rindle: Rindle, args: argparse.Namespace) -> int:
 
 
 async def _doctor(rindle: Rindle, args: argparse.Namespace) -> int:
-    checks = await maintenance.doctor(rindle.runtime)
+    checks = await maintenance.doctor(rindle.runtime, origin=args.origin)
     for check in checks:
         print(f"{'ok  ' if check.ok else 'FAIL'} {check.name}: {check.detail}")
     failed = [c for c in checks if not c.ok]
@@ -236,7 +236,9 @@ def _parser() -> argparse.ArgumentParser:
 
 def _health_commands(command: Command) -> None:
     command("migrate", _migrate, "apply pending database migrations (safe to repeat)")
-    command("doctor", _doctor, "check the database, Redis, storages, libvips and workers")
+    doctor = command("doctor", _doctor, "check the database, Redis, storages, libvips and workers")
+    doctor.add_argument("--origin", help="the app's origin whose browsers upload to the S3 buckets, "
+                                         "checked against their CORS rules (default: any)")
     status = command("status", _status, "counts by state, stuck work and the job ledger")
     status.add_argument("--json", action="store_true", help="print JSON")
     status.add_argument("--stuck-after", type=int, default=3600, metavar="SECONDS",

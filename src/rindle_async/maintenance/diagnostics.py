@@ -63,26 +63,57 @@ class Check:
     detail: str
 
 
-async def doctor(rt: Runtime) -> list[Check]:
+async def doctor(rt: Runtime, *, origin: str | None = None) -> list[Check]:
     """Check everything rindle_async depends on; each failure says what to do.
 
     rt: the runtime of the opened Rindle.
+    origin: the app's origin (``https://app.example.com``) whose browsers upload to the S3
+        buckets; checked against their CORS rules (default: any origin).
     """
     checks: list[Check] = []
     for check in (_database, _redis, _storages, _libvips, _input_formats, _ledger):
         checks += await _guarded(check, rt)
+    for name, storage in sorted(rt.storages.items()):
+        if storage.adapter == "s3":
+            checks += await _guarded(lambda _, n=name, s=storage: _bucket_rules(n, s, origin), rt,  # type: ignore[misc]
+                                     label=f"storage {name} bucket rules")
     return checks
+
+
+async def _bucket_rules(name: str, storage: Any, origin: str | None) -> list[Check]:
+    """The bucket's CORS and lifecycle rules against what browser uploads need."""
+    from botocore.exceptions import ClientError
+
+    from ..storage.bucket_rules import cors_problems, lifecycle_problems
+
+    async def read(call: str, field: str, missing: str) -> list[dict[str, Any]] | None:
+        try:
+            answer = await getattr(storage.client, call)(Bucket=storage.bucket)
+        except ClientError as exc:
+            if exc.response.get("Error", {}).get("Code") == missing:
+                return None
+            raise
+        rules: list[dict[str, Any]] = answer.get(field) or []
+        return rules
+
+    cors = cors_problems(await read("get_bucket_cors", "CORSRules", "NoSuchCORSConfiguration"), origin=origin)
+    lifecycle = lifecycle_problems(await read("get_bucket_lifecycle_configuration", "Rules",
+                                              "NoSuchLifecycleConfiguration"))
+    return [Check(f"storage {name} CORS", not cors, "; ".join(cors) or "browsers may upload"
+                  + (f" from {origin}" if origin else "") + " (PUT, Content-Type, ETag exposed)"),
+            Check(f"storage {name} lifecycle", not lifecycle,
+                  "; ".join(lifecycle) or "abandoned multipart uploads are aborted by a lifecycle rule")]
 
 
 _CheckFn = Callable[["Runtime"], Awaitable[list[Check]]]
 
 
-async def _guarded(check: _CheckFn, rt: Runtime) -> list[Check]:
+async def _guarded(check: _CheckFn, rt: Runtime, *, label: str | None = None) -> list[Check]:
     """The check's lines, or one failed line naming the error it raised."""
     try:
         return await check(rt)
     except Exception as exc:
-        return [Check(check.__name__.lstrip("_"), False, f"{type(exc).__name__}: {exc}")]
+        return [Check(label or check.__name__.lstrip("_"), False, f"{type(exc).__name__}: {exc}")]
 
 
 async def _database(rt: Runtime) -> list[Check]:
