@@ -73,3 +73,11 @@ def test_no_module_below_the_facade_imports_it():
             if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[-1] == "app":
                 offenders.append(str(relative))
     assert offenders == []
+
+
+def test_the_maintenance_package_loads_its_verbs_on_first_use():
+    from rindle_async import maintenance
+
+    assert maintenance.__all__ == sorted(maintenance._EXPORTS)
+    for name in maintenance.__all__:
+        assert getattr(maintenance, name) is not None

@@ -10,11 +10,36 @@ never inside one.  Abort and cleanup read their rows in keyset pages of ``batch`
 the tables.  Stale detection and regeneration are in ``rindle_async.recipes``.
 """
 
-from .abort import abort_incomplete_uploads, abort_incomplete_uploads_job
-from .cleanup import cleanup_orphans, cleanup_orphans_job
-from .diagnostics import Check, doctor, status
-from .report import Report
-from .verify import verify_storage
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
 
+#: public name -> the module of this package that defines it (loaded on first use, PEP 562, so
+#: a web process that only needs ``Report`` does not load the verbs and what they import)
+_EXPORTS = {
+    "abort_incomplete_uploads": "abort", "abort_incomplete_uploads_job": "abort",
+    "cleanup_orphans": "cleanup", "cleanup_orphans_job": "cleanup",
+    "Check": "diagnostics", "doctor": "diagnostics", "status": "diagnostics",
+    "Report": "report", "verify_storage": "verify",
+}
 __all__ = ["Check", "Report", "abort_incomplete_uploads", "abort_incomplete_uploads_job", "cleanup_orphans",
            "cleanup_orphans_job", "doctor", "status", "verify_storage"]
+
+if TYPE_CHECKING:
+    from .abort import abort_incomplete_uploads, abort_incomplete_uploads_job
+    from .cleanup import cleanup_orphans, cleanup_orphans_job
+    from .diagnostics import Check, doctor, status
+    from .report import Report
+    from .verify import verify_storage
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(import_module(f".{module}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *__all__})

@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 from ..db import migrate
 from ..db import status as counts
-from ..liveness import live_workers
 from ..profiles import libvips_can_save, libvips_version
 from .report import now_utc
 
@@ -45,6 +44,8 @@ async def status(rt: Runtime, *, stuck_after: timedelta = timedelta(hours=1)) ->
 async def _workers(rt: Runtime, running: dict[str, int]) -> dict[str, Any]:
     """The live workers of each queue with the attempts each runs; the error when Redis is away
     (the database's part of the picture still helps)."""
+    from ..liveness import live_workers  # arq's side: loaded when asked
+
     try:
         fleets = await live_workers(rt.arq)
     except Exception as exc:
@@ -136,6 +137,8 @@ async def _redis(rt: Runtime) -> list[Check]:
                       "set maxmemory-policy noeviction")
     except Exception as exc:  # CONFIG disabled on some managed Redis
         redis = Check("redis", True, f"reachable; cannot read maxmemory-policy ({exc})")
+    from ..liveness import live_workers
+
     queues = rt.ledger.queues
     fleets = await live_workers(rt.arq)
     missing = [q for q in queues if not fleets.get(q)]
