@@ -21,8 +21,9 @@ _EXPORTS = {
                      "UploadStarted", "VariantStateChanged"), "events"),
     "JobKind": "ledger.kinds",
     "JobRun": "ledger.runner",
-    **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadTicket"), "models"),
+    **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadSession", "UploadTicket"), "models"),
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
+    **dict.fromkeys(("Part", "PresignedPost", "PresignedRequest", "StoredPart"), "storage.base"),
     "LocalStorage": "storage.local",
     "S3Storage": "storage.s3",
 }
@@ -58,8 +59,9 @@ if TYPE_CHECKING:
     )
     from .ledger.kinds import JobKind
     from .ledger.runner import JobRun
-    from .models import Asset, AssetVariant, Attachment, UploadTicket
+    from .models import Asset, AssetVariant, Attachment, UploadSession, UploadTicket
     from .profiles import Profile, Variant, recipe_digest
+    from .storage.base import Part, PresignedPost, PresignedRequest, StoredPart
     from .storage.local import LocalStorage
     from .storage.s3 import S3Storage
 

@@ -18,8 +18,8 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
     strategy: str
     storage_key: str
     filename: str | None
-    content_type: str  # declared at initiate_upload, as the size is
-    byte_size: int
+    content_type: str  # declared at initiate_upload
+    byte_size: int | None  # None where the store (POST policy) or completion (multipart) checks the limit
     checksum: str | None
     multipart_upload_id: str | None
     part_size: int | None

@@ -14,13 +14,17 @@ what it saw (size, ETag, sha256 when it read the bytes) so that promotion can pr
 it reads the same object.  The real type, pixel count and the rest are checked from
 the bytes by the promotion job before anything is promoted.
 
+``lookup``: reading sessions back: ``get_upload`` by id, ``find_upload`` by storage key, and
+``list_parts``, the parts the store holds for an open multipart session.
+
 ``proxied``: ``upload`` streams a file through the host: the type is sniffed from the
 first bytes before anything is stored, and the size limit holds while streaming.
 """
 
+from .lookup import find_upload, get_upload, list_parts
 from .proxied import upload
 from .sessions import UNVERIFIED, abort_upload, check_writable, initiate_upload, presign_part, sign_upload
 from .verification import verify_upload
 
-__all__ = ["UNVERIFIED", "abort_upload", "check_writable", "initiate_upload", "presign_part", "sign_upload",
-           "upload", "verify_upload"]
+__all__ = ["UNVERIFIED", "abort_upload", "check_writable", "find_upload", "get_upload", "initiate_upload",
+           "list_parts", "presign_part", "sign_upload", "upload", "verify_upload"]
