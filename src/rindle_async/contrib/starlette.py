@@ -8,6 +8,11 @@ Mount them where the storage's ``base_url`` points::
 
     # LocalStorage(root="var/media", base_url="http://localhost:8000/rindle", secret=...)
     app = Starlette(routes=[Mount("/rindle", app=local_storage_routes(rindle))])
+
+and Uppy Companion's S3 routes (``rindle_async.contrib.companion``) for one profile, at the origin
+root so that Uppy's ``companionEndpoint: location.origin`` finds them::
+
+    app = Starlette(routes=[*companion_routes(rindle, profile="avatar", authorize=current_user)])
 """
 
 from __future__ import annotations
@@ -19,12 +24,13 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
-from .local_http import LocalMount, handle_request, local_mount
+from .companion import Authorize, CompanionMount, companion_mount, handle_companion, read_body
+from .local_http import Answer, LocalMount, handle_request, local_mount
 
 if TYPE_CHECKING:
     from ..app import Rindle
 
-__all__ = ["local_storage_routes"]
+__all__ = ["companion_routes", "local_storage_routes"]
 
 
 def local_storage_routes(rindle: Rindle, storage: str = "local") -> Router:
@@ -52,8 +58,42 @@ class _LocalStorageEndpoint:
         except ClientDisconnect:
             # An abandoned upload is routine (nothing was stored): no error log, and nobody to answer.
             return
-        if answer.stream is None:
-            response: Response = Response(answer.body, status_code=answer.status, headers=answer.headers)
-        else:
-            response = StreamingResponse(answer.stream, status_code=answer.status, headers=answer.headers)
-        await response(scope, receive, send)
+        await _send(answer, scope, receive, send)
+
+
+async def _send(answer: Answer, scope: Scope, receive: Receive, send: Send) -> None:
+    if answer.stream is None:
+        response: Response = Response(answer.body, status_code=answer.status, headers=answer.headers)
+    else:
+        response = StreamingResponse(answer.stream, status_code=answer.status, headers=answer.headers)
+    await response(scope, receive, send)
+
+
+def companion_routes(rindle: Rindle, *, profile: str, authorize: Authorize, prefix: str = "") -> list[Route]:
+    """Uppy Companion's S3 routes for one profile, to list among the app's routes.
+
+    rindle: the host's Rindle (opened or not); the profile and its store are checked here, once
+    profile: the profile every upload through these routes is made under
+    authorize: ``async (request) -> owner``; None refuses the request with 403
+    prefix: where Uppy's ``companionEndpoint`` points below the origin ("" for the root)
+    Raises ConfigurationError when the profile is unknown or its store is not S3.
+    """
+    endpoint = _CompanionEndpoint(companion_mount(rindle, profile, authorize))
+    return [Route(prefix.rstrip("/") + "/s3/{path:path}", endpoint)]
+
+
+class _CompanionEndpoint:
+    """An ASGI app, so Route passes every method and the core decides each status."""
+
+    def __init__(self, mount: CompanionMount) -> None:
+        self.mount = mount
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            answer = await handle_companion(self.mount, request, request.method,
+                                            "/s3/" + request.path_params["path"], request.query_params,
+                                            lambda: read_body(request.stream()))
+        except ClientDisconnect:
+            return
+        await _send(answer, scope, receive, send)
