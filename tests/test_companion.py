@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import socket
+import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
 
@@ -14,11 +15,12 @@ import uvicorn
 from aiohttp import web
 from starlette.applications import Starlette
 
-from rindle_async import ConfigurationError, Rindle
+from rindle_async import ConfigurationError, Rindle, S3Storage
 from rindle_async.contrib.aiohttp import add_companion_routes
 from rindle_async.contrib.starlette import companion_routes
 
-from .media import avatar_profile, png
+from .media import GuardedStorage, avatar_profile, png
+from .s3server import seaweedfs  # noqa: F401  (fixture)
 
 MiB = 1024 * 1024
 
@@ -175,3 +177,35 @@ def test_the_routes_refuse_a_profile_on_local_storage(make_rindle, local_storage
         companion_routes(rindle, profile="avatar", authorize=authorize)
     with pytest.raises(ConfigurationError, match="has no POST policies or multipart uploads"):
         add_companion_routes(web.Application(), rindle, profile="avatar", authorize=authorize)
+
+
+@pytest.fixture
+async def seaweed_rindle(make_rindle, seaweedfs) -> Rindle:  # noqa: F811
+    storage = S3Storage(bucket=f"rindle-{uuid.uuid4().hex[:12]}", endpoint_url=seaweedfs.endpoint,
+                        path_style=True, access_key_id=seaweedfs.access_key,
+                        secret_access_key=seaweedfs.secret_key)
+    async with storage:
+        await storage.client.create_bucket(Bucket=storage.bucket)
+    return await make_rindle(relay=False, storages={"media": GuardedStorage(storage)},
+                             profiles=[avatar_profile("media", max_bytes=4096)])
+
+
+async def test_seaweedfs_enforces_the_policy_of_s3_params(framework, seaweed_rindle, listener):
+    async with SERVERS[framework](seaweed_rindle, listener):
+        base_url = "http://127.0.0.1:%d" % listener.getsockname()[1]
+        async with httpx.AsyncClient(base_url=base_url, headers={"X-User": "ann"}, timeout=15) as client:
+            answer = (await client.get("/s3/params", params={"filename": "me.png", "type": "image/png"})).json()
+    body = png()
+    assert len(body) < 4096
+    async with httpx.AsyncClient(timeout=15) as s3:
+        async def post(fields, data):
+            return await s3.post(answer["url"], data=fields, files={"file": ("me.png", data)})
+
+        oversize = await post(answer["fields"], body + bytes(5000))
+        assert oversize.status_code == 400 and "EntityTooLarge" in oversize.text
+        retyped = await post({**answer["fields"], "Content-Type": "image/jpeg"}, body)
+        assert retyped.status_code == 403 and "Policy Condition failed" in retyped.text
+        stored = await post(answer["fields"], body)
+        assert stored.status_code in (200, 204), stored.text
+    asset = await seaweed_rindle.verify_upload(answer["session_id"])
+    assert (asset.state, asset.byte_size) == ("validating", len(body))
