@@ -17,6 +17,7 @@ $(VENV)/.installed-%: pyproject.toml
 services: $(VENV)/.installed-test
 	PY=$(PY) scripts/services.sh
 	scripts/browser.sh
+	scripts/uppy.sh
 
 # ruff and mypy --strict over src/ (their settings are in pyproject.toml); `make test` runs it first
 lint: $(VENV)/.installed-test

@@ -18,13 +18,15 @@ from pathlib import Path
 
 from aiohttp import web
 
-from rindle_async.contrib.aiohttp import add_local_storage_routes
+from rindle_async.contrib.aiohttp import add_companion_routes, add_local_storage_routes
 
 import avatars
-from media import LOCAL_PREFIX, rindle
+from media import LOCAL_PREFIX, STORAGE, avatar, rindle
 
-#: The page, shared with the Starlette example.
-INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
+#: The pages, shared with the Starlette example; the Uppy bundle that scripts/uppy.sh builds.
+STATIC = Path(__file__).resolve().parent.parent / "static"
+INDEX, UPPY_PAGE = STATIC / "index.html", STATIC / "uppy.html"
+UPPY_BUNDLE = STATIC.parent.parent / ".cache" / "uppy" / "uppy.js"
 
 
 def current_user(request: web.Request) -> str:
@@ -40,6 +42,25 @@ def reply(answer: avatars.Reply) -> web.Response:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(INDEX, headers={"Cache-Control": "no-store"})
+
+
+async def uppy_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(UPPY_PAGE, headers={"Cache-Control": "no-store"})
+
+
+async def uppy_bundle(request: web.Request) -> web.StreamResponse:
+    if not UPPY_BUNDLE.exists():
+        return web.Response(text="no Uppy bundle: run scripts/uppy.sh (make services does)", status=404)
+    return web.FileResponse(UPPY_BUNDLE, headers={"Content-Type": "text/javascript"})
+
+
+async def authorize(request: web.Request) -> str | None:
+    """Who may upload through the Companion routes: here every (demo) user; None refuses with 403."""
+    return current_user(request)
+
+
+async def attach_upload(request: web.Request) -> web.Response:
+    return reply(await avatars.attach_upload(current_user(request), await request.read()))
 
 
 async def show(request: web.Request) -> web.Response:
@@ -71,8 +92,13 @@ def create_app(argv: list[str] | None = None) -> web.Application:
     app.router.add_delete("/api/avatar", remove)
     app.router.add_post("/api/avatar/uploads", start_upload)
     app.router.add_post("/api/avatar/uploads/{session_id}/complete", complete_upload)
+    app.router.add_post("/api/avatar/uploads/attach", attach_upload)
+    app.router.add_get("/uppy", uppy_page)
+    app.router.add_get("/uppy.js", uppy_bundle)
     if "local" in rindle.storages:  # signed PUT (uploads) and GET (delivery) for the local folder
         add_local_storage_routes(app, rindle, prefix=LOCAL_PREFIX)
+    if STORAGE == "s3":  # Uppy's Companion routes at the origin root: companionEndpoint: location.origin
+        add_companion_routes(app, rindle, profile=avatar.name, authorize=authorize)
     return app
 
 

@@ -34,6 +34,12 @@ class UploadRequest(msgspec.Struct):
     byte_size: int
 
 
+class AttachRequest(msgspec.Struct):
+    """What the Uppy page sends once Uppy finished an upload: the object's storage key."""
+
+    key: str
+
+
 def replies(call: Callable[..., Awaitable[Reply]]) -> Callable[..., Awaitable[Reply]]:
     """Turn refused input into a JSON error with a fitting status; other errors stay 500s."""
 
@@ -86,6 +92,15 @@ async def complete_upload(user_id: str, session_id: str) -> Reply:
     asset = await rindle.verify_upload(session_id)
     await rindle.attach(asset.id, owner_type=OWNER_TYPE, owner_id=user_id, slot=SLOT)
     return await show(user_id)
+
+
+@replies
+async def attach_upload(user_id: str, body: bytes) -> Reply:
+    """Make an upload Uppy finished (through the Companion routes) the user's avatar."""
+    wanted = msgspec.json.decode(body, type=AttachRequest)
+    session = await rindle.find_upload(wanted.key, profile=avatar.name)
+    # A real host also checks that this user started the upload (e.g. a row it wrote in authorize).
+    return await complete_upload(user_id, session.id)
 
 
 @replies

@@ -1,0 +1,24 @@
+#!/usr/bin/env bash
+# Build the Uppy bundle that the examples serve at /uppy.js and tests/test_browser.py drives:
+# the exact versions in scripts/uppy/package.json (and its lock file) from the npm registry,
+# bundled with esbuild into .cache/uppy/uppy.js. Nothing is fetched by the page at run time.
+# Quiet when the bundle is already built from the same package files.
+set -euo pipefail
+
+ROOT="$(cd "$(dirname "$0")/.." && pwd)"
+SOURCE="$ROOT/scripts/uppy"
+CACHE="${RINDLE_UPPY_CACHE:-$ROOT/.cache/uppy}"
+STAMP="$(cat "$SOURCE/package.json" "$SOURCE/package-lock.json" "$SOURCE/entry.js" | sha256sum | cut -d' ' -f1)"
+
+if [ -f "$CACHE/uppy.js" ] && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$STAMP" ]; then exit 0; fi
+if ! command -v npm >/dev/null; then
+    echo "uppy.sh: npm is missing; install Node.js 20 (e.g. apt-get install nodejs npm)" >&2
+    exit 1
+fi
+echo "uppy.sh: installing Uppy from npm into $CACHE"
+mkdir -p "$CACHE"
+cp "$SOURCE/package.json" "$SOURCE/package-lock.json" "$SOURCE/entry.js" "$CACHE/"
+(cd "$CACHE" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+"$CACHE/node_modules/.bin/esbuild" "$CACHE/entry.js" --bundle --minify --format=iife --target=es2020 \
+    --log-level=warning --outfile="$CACHE/uppy.js"
+echo "$STAMP" > "$CACHE/stamp"
