@@ -14,6 +14,7 @@ from rindle_async import (
     CleanupRun,
     DeliverySigned,
     Event,
+    OwnerErased,
     UploadCompleted,
     UploadStarted,
     VariantStateChanged,
@@ -30,6 +31,7 @@ CONTRACT = {
     "VariantStateChanged": {"asset_id", "variant_id", "profile", "adapter", "variant",
                             "from_state", "to_state"},
     "DeliverySigned": {"asset_id", "profile", "adapter", "variant", "mode"},
+    "OwnerErased": {"owner_type", "owner_id", "slots", "assets_erased", "assets_retained"},
     "CleanupRun": {"worker", "dry_run", "counts"},
 }
 
@@ -41,11 +43,12 @@ SAMPLES = [
     VariantStateChanged(asset_id="a1", variant_id="v1", profile="avatar", adapter="s3",
                         variant="thumb", from_state="queued", to_state="processing"),
     DeliverySigned(asset_id="a1", profile="avatar", adapter="s3", variant=None, mode="signed"),
+    OwnerErased(owner_type="user", owner_id="42", slots=2, assets_erased=1, assets_retained=1),
     CleanupRun(worker="cleanup_orphans", dry_run=True, counts={"sessions": 2, "objects": 3}),
 ]
 
 
-def test_contract_pins_the_six_events_and_their_fields():
+def test_contract_pins_the_seven_events_and_their_fields():
     assert {t.__name__ for t in EVENT_TYPES} == set(CONTRACT)
     for event_type in EVENT_TYPES:
         fields = {f.name for f in msgspec.structs.fields(event_type)}

@@ -13,9 +13,9 @@ PACKAGE = pathlib.Path(rindle_async.__file__).parent
 EXPORTED = {
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
     "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun",
-    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "Part", "PresignedPost", "PresignedRequest",
-    "Profile", "Rindle", "RindleError", "S3Storage", "StorageError", "StoredPart", "TooLarge",
-    "TransactionError", "Unsupported", "UploadClosed", "UploadCompleted", "UploadSession",
+    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Part", "PresignedPost",
+    "PresignedRequest", "Profile", "Rindle", "RindleError", "S3Storage", "StorageError", "StoredPart",
+    "TooLarge", "TransactionError", "Unsupported", "UploadClosed", "UploadCompleted", "UploadSession",
     "UploadStarted", "UploadTicket", "ValidationError", "Variant",
     "VariantStateChanged", "VerificationFailed", "recipe_digest",
 }
@@ -28,7 +28,7 @@ FACADE = {
     # uploads, assets, attachments, delivery
     "initiate_upload", "sign_upload", "presign_part", "verify_upload", "abort_upload", "upload",
     "get_upload", "find_upload", "list_parts",
-    "get_asset", "attach", "detach", "attachment", "attachments", "url", "urls",
+    "get_asset", "attach", "detach", "attachment", "attachments", "erase_owner", "url", "urls",
 }
 
 

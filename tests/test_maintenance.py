@@ -10,7 +10,8 @@ from urllib.parse import urlsplit
 import httpx
 import pytest
 
-from rindle_async import CleanupRun, ConfigurationError, Variant, VerificationFailed, maintenance
+from rindle_async import CleanupRun, ConfigurationError, Variant, VerificationFailed, maintenance, recipes
+from rindle_async.db import assets as asset_rows, sessions as session_rows
 from rindle_async.lifecycle import transitions
 from rindle_async.lifecycle.machines import VARIANT
 from rindle_async.dispatch import DISPATCHER
@@ -131,7 +132,7 @@ async def test_verify_storage_marks_a_deleted_object_missing(media_rindle, db, s
     report = await maintenance.verify_storage(rindle.runtime)
     assert report.counts == dry.counts
     assert (await rindle.get_asset(asset.id)).variants["thumb"].state == "missing"
-    regenerated = await maintenance.regenerate_variants(rindle.runtime)
+    regenerated = await recipes.regenerate_variants(rindle.runtime)
     assert regenerated.counts == {"requeued": 1}
     await drain(rindle, redis_url)
     asset = await rindle.get_asset(asset.id)
@@ -191,15 +192,19 @@ async def test_a_recipe_change_marks_stale_and_regenerates(make_rindle, local_st
         "large": Variant(width=48, fit="inside", format="jpeg", quality=85),  # unchanged
         "mini": Variant(width=10, height=10, fit="fill", format="webp"),   # a new variant
     })
+    web = await make_rindle(relay=False, migrate=False, storages={"media": local_storage},
+                            profiles=[changed])  # a web process: opening leaves the rows alone
+    assert {n: v.state for n, v in (await web.get_asset(asset.id)).variants.items()} == {
+        "thumb": "ready", "large": "ready"}
     after = await make_rindle(relay=False, migrate=False, storages={"media": local_storage},
-                              profiles=[changed])  # opening detects the change
+                              profiles=[changed], detect_stale=True)  # opening detects the change
     asset = await after.get_asset(asset.id)
     assert asset.state == "processing"  # the new variant was planned
     assert {n: v.state for n, v in asset.variants.items()} == {
         "thumb": "stale", "large": "ready", "mini": "queued"}
     stale_url = await after.url(asset.id, variant="thumb")
     assert urlsplit(stale_url).path == urlsplit(old_url).path  # the stale object is still served
-    report = await maintenance.regenerate_variants(after.runtime, variant="thumb")
+    report = await recipes.regenerate_variants(after.runtime, variant="thumb")
     assert report.counts == {"requeued": 1}
     assert (await after.get_asset(asset.id)).variants["thumb"].state == "queued"
     rerendering = await after.url(asset.id, variant="thumb")  # still the previous object
@@ -274,7 +279,7 @@ async def test_processes_opening_at_once_after_a_recipe_change_agree(make_rindle
     from rindle_async import Rindle
 
     deploy = [Rindle(database_url=before.config.database_url, redis_url=redis_url, schema=schema,
-                     storages={"media": local_storage}, profiles=[changed], relay=False)
+                     storages={"media": local_storage}, profiles=[changed], relay=False, detect_stale=True)
               for _ in range(4)]
     try:
         await asyncio.gather(*(r.open() for r in deploy))  # a deploy: four processes start at once
@@ -299,7 +304,7 @@ async def test_cleanup_leaves_an_asset_attached_after_the_run_read_it(media_rind
     asset = await rindle.upload("avatar", jpeg(80, 60))
     await drain(rindle, redis_url)
     await db.execute(f"UPDATE {schema}.assets SET created_at = now() - interval '2 days'")
-    read_page = maintenance._asset_page
+    read_page = asset_rows.cleanup_page
 
     async def attach_after_reading(*args, **options):
         page = await read_page(*args, **options)
@@ -307,7 +312,7 @@ async def test_cleanup_leaves_an_asset_attached_after_the_run_read_it(media_rind
         await rindle.attach(asset.id, owner_type="user", owner_id="1", slot="avatar")
         return page
 
-    monkeypatch.setattr(maintenance, "_asset_page", attach_after_reading)
+    monkeypatch.setattr(asset_rows, "cleanup_page", attach_after_reading)
     report = await maintenance.cleanup_orphans(rindle.runtime, dry_run=False, grace=timedelta(hours=1))
     assert report.counts == {"skipped_changed": 1}
     assert (await rindle.get_asset(asset.id)).state == "ready"
@@ -325,7 +330,7 @@ async def test_renders_not_done_at_a_recipe_change_use_the_new_recipe(make_rindl
         "thumb": Variant(width=20, height=20, fit="cover", format="png"),
         "large": Variant(width=48, fit="inside", format="jpeg", quality=85)})
     after = await make_rindle(relay=False, migrate=False, storages={"media": local_storage},
-                              profiles=[changed])
+                              profiles=[changed], detect_stale=True)
     wanted = await db.fetchval(f"SELECT recipe_digest FROM {schema}.variants WHERE name = 'thumb'")
     assert wanted == changed.recipe_digests()["thumb"]
     await drain(after, redis_url)
@@ -344,17 +349,17 @@ async def expired_sessions(rindle, db, schema, n: int) -> list[str]:
     return sorted(t.session_id for t in tickets)
 
 
-def page_sizes(monkeypatch, reader: str) -> list[int]:
-    """The number of rows of each page ``maintenance.<reader>`` returns from now on."""
+def page_sizes(monkeypatch, module, reader: str) -> list[int]:
+    """The number of rows of each page ``module.<reader>`` (a db/ read) returns from now on."""
     sizes: list[int] = []
-    read = getattr(maintenance, reader)
+    read = getattr(module, reader)
 
     async def counted(*args, **options):
         page = await read(*args, **options)
         sizes.append(len(page))
         return page
 
-    monkeypatch.setattr(maintenance, reader, counted)
+    monkeypatch.setattr(module, reader, counted)
     return sizes
 
 
@@ -365,7 +370,7 @@ async def test_abort_in_pages_of_two_does_what_one_page_does(media_rindle, db, s
     assert whole.counts == {"sessions_expired": 7, "assets_tombstoned": 7}
     assert whole.items["sessions_expired"] == sessions  # one deadline: in id order
 
-    sizes, drawn = page_sizes(monkeypatch, "_expired_sessions"), []
+    sizes, drawn = page_sizes(monkeypatch, session_rows, "expired_page"), []
     dry = await maintenance.abort_incomplete_uploads(rindle.runtime, dry_run=True, batch=2,
                                                      progress=lambda *done: drawn.append(done))
     assert (dry.counts, dry.items) == (whole.counts, whole.items)
@@ -395,16 +400,16 @@ async def test_abort_skips_a_session_that_changed_after_its_page_was_read(media_
     simply not among the rows any more."""
     rindle = await media_rindle()
     sessions = await expired_sessions(rindle, db, schema, 7)
-    read_page = maintenance._expired_sessions
+    read_page = session_rows.expired_page
 
     async def host_aborts_two(*args, **options):
         rows = await read_page(*args, **options)
-        if rows and str(rows[0]["id"]) == sessions[2]:  # the second page
+        if rows and str(rows[0].id) == sessions[2]:  # the second page
             await rindle.abort_upload(sessions[2])  # on this page, already read
             await rindle.abort_upload(sessions[5])  # on the third page, not read yet
         return rows
 
-    monkeypatch.setattr(maintenance, "_expired_sessions", host_aborts_two)
+    monkeypatch.setattr(session_rows, "expired_page", host_aborts_two)
     live = await maintenance.abort_incomplete_uploads(rindle.runtime, batch=2)
     assert live.counts == {"sessions_expired": 5, "assets_tombstoned": 5, "skipped_changed": 1}
     assert live.items["skipped_changed"] == [sessions[2]]
@@ -452,7 +457,7 @@ async def test_cleanup_in_pages_of_two_does_what_one_page_does(media_rindle, db,
                             "stray_objects": 3}
     assert whole.items["unattached_assets"] == sorted(unattached)
     assert whole.items["stray_objects"] == [f"media:{key}" for key in strays]
-    sizes, drawn = page_sizes(monkeypatch, "_asset_page"), []
+    sizes, drawn = page_sizes(monkeypatch, asset_rows, "cleanup_page"), []
     dry = await maintenance.cleanup_orphans(rindle.runtime, grace=grace, batch=2,
                                             progress=lambda *done: drawn.append(done))
     assert (dry.counts, dry.items) == (whole.counts, whole.items)

@@ -135,7 +135,7 @@ def test_format_the_libvips_build_cannot_write_is_refused(monkeypatch: pytest.Mo
     import pyvips
 
     version = f"{pyvips.version(0)}.{pyvips.version(1)}.{pyvips.version(2)}"
-    monkeypatch.setattr(profiles, "_libvips_can_save", lambda fmt: fmt != "avif")
+    monkeypatch.setattr(profiles, "libvips_can_save", lambda fmt: fmt != "avif")
     with raises_config("Variant.format='avif'",
                        f"cannot be written by the installed libvips {version}", "heifsave"):
         Variant(width=10, height=10, format="avif")

@@ -22,11 +22,10 @@ from rindle_async.security import (
     check_declared_type,
     check_extension,
     extension_for,
-    new_storage_key,
     sanitize_filename,
     sniff,
-    variant_key,
 )
+from rindle_async.storage.keys import asset_id_of, asset_prefix, is_upload_key, new_storage_key, variant_key
 
 ASSET_ID = "3f2a9c1e-7b4d-4e8a-9c0f-1a2b3c4d5e6f"
 SVG = b'<svg xmlns="http://www.w3.org/2000/svg" width="8" height="8"><rect width="8" height="8"/></svg>'
@@ -195,6 +194,16 @@ def test_keys_refuse_non_canonical_asset_ids(asset_id: object) -> None:
 def test_variant_key_refuses_bad_parts(variant: str, digest: str, extension: str, what: str) -> None:
     with pytest.raises(ValueError, match=what):
         variant_key("avatar", ASSET_ID, variant, digest, extension)
+
+
+def test_every_key_of_an_asset_parses_back_to_it_and_shares_its_prefix() -> None:
+    built = [new_storage_key("avatar", ASSET_ID, "png"), new_storage_key("avatar", ASSET_ID, "png", role="upload"),
+             variant_key("avatar", ASSET_ID, "thumb", "0123456789abcdef0123", "webp")]
+    assert {asset_id_of(key) for key in built} == {uuid.UUID(ASSET_ID)}
+    assert all(key.startswith(asset_prefix(built[0])) for key in built)
+    assert [is_upload_key(key) for key in built] == [False, True, False]
+    assert asset_id_of("avatar/3f/not-a-uuid/original.png") is None
+    assert asset_id_of("stray.txt") is None and asset_id_of(f"avatar/3f/{ASSET_ID}") is None
 
 
 # --- sniffing ----------------------------------------------------------------------------

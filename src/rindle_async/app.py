@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from arq.worker import Function
 
-from . import attachments, delivery, maintenance, uploads
+from . import attachments, delivery, erasure, recipes, uploads
 from .assets import get_asset
 from .db import check_schema_name
 from .db import migrate as migrations
@@ -29,6 +29,7 @@ from .worker import worker_settings
 
 if TYPE_CHECKING:
     from .db import Connection
+    from .maintenance.report import Report
 
 log = logging.getLogger("rindle_async.app")
 
@@ -53,7 +54,8 @@ class Rindle:
     jobs: extra job kinds to register beside the built-in ones.
     job_settings: per built-in kind overrides, e.g. ``{"process_variant": {"tries": 8, "timeout": 600}}``.
     processes: size of the libvips process pool (default: cores - 1, at least 1).
-    detect_stale: on open, mark variants whose recipe changed as stale and plan new variants.
+    detect_stale: on open, mark variants whose recipe changed as stale and plan new variants
+      (default off: every worker does it at startup; a web process need not).
     """
 
     def __init__(self, *, database_url: str | None = None, pool: asyncpg.Pool | None = None,
@@ -64,7 +66,7 @@ class Rindle:
                  relay_interval: float = 5.0, relay_listen: bool = True, pool_size: int = 10,
                  application_name: str = "rindle_async",
                  jobs: Iterable[JobKind] = (), job_settings: Mapping[str, Mapping[str, Any]] | None = None,
-                 processes: int | None = None, detect_stale: bool = True) -> None:
+                 processes: int | None = None, detect_stale: bool = False) -> None:
         if (database_url is None) == (pool is None):
             raise ConfigurationError("Rindle() needs exactly one of database_url= or pool=")
         if relay_interval <= 0:
@@ -239,7 +241,7 @@ class Rindle:
 
         Returns how many variants were marked stale.
         """
-        report = await maintenance.reconcile_profiles(self.runtime)
+        report = await recipes.reconcile_profiles(self.runtime)
         return report.counts.get("stale", 0)
 
     def worker_settings(self, *, queue: str | None = None, processes: int | None = None,
@@ -380,6 +382,19 @@ class Rindle:
         async with self.runtime.db.transaction(conn) as uow:
             return await attachments.detach(uow, owner_type=owner_type, owner_id=owner_id,
                                             slot=slot)
+
+    async def erase_owner(self, owner_type: str, owner_id: str | int, *, dry_run: bool = False,
+                          conn: Connection | None = None) -> Report:
+        """Detach every slot of a host record and purge the assets no other record holds.
+
+        owner_type: the host record's type.
+        owner_id: the host record's id.
+        dry_run: report what would be erased, change nothing.
+        conn: a connection from ``rindle.transaction()`` to join the host's transaction.
+        Returns a Report counting and listing ``attachments_detached``, ``assets_erased`` and
+        ``assets_retained`` (shared with another record).
+        """
+        return await erasure.erase_owner(self.runtime, owner_type, owner_id, dry_run=dry_run, conn=conn)
 
     async def attachment(self, owner_type: str, owner_id: str | int, slot: str) -> Attachment | None:
         """The attachment in a slot, or None.

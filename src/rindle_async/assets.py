@@ -7,6 +7,7 @@ from typing import TYPE_CHECKING
 
 import asyncpg
 
+from .db import assets
 from .errors import NotFound, ValidationError
 from .models import Asset
 
@@ -33,9 +34,7 @@ async def get_asset(conn: Connection | asyncpg.Pool, schema: str, asset_id: obje
     schema: rindle_async's schema.
     asset_id: the asset.
     """
-    key = asset_uuid(asset_id)
-    row = await conn.fetchrow(f"SELECT * FROM {schema}.assets WHERE id = $1", key)
-    if row is None:
+    found = await assets.with_variants(conn, schema, asset_uuid(asset_id))
+    if found is None:
         raise NotFound(f"asset {asset_id} does not exist")
-    variants = await conn.fetch(f"SELECT * FROM {schema}.variants WHERE asset_id = $1 ORDER BY name", key)
-    return Asset.from_row(row, variants)
+    return Asset.from_row(*found)

@@ -21,6 +21,7 @@ import asyncpg
 
 from .assets import asset_uuid as to_uuid
 from .db import assets
+from .db import attachments as held
 from .db.transaction import UnitOfWork
 from .errors import NotFound, ValidationError
 from .lifecycle.machines import ASSET
@@ -31,8 +32,14 @@ if TYPE_CHECKING:
     from .db import Connection
 
 
-def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
-    for name, value in (("owner_type", owner_type), ("slot", slot)):
+def check_owner(owner_type: str, owner_id: object, slot: str | None = None) -> str:
+    """The owner id as text; ValidationError naming a bad owner type, id or slot.
+
+    owner_type: the host record's type.
+    owner_id: the host record's id (a string, int or UUID).
+    slot: the slot on the record; None when no slot is named (erasure).
+    """
+    for name, value in (("owner_type", owner_type), ("slot", slot if slot is not None else "-")):
         if not isinstance(value, str) or not value or len(value) > 255:
             raise ValidationError(f"{name}={value!r} must be a non-empty string of at most 255 characters")
     if isinstance(owner_id, bool) or not isinstance(owner_id, (str, int, uuid.UUID)):
@@ -43,7 +50,14 @@ def _check_owner(owner_type: str, owner_id: object, slot: str) -> str:
     return owner
 
 
-async def _lock_slot(uow: UnitOfWork, owner_type: str, owner_id: str, slot: str) -> None:
+async def lock_slot(uow: UnitOfWork, owner_type: str, owner_id: str, slot: str) -> None:
+    """Serialise the changes to one slot until the transaction ends (an advisory lock).
+
+    uow: the unit of work.
+    owner_type: the host record's type.
+    owner_id: the host record's id, as text.
+    slot: the slot on the record.
+    """
     name = f"{uow.schema}\x00{owner_type}\x00{owner_id}\x00{slot}".encode()
     key = int.from_bytes(hashlib.sha256(name).digest()[:8], "big", signed=True)
     await uow.conn.execute("SELECT pg_advisory_xact_lock($1)", key)
@@ -59,17 +73,14 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
     owner_id: the host record's id (stored as text).
     slot: the slot on the record, e.g. ``"avatar"``.
     """
-    owner = _check_owner(owner_type, owner_id, slot)
+    owner = check_owner(owner_type, owner_id, slot)
     asset_uuid = to_uuid(asset_id)
-    schema = uow.schema
-    await _lock_slot(uow, owner_type, owner, slot)
-    current = await uow.conn.fetchrow(
-        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
-        owner_type, owner, slot)
+    await lock_slot(uow, owner_type, owner, slot)
+    current = await held.in_slot(uow.conn, uow.schema, owner_type, owner, slot)
     # Lock the incoming and the outgoing asset in id order, so attaches that cross
     # (X into A's slot while Y goes into B's) wait for each other instead of deadlocking.
-    involved = {asset_uuid} | ({current["asset_id"]} if current is not None else set())
-    state = (await assets.lock_states(uow.conn, schema, involved)).get(asset_uuid)
+    involved = {asset_uuid} | ({current.asset_id} if current is not None else set())
+    state = (await assets.lock_states(uow.conn, uow.schema, involved)).get(asset_uuid)
     if state is None:
         raise NotFound(f"asset {asset_id} does not exist")
     if state not in ASSET.group("attachable"):
@@ -77,17 +88,14 @@ async def attach(uow: UnitOfWork, asset_id: object, *, owner_type: str, owner_id
                 "quarantined": "it was refused; see its reason",
                 "deleted": "it was detached and is being purged"}.get(state, "")
         raise ValidationError(f"asset {asset_id} is {state} and cannot be attached; {hint}")
-    if current is not None and current["asset_id"] == asset_uuid:
-        return Attachment.from_row(current)
+    if current is not None and current.asset_id == asset_uuid:
+        return current.public()
     if current is not None:
-        await uow.conn.execute(f"DELETE FROM {schema}.attachments WHERE id = $1", current["id"])
-    row = await uow.conn.fetchrow(
-        f"INSERT INTO {schema}.attachments (id, asset_id, owner_type, owner_id, slot)"
-        " VALUES ($1, $2, $3, $4, $5) RETURNING *", uuid.uuid4(), asset_uuid, owner_type, owner, slot)
-    assert row is not None  # INSERT ... RETURNING gives back the row it inserted
+        await held.delete(uow.conn, uow.schema, current.id)
+    row = await held.insert(uow.conn, uow.schema, asset_uuid, owner_type, owner, slot)
     if current is not None:
-        release_at_commit(uow, current["asset_id"])
-    return Attachment.from_row(row)
+        release_at_commit(uow, current.asset_id)
+    return row.public()
 
 
 async def detach(uow: UnitOfWork, *, owner_type: str, owner_id: object, slot: str) -> Attachment | None:
@@ -98,16 +106,13 @@ async def detach(uow: UnitOfWork, *, owner_type: str, owner_id: object, slot: st
     owner_id: the host record's id.
     slot: the slot on the record.
     """
-    owner = _check_owner(owner_type, owner_id, slot)
-    schema = uow.schema
-    await _lock_slot(uow, owner_type, owner, slot)
-    row = await uow.conn.fetchrow(
-        f"DELETE FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3"
-        " RETURNING *", owner_type, owner, slot)
+    owner = check_owner(owner_type, owner_id, slot)
+    await lock_slot(uow, owner_type, owner, slot)
+    row = await held.take(uow.conn, uow.schema, owner_type, owner, slot)
     if row is None:
         return None
-    release_at_commit(uow, row["asset_id"])
-    return Attachment.from_row(row)
+    release_at_commit(uow, row.asset_id)
+    return row.public()
 
 
 async def attachment(conn: Connection | asyncpg.Pool, schema: str, *, owner_type: str,
@@ -120,11 +125,9 @@ async def attachment(conn: Connection | asyncpg.Pool, schema: str, *, owner_type
     owner_id: the host record's id.
     slot: the slot on the record.
     """
-    owner = _check_owner(owner_type, owner_id, slot)
-    row = await conn.fetchrow(
-        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND owner_id = $2 AND slot = $3",
-        owner_type, owner, slot)
-    return None if row is None else Attachment.from_row(row)
+    owner = check_owner(owner_type, owner_id, slot)
+    row = await held.in_slot(conn, schema, owner_type, owner, slot)
+    return None if row is None else row.public()
 
 
 async def attachments(conn: Connection | asyncpg.Pool, schema: str, *, owner_type: str,
@@ -137,8 +140,6 @@ async def attachments(conn: Connection | asyncpg.Pool, schema: str, *, owner_typ
     owner_ids: the host records' ids; those with an empty slot are absent from the result.
     slot: the slot on each record.
     """
-    owners = [_check_owner(owner_type, owner_id, slot) for owner_id in owner_ids]
-    rows = await conn.fetch(
-        f"SELECT * FROM {schema}.attachments WHERE owner_type = $1 AND slot = $2"
-        " AND owner_id = ANY($3::text[])", owner_type, slot, owners)
-    return {row["owner_id"]: Attachment.from_row(row) for row in rows}
+    owners = [check_owner(owner_type, owner_id, slot) for owner_id in owner_ids]
+    rows = await held.in_slots(conn, schema, owner_type, owners, slot)
+    return {row.owner_id: row.public() for row in rows}

@@ -22,7 +22,7 @@ from typing import Any
 import asyncpg
 from tqdm import tqdm
 
-from . import app_loader, maintenance
+from . import app_loader, maintenance, recipes
 from .app import Rindle
 from .errors import RindleError
 from .maintenance import Report
@@ -155,7 +155,7 @@ async def _verify(rindle: Rindle, args: argparse.Namespace) -> int:
 
 async def _regenerate(rindle: Rindle, args: argparse.Namespace) -> int:
     progress = _progress("regenerate-variants", " variants")
-    report = await maintenance.regenerate_variants(
+    report = await recipes.regenerate_variants(
         rindle.runtime, profile=args.profile, variant=args.variant,
         states_=tuple(args.state or ("stale", "missing", "failed")), dry_run=args.dry_run,
         progress=progress)
@@ -163,8 +163,46 @@ async def _regenerate(rindle: Rindle, args: argparse.Namespace) -> int:
 
 
 async def _requeue(rindle: Rindle, args: argparse.Namespace) -> int:
-    report = await maintenance.requeue_asset(rindle.runtime, args.asset_id, dry_run=args.dry_run)
+    report = await recipes.requeue_asset(rindle.runtime, args.asset_id, dry_run=args.dry_run)
     return _print_report(report, args.verbose)
+
+
+def _owners(args: argparse.Namespace) -> list[tuple[str, str]]:
+    """The owners named on the command line and in ``--owners-file``, each once, in order."""
+    lines = list(args.owners)
+    if args.owners_file:
+        with (sys.stdin if args.owners_file == "-" else open(args.owners_file)) as handle:
+            lines += [line.strip() for line in handle]
+    owners: dict[tuple[str, str], None] = {}
+    for line in lines:
+        if not line or line.startswith("#"):
+            continue
+        owner_type, sep, owner_id = line.partition(":")
+        if not sep or not owner_type or not owner_id:
+            raise RindleError(f"owner {line!r} is not TYPE:ID (e.g. user:42)")
+        owners[(owner_type, owner_id)] = None
+    if not owners:
+        raise RindleError("name the owners to erase as TYPE:ID arguments or with --owners-file")
+    return list(owners)
+
+
+async def _erase(rindle: Rindle, args: argparse.Namespace) -> int:
+    owners = _owners(args)
+    progress = _progress("erase-owners", " owners")
+    total = Report("erase_owners", not args.live, keep_items=args.verbose)
+    for done, (owner_type, owner_id) in enumerate(owners, 1):  # one transaction per owner
+        report = await rindle.erase_owner(owner_type, owner_id, dry_run=not args.live)
+        total.count("owners")
+        for what, count in report.counts.items():
+            total.count(what, count)
+            for item in report.items.get(what, []) if args.verbose else []:
+                total.items.setdefault(what, []).append(item)
+        if progress:
+            progress(done, len(owners))
+    code = _print_report(total, args.verbose, progress)
+    if not args.live:
+        print("dry run: nothing was changed; run again with --live to erase")
+    return code
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -205,6 +243,13 @@ def _parser() -> argparse.ArgumentParser:
                             choices=("stale", "missing", "failed", "cancelled"),
                             help="repeatable; default: stale, missing and failed")
     regenerate.add_argument("--dry-run", action="store_true", help="report only")
+    erase = command("erase-owners", _erase,
+                    "detach every slot of each owner and purge what only it held (a dry run unless --live)")
+    erase.add_argument("owners", nargs="*", metavar="TYPE:ID", help="e.g. user:42")
+    erase.add_argument("--owners-file", metavar="FILE",
+                       help="one TYPE:ID per line ('#' comments; '-' reads stdin)")
+    erase.add_argument("--live", action="store_true",
+                       help="really erase; an interrupted run is resumed by running it again")
     requeue = command("requeue", _requeue,
                       "re-run promotion or the failed variants of one asset")
     requeue.add_argument("asset_id")

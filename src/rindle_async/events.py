@@ -81,6 +81,17 @@ class DeliverySigned(BaseEvent, frozen=True, kw_only=True):
     mode: str
 
 
+class OwnerErased(BaseEvent, frozen=True, kw_only=True):
+    """A host record's media was erased (``erase_owner``): its slots detached, the assets only
+    it held tombstoned (their purges staged), the ones other records hold retained."""
+
+    owner_type: str
+    owner_id: str
+    slots: int
+    assets_erased: int
+    assets_retained: int
+
+
 class CleanupRun(BaseEvent, frozen=True, kw_only=True):
     """A maintenance run finished; ``counts`` says what it did (or would do)."""
 
@@ -90,9 +101,9 @@ class CleanupRun(BaseEvent, frozen=True, kw_only=True):
 
 
 Event = (UploadStarted | UploadCompleted | AssetStateChanged | VariantStateChanged
-         | DeliverySigned | CleanupRun)
+         | DeliverySigned | OwnerErased | CleanupRun)
 EVENT_TYPES: tuple[type[BaseEvent], ...] = (UploadStarted, UploadCompleted, AssetStateChanged,
-                                            VariantStateChanged, DeliverySigned, CleanupRun)
+                                            VariantStateChanged, DeliverySigned, OwnerErased, CleanupRun)
 
 Handler = Callable[[BaseEvent], Awaitable[None] | None]
 

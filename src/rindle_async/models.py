@@ -61,11 +61,6 @@ class Attachment(msgspec.Struct, frozen=True, kw_only=True):
     slot: str
     created_at: datetime
 
-    @classmethod
-    def from_row(cls, row: asyncpg.Record) -> Attachment:
-        return cls(asset_id=str(row["asset_id"]), owner_type=row["owner_type"],
-                   owner_id=row["owner_id"], slot=row["slot"], created_at=row["created_at"])
-
 
 class UploadTicket(msgspec.Struct, frozen=True, kw_only=True):
     """What a client needs to send the bytes of a direct upload.

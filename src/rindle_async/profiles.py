@@ -58,7 +58,7 @@ def _check_int(owner: str, field: str, value: object, low: int, high: int | None
 
 
 @functools.cache
-def _libvips_can_save(fmt: str) -> bool:
+def libvips_can_save(fmt: str) -> bool:
     """Whether the installed libvips can write ``fmt``; cached per process."""
     import pyvips  # here, not at module top: importing profiles must not load libvips
 
@@ -75,7 +75,8 @@ def _libvips_can_save(fmt: str) -> bool:
     return True
 
 
-def _libvips_version() -> str:
+def libvips_version() -> str:
+    """The installed libvips's version, ``major.minor.micro``."""
     import pyvips
 
     return ".".join(str(pyvips.version(part)) for part in range(3))
@@ -124,9 +125,9 @@ class Variant(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
                            "is not an (r, g, b) tuple of ints in 0..255")
         if isinstance(self.background, list):  # decoding converts lists; direct construction does not
             force_setattr(self, "background", tuple(self.background))
-        if not _libvips_can_save(self.format):
+        if not libvips_can_save(self.format):
             raise _invalid("Variant", "format", self.format,
-                           f"cannot be written by the installed libvips {_libvips_version()} "
+                           f"cannot be written by the installed libvips {libvips_version()} "
                            f"(it has no {_FORMATS[self.format][2]} able to write {self.format}); "
                            "pick another format or install a libvips build that has it")
 

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import uuid
 from typing import TYPE_CHECKING, Any
 from uuid import UUID
@@ -23,12 +22,14 @@ import anyio
 import msgspec
 
 from . import security
-from .db import assets
+from .db import assets, variants
+from .db.assets import AssetRow
 from .errors import InvalidTransition, NotFound, ObjectChanged, ValidationError
 from .ledger.stage import stage_render
 from .lifecycle import transitions
 from .lifecycle.machines import ASSET, VARIANT
-from .scratch import scratch_folder
+from .scratch import local_copy, scratch_folder
+from .storage import keys
 
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
@@ -75,8 +76,7 @@ async def missing_variants(uow: UnitOfWork, rt: Runtime, asset_id: UUID, profile
                            names: list[str] | None = None) -> list[str]:
     """The variants of the profile (or ``names``) the asset has no row for yet."""
     profile = rt.profiles[profile_name]
-    existing = {r["name"] for r in await uow.conn.fetch(
-        f"SELECT name FROM {rt.schema}.variants WHERE asset_id = $1", asset_id)}
+    existing = await variants.names_of(uow.conn, rt.schema, asset_id)
     return [name for name in (names if names is not None else sorted(profile.variants))
             if name not in existing]
 
@@ -117,11 +117,11 @@ async def promote_asset(job: JobRun) -> None:
     asset = await _claim(rt, asset_id)
     if asset is None:
         return  # gone, or promoted or refused by an earlier delivery of this job
-    profile = rt.profiles.get(asset["profile"])
+    profile = rt.profiles.get(asset.profile)
     if profile is None:
-        await _quarantine(job, asset_id, f"profile {asset['profile']!r} is not configured")
+        await _quarantine(job, asset_id, f"profile {asset.profile!r} is not configured")
         return
-    storage = rt.storages[asset["storage"]]
+    storage = rt.storages[asset.storage]
     checked = await _check_bytes(rt, storage, profile, asset)
     try:
         if checked.reason is not None:
@@ -131,22 +131,23 @@ async def promote_asset(job: JobRun) -> None:
     except InvalidTransition:
         log.info("asset %s was handled by another delivery of its promotion", asset_id)
         return
-    if checked.original != asset["storage_key"]:
-        await storage.delete(asset["storage_key"])
+    if checked.original != asset.storage_key:
+        await storage.delete(asset.storage_key)
 
 
-async def _claim(rt: Runtime, asset_id: UUID) -> Any:
+async def _claim(rt: Runtime, asset_id: UUID) -> AssetRow | None:
     """Move a validating asset to analyzing and return its row; an analyzing one (a retry)
     is returned as it is; None when there is nothing to promote."""
     try:
         async with rt.db.transaction() as uow:
-            return await transitions.transition(uow, ASSET, asset_id, "validating", "analyzing")
+            row = await transitions.transition(uow, ASSET, asset_id, "validating", "analyzing")
+        return AssetRow(**dict(row))
     except InvalidTransition as exc:
         if exc.actual != "analyzing":
             return None  # promoted, refused or deleted meanwhile
     except NotFound:
         return None
-    return await rt.pool.fetchrow(f"SELECT * FROM {rt.schema}.assets WHERE id = $1", asset_id)
+    return await assets.get(rt.pool, rt.schema, asset_id)
 
 
 class _Checked:
@@ -158,18 +159,19 @@ class _Checked:
         self.metadata = metadata
 
 
-async def _check_bytes(rt: Runtime, storage: Storage, profile: Profile, asset: Any) -> _Checked:
+async def _check_bytes(rt: Runtime, storage: Storage, profile: Profile, asset: AssetRow) -> _Checked:
     """Read the stored bytes (outside any transaction): type, size, pixels; keep them safe."""
     from .processing import images  # loads libvips, in workers only
 
-    upload_key = asset["storage_key"]
+    upload_key = asset.storage_key
     verified = _verified(asset)
     with scratch_folder("rindle-promote-") as workdir:
         try:
-            path = await _readable_copy(storage, upload_key, asset, workdir, verified.get("etag"))
+            path = await local_copy(storage, upload_key, workdir, etag=verified.get("etag"),
+                                    in_place=not keys.is_upload_key(upload_key))
         except ObjectChanged as exc:
             return _Checked(f"the object changed after verification: {exc}", upload_key, None,
-                            asset["byte_size"] or 0, {})
+                            asset.byte_size or 0, {})
         sha256, head, size = await anyio.to_thread.run_sync(_digest_and_head, path)
         sniffed = security.sniff(head)
         reason = _changed(verified, sha256) or _refusal(profile, asset, sniffed, size)
@@ -182,7 +184,7 @@ async def _check_bytes(rt: Runtime, storage: Storage, profile: Profile, asset: A
                 reason = str(exc)
         original = upload_key
         if reason is None and sniffed is not None:  # _refusal refuses what sniff did not name
-            original = security.new_storage_key(profile.name, asset["id"],
+            original = keys.new_storage_key(profile.name, asset.id,
                                                 security.extension_for(sniffed))
         if original != upload_key:
             # A direct upload's URL stays valid until the session deadline: keep the bytes
@@ -191,9 +193,9 @@ async def _check_bytes(rt: Runtime, storage: Storage, profile: Profile, asset: A
     return _Checked(reason, original, sniffed, size, metadata)
 
 
-def _verified(asset: Any) -> dict[str, Any]:
+def _verified(asset: AssetRow) -> dict[str, Any]:
     """What verify_upload saw of a direct upload's object (size, ETag, sha256); {} for others."""
-    metadata = msgspec.json.decode(asset["metadata"] or "{}")
+    metadata = msgspec.json.decode(asset.metadata or "{}")
     return metadata.get("verified") or {}
 
 
@@ -203,18 +205,6 @@ def _changed(verified: dict[str, Any], sha256: str) -> str | None:
                 f"verify_upload read {verified['sha256']}")
     return None
 
-
-async def _readable_copy(storage: Any, key: str, asset: Any, workdir: str,
-                         etag: str | None = None) -> str:
-    """A local file with the object's bytes: the stored file itself when the store is local
-    and no client can write the key any more (proxied uploads), else a downloaded copy (of
-    the version with ``etag`` only: ObjectChanged if the upload URL rewrote it since)."""
-    local_path = getattr(storage, "local_path", None)
-    if local_path is not None and not security.is_upload_key(key):
-        return str(await local_path(key))
-    path = os.path.join(workdir, "original")
-    await storage.download(key, path, if_match=etag)
-    return path
 
 
 async def _promote(job: JobRun, asset_id: UUID, profile_name: str, checked: _Checked) -> None:
@@ -231,23 +221,23 @@ async def _promote(job: JobRun, asset_id: UUID, profile_name: str, checked: _Che
             await _queue_new(uow, job.runtime, asset_id, profile_name, missing)
 
 
-def _refusal(profile: Profile, asset: Any, sniffed: str | None, size: int) -> str | None:
+def _refusal(profile: Profile, asset: AssetRow, sniffed: str | None, size: int) -> str | None:
     if sniffed is None:
         return "the bytes are not of a recognised type"
     if sniffed not in profile.allow_mime:
         return (f"the bytes are {sniffed}, which profile {profile.name!r} does not allow "
                 f"(allowed: {', '.join(profile.allow_mime)})")
-    if asset["content_type"] and asset["content_type"] != sniffed:
-        return f"declared {asset['content_type']} but the bytes are {sniffed}"
-    if asset["filename"]:  # initiate_upload refuses these now; rows from before it did
+    if asset.content_type and asset.content_type != sniffed:
+        return f"declared {asset.content_type} but the bytes are {sniffed}"
+    if asset.filename:  # initiate_upload refuses these now; rows from before it did
         try:
-            security.check_extension(asset["filename"], sniffed)
+            security.check_extension(asset.filename, sniffed)
         except ValidationError as exc:
             return str(exc)
     if size > profile.max_bytes:
         return f"the file has {size} bytes, over the profile's limit of {profile.max_bytes}"
-    if asset["byte_size"] is not None and size != asset["byte_size"]:
-        return f"the stored file has {size} bytes, not the {asset['byte_size']} verified"
+    if asset.byte_size is not None and size != asset.byte_size:
+        return f"the stored file has {size} bytes, not the {asset.byte_size} verified"
     return None
 
 

@@ -13,20 +13,18 @@ from __future__ import annotations
 import logging
 from typing import TYPE_CHECKING
 
-from .db import assets
+from .db import assets, sessions, variants
+from .db.assets import PurgeView
 from .errors import Unsupported
 from .lifecycle import transitions
 from .lifecycle.machines import VARIANT
+from .storage import keys
 
 if TYPE_CHECKING:
     from .ledger.runner import JobRun
+    from .runtime import Runtime
 
 log = logging.getLogger("rindle_async.purge")
-
-
-def asset_prefix(storage_key: str) -> str:
-    """The key prefix that holds every object of the asset whose original is ``storage_key``."""
-    return storage_key.rsplit("/", 1)[0] + "/"
 
 
 async def purge_storage(job: JobRun) -> None:
@@ -36,39 +34,35 @@ async def purge_storage(job: JobRun) -> None:
     """
     rt, schema = job.runtime, job.runtime.schema
     asset_id = job.args.asset_id
-    row = await rt.pool.fetchrow(
-        f"SELECT a.state, a.storage, a.storage_key, EXISTS (SELECT 1 FROM {schema}.attachments t"
-        f" WHERE t.asset_id = a.id) AS held FROM {schema}.assets a WHERE a.id = $1", asset_id)
-    if row is None:
+    asset = await assets.purge_view(rt.pool, schema, asset_id)
+    if asset is None:
         return  # purged already
-    if row["state"] != "deleted" or row["held"]:
-        log.info("purge_storage: asset %s is %s%s; left alone", asset_id, row["state"],
-                 " and attached" if row["held"] else "")
+    if asset.state != "deleted" or asset.held:
+        log.info("purge_storage: asset %s is %s%s; left alone", asset_id, asset.state,
+                 " and attached" if asset.held else "")
         return
-    storage = rt.storages[row["storage"]]
-    keys = {row["storage_key"]}
-    keys.update(r["storage_key"] for r in await rt.pool.fetch(
-        f"SELECT storage_key FROM {schema}.variants WHERE asset_id = $1 AND storage_key IS NOT NULL",
-        asset_id))
-    prefix = asset_prefix(row["storage_key"])
-    keys.update([info.key async for info in storage.list(prefix)])
-    for key in sorted(keys):
-        await storage.delete(key)
-    for session in await rt.pool.fetch(
-            f"SELECT storage_key, multipart_upload_id FROM {schema}.upload_sessions"
-            " WHERE asset_id = $1 AND multipart_upload_id IS NOT NULL AND state <> 'completed'",
-            asset_id):
-        try:
-            await storage.abort_multipart(session["storage_key"], session["multipart_upload_id"])
-        except Unsupported as exc:  # s3rver has no AbortMultipartUpload: a retry cannot help
-            log.warning("purge of asset %s left multipart upload %s: %s", asset_id,
-                        session["multipart_upload_id"], exc)
+    deleted = await _delete_objects(rt, asset)
     async with job.complete() as uow:
         if await assets.lock_state(uow.conn, schema, asset_id) != "deleted":
             return
-        for variant in await uow.conn.fetch(
-                f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1 AND state <> 'purged'",
-                asset_id):
-            await transitions.transition(uow, VARIANT, variant["id"], variant["state"], "purged")
-        await uow.conn.execute(f"DELETE FROM {schema}.assets WHERE id = $1", asset_id)
-    log.info("purge_storage: asset %s purged (%d objects)", asset_id, len(keys))
+        for variant_id, state in (await variants.lock_in_states(uow.conn, schema, asset_id, [],
+                                                                exclude="purged")).items():
+            await transitions.transition(uow, VARIANT, variant_id, state, "purged")
+        await assets.delete(uow.conn, schema, asset_id)
+    log.info("purge_storage: asset %s purged (%d objects)", asset_id, deleted)
+
+
+async def _delete_objects(rt: Runtime, asset: PurgeView) -> int:
+    """Delete every object of the asset (its rows' keys and all under its prefix) and abort its
+    unfinished multipart uploads; return how many keys were deleted."""
+    storage = rt.storages[asset.storage]
+    doomed = {asset.storage_key, *await variants.stored_keys(rt.pool, rt.schema, asset.id)}
+    doomed.update([info.key async for info in storage.list(keys.asset_prefix(asset.storage_key))])
+    for key in sorted(doomed):
+        await storage.delete(key)
+    for key, upload_id in await sessions.unfinished_multipart(rt.pool, rt.schema, asset.id):
+        try:
+            await storage.abort_multipart(key, upload_id)
+        except Unsupported as exc:  # s3rver has no AbortMultipartUpload: a retry cannot help
+            log.warning("purge of asset %s left multipart upload %s: %s", asset.id, upload_id, exc)
+    return len(doomed)

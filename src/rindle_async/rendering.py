@@ -21,7 +21,6 @@ renders only what is still ``processing``.
 from __future__ import annotations
 
 import logging
-import os
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
@@ -29,19 +28,18 @@ from uuid import UUID
 
 import msgspec
 
-from . import security
-from .db import assets
+from .db import assets, variants
 from .errors import RindleError, StorageError
 from .ledger.stage import render_key
 from .lifecycle import transitions
 from .lifecycle.machines import ASSET, VARIANT
-from .scratch import scratch_folder
+from .scratch import local_copy, scratch_folder
+from .storage import keys
 
 if TYPE_CHECKING:
     from .db.transaction import UnitOfWork
     from .ledger.runner import JobRun
     from .profiles import Profile
-    from .storage.base import Storage
 
 log = logging.getLogger("rindle_async.rendering")
 LIVE = ASSET.group("live")
@@ -89,8 +87,7 @@ async def settle_asset(uow: UnitOfWork, asset_id: UUID,
     """
     if known is None:
         state = await assets.lock_state(uow.conn, uow.schema, asset_id)
-        variant_states = {r["state"] for r in await uow.conn.fetch(
-            f"SELECT DISTINCT state FROM {uow.schema}.variants WHERE asset_id = $1", asset_id)}
+        variant_states = await variants.states_of(uow.conn, uow.schema, asset_id)
     else:
         state, variant_states = known
     if state != "processing" or variant_states & VARIANT.group("pending"):
@@ -122,36 +119,31 @@ async def process_variant(job: JobRun) -> None:
 
 
 async def _claim(job: JobRun, asset_id: UUID) -> Work | None:
-    rt, schema = job.runtime, job.runtime.schema
+    rt = job.runtime
     async with rt.db.transaction() as uow:
-        rows = await uow.conn.fetch(
-            f"SELECT a.state AS asset_state, a.profile, a.storage, a.storage_key AS source_key,"
-            f" v.id, v.name, v.state, v.recipe_digest FROM {schema}.assets a"
-            f" JOIN {schema}.variants v ON v.asset_id = a.id"
-            f" WHERE a.id = $1 AND v.state = ANY($2::text[]) ORDER BY v.name"
-            f" FOR UPDATE OF a, v", asset_id, VARIANT.array("rendering"))
-        if not rows or rows[0]["asset_state"] not in LIVE:
+        rows = await variants.lock_for_render(uow.conn, rt.schema, asset_id)
+        if not rows or rows[0].asset_state not in LIVE:
             return None
         first = rows[0]
-        profile = rt.profiles.get(first["profile"])
+        profile = rt.profiles.get(first.profile)
         digests = profile.recipe_digests() if profile is not None else {}
-        retired = [r for r in rows if r["name"] not in digests]
+        retired = [r for r in rows if r.name not in digests]
         for row in retired:
-            await transitions.transition(uow, VARIANT, row["id"], row["state"], "cancelled",
-                                    reason=f"variant {row['name']!r} is no longer in profile "
-                                           f"{first['profile']!r}")
+            await transitions.transition(uow, VARIANT, row.id, row.state, "cancelled",
+                                    reason=f"variant {row.name!r} is no longer in profile "
+                                           f"{first.profile!r}")
         if retired:
             await settle_asset(uow, asset_id)
-        live = [r for r in rows if r["name"] in digests]
-        wanted = [r for r in live if r["recipe_digest"] == digests[r["name"]]]
-        queued = [r["id"] for r in wanted if r["state"] == "queued"]
+        live = [r for r in rows if r.name in digests]
+        wanted = [r for r in live if r.recipe_digest == digests[r.name]]
+        queued = [r.id for r in wanted if r.state == "queued"]
         await transitions.transition_many(uow, VARIANT, queued, "queued", "processing")
     if profile is None:
         return None
-    return Work(asset_id=asset_id, profile=profile, storage_name=first["storage"],
-                source_key=first["source_key"],
-                variants=[Planned(r["id"], r["name"], r["recipe_digest"]) for r in wanted],
-                mismatched=[r["name"] for r in live if r not in wanted])
+    return Work(asset_id=asset_id, profile=profile, storage_name=first.storage,
+                source_key=first.source_key,
+                variants=[Planned(r.id, r.name, r.recipe_digest) for r in wanted],
+                mismatched=[r.name for r in live if r not in wanted])
 
 
 async def _render_and_store(job: JobRun, work: Work) -> None:
@@ -161,7 +153,7 @@ async def _render_and_store(job: JobRun, work: Work) -> None:
     storage = rt.storages[work.storage_name]
     recipes = {v.name: msgspec.structs.asdict(profile.variants[v.name]) for v in work.variants}
     with scratch_folder("rindle-render-") as workdir:
-        source = await _source(storage, work.source_key, workdir)
+        source = await local_copy(storage, work.source_key, workdir)  # an original key is never rewritten
         outputs = await rt.processing.run(
             images.render_variants, source, workdir, recipes, profile.max_pixels,
             timeout=job.kind.timeout - min(10.0, job.kind.timeout / 10), waiting=job.paused)
@@ -171,7 +163,7 @@ async def _render_and_store(job: JobRun, work: Work) -> None:
                 work.refused[planned.name] = output["error"]
                 continue
             variant = profile.variants[planned.name]
-            key = security.variant_key(profile.name, str(work.asset_id), planned.name,
+            key = keys.variant_key(profile.name, str(work.asset_id), planned.name,
                                        planned.digest, variant.extension)
             try:
                 info = await storage.put(key, output["path"], content_type=variant.content_type)
@@ -183,32 +175,19 @@ async def _render_and_store(job: JobRun, work: Work) -> None:
                                          "content_type": variant.content_type}
 
 
-async def _source(storage: Storage, key: str, workdir: str) -> str:
-    """A local file holding the original: the stored file itself when the store is local
-    (an original key is never written after promotion), else a downloaded copy."""
-    local_path = getattr(storage, "local_path", None)
-    if local_path is not None:
-        return str(await local_path(key))
-    path = os.path.join(workdir, "original")
-    await storage.download(key, path)
-    return path
-
 
 async def _accept(job: JobRun, work: Work) -> None:
-    rt, schema = job.runtime, job.runtime.schema
+    rt = job.runtime
     finished = not work.transient and not work.mismatched
     accepted: set[str] = set()
     async with (job.complete() if finished else rt.db.transaction()) as uow:
-        rows = await uow.conn.fetch(
-            f"SELECT v.id, v.state, v.recipe_digest, a.state AS asset_state FROM {schema}.variants v"
-            f" JOIN {schema}.assets a ON a.id = v.asset_id WHERE v.asset_id = $1"
-            f" FOR UPDATE OF v, a", work.asset_id)
-        now_states = {r["id"]: r["state"] for r in rows}
-        asset_state = rows[0]["asset_state"] if rows else None
+        rows = await variants.lock_with_asset(uow.conn, rt.schema, work.asset_id)
+        now_states = {r.id: r.state for r in rows}
+        asset_state = rows[0].asset_state if rows else None
         for planned in work.variants:
-            row = next((r for r in rows if r["id"] == planned.id), None)
-            if (asset_state not in LIVE or row is None or row["state"] != "processing"
-                    or row["recipe_digest"] != planned.digest):
+            row = next((r for r in rows if r.id == planned.id), None)
+            if (asset_state not in LIVE or row is None or row.state != "processing"
+                    or row.recipe_digest != planned.digest):
                 continue  # purged, re-pointed or finished by another delivery meanwhile
             if planned.name in work.stored:
                 await transitions.transition(uow, VARIANT, planned.id, "processing", "ready", reason=None,
@@ -228,10 +207,7 @@ async def _accept(job: JobRun, work: Work) -> None:
             continue
         log.info("variant %s of asset %s went stale while rendering; its object is dropped", name,
                  work.asset_id)
-        referenced = await rt.pool.fetchval(
-            f"SELECT EXISTS (SELECT 1 FROM {schema}.variants WHERE storage_key = $1)",
-            stored["storage_key"])
-        if not referenced:
+        if not await variants.key_referenced(rt.pool, rt.schema, stored["storage_key"]):
             await storage.delete(stored["storage_key"])
 
 
@@ -241,15 +217,10 @@ async def variant_failed(uow: UnitOfWork, job: JobRun, error: str) -> None:
     Queued variants fail too unless a newer render job of the asset is pending (it will
     render them); the asset settles.
     """
-    schema = job.runtime.schema
     asset_id = job.args.asset_id
-    rows = await uow.conn.fetch(
-        f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1"
-        " AND state = ANY($2::text[]) FOR UPDATE", asset_id, VARIANT.array("rendering"))
-    covered = await uow.conn.fetchval(
-        f"SELECT EXISTS (SELECT 1 FROM {schema}.jobs WHERE dedupe_key = $1 AND status = 'pending'"
-        " AND id <> $2)", render_key(asset_id), job.id)
-    for row in rows:
-        if row["state"] == "processing" or not covered:
-            await transitions.transition(uow, VARIANT, row["id"], row["state"], "failed", reason=error)
+    locked = await variants.lock_in_states(uow.conn, uow.schema, asset_id, VARIANT.array("rendering"))
+    covered = await job.runtime.ledger.has_pending(uow.conn, render_key(asset_id), other_than=job.id)
+    for variant_id, state in locked.items():
+        if state == "processing" or not covered:
+            await transitions.transition(uow, VARIANT, variant_id, state, "failed", reason=error)
     await settle_asset(uow, asset_id)

@@ -17,7 +17,7 @@ polling latency, admission by lane); see ``dispatch.py``.
 from __future__ import annotations
 
 import logging
-from dataclasses import replace
+from dataclasses import dataclass, field, replace
 from typing import TYPE_CHECKING, Any
 
 import anyio
@@ -34,6 +34,8 @@ from .processing.pool import ProcessingPool, default_size
 
 if TYPE_CHECKING:
     from .app import Rindle
+    from .ledger.kinds import JobKind
+    from .ledger.relay import Ledger
     from .runtime import Runtime
 
 log = logging.getLogger("rindle_async.worker")
@@ -70,6 +72,62 @@ def _scheduled(entry: Scheduled) -> Any:
                 second=0)
 
 
+@dataclass
+class _Lifecycle:
+    """What a worker does at arq's startup and shutdown, for one settings class."""
+
+    rindle: Rindle
+    queue: str
+    size: int
+    kinds: int
+    lanes: dict[str, int]
+    dispatcher: Dispatcher
+    redis_pool: WorkerRedis
+    in_progress_ttl: float
+    leases: list[Liveness] = field(default_factory=list)
+
+    async def startup(self, ctx: dict[str, Any]) -> None:
+        """Open the Rindle, start the worker's processes and lease, send and re-send what is due."""
+        rindle = self.rindle
+        if not rindle.is_open:
+            await rindle.open(as_worker=True)
+        runtime = rindle.runtime
+        if self.size != runtime.processing.size:  # the worker's own pool; the host's stays as it is
+            runtime = replace(runtime, processing=ProcessingPool(self.size))
+        ctx["rindle"], ctx["runtime"] = rindle, runtime
+        await anyio.to_thread.run_sync(runtime.processing.start)
+        liveness = Liveness(self.redis_pool, WorkerInfo.of(self.dispatcher.claimant, self.queue, self.size),
+                            jobs=self.dispatcher.jobs, in_progress_ttl=self.in_progress_ttl,
+                            on_redis_reset=lambda: _send_and_reconcile(runtime))
+        await liveness.start()  # also frees the jobs of workers that died
+        self.leases.append(liveness)
+        sent, resent = await _send_and_reconcile(runtime)
+        stale = await rindle.mark_stale_variants()
+        log.info("rindle worker on queue %s: %d job kind(s), %d render process(es), lanes %s; "
+                 "startup sent %d, re-sent %d, marked %d stale variant(s)", self.queue, self.kinds,
+                 self.size, self.lanes, sent, resent, stale)
+
+    async def shutdown(self, ctx: dict[str, Any]) -> None:
+        """Stop handing out jobs and the lease; close the worker's own processes and the Rindle."""
+        await self.dispatcher.close()
+        for liveness in self.leases:
+            await liveness.stop()
+        runtime: Runtime | None = ctx.get("runtime")
+        hosts = self.rindle.runtime.processing if self.rindle.is_open else None
+        if runtime is not None and runtime.processing is not hosts:
+            await anyio.to_thread.run_sync(runtime.processing.close)
+        await self.rindle.close()
+
+
+def _served_kinds(ledger: Ledger, queue: str) -> list[JobKind]:
+    """The job kinds routed to ``queue``; ConfigurationError when none is."""
+    served_queues = {ledger.queue, *ledger.routes.values()}
+    if queue not in served_queues:
+        raise ConfigurationError(f"queue {queue!r} serves no job kind; queues in use: "
+                                 f"{', '.join(sorted(served_queues))}")
+    return [k for k in ledger.kinds.values() if ledger.queue_for(k.name) == queue]
+
+
 def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int | None = None,
                     concurrency: dict[str, int] | None = None, **overrides: Any) -> type:
     """An arq settings class serving ``rindle``'s jobs on one queue.
@@ -82,61 +140,26 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
     overrides: other arq Worker settings (poll_delay, job_timeout, ...).
     """
     config = rindle.config
-    ledger = config.ledger
-    queue = queue or ledger.queue
-    kinds = [k for k in ledger.kinds.values() if ledger.queue_for(k.name) == queue]
-    served_queues = {ledger.queue, *ledger.routes.values()}
-    if queue not in served_queues:
-        raise ConfigurationError(f"queue {queue!r} serves no job kind; queues in use: "
-                                 f"{', '.join(sorted(served_queues))}")
+    queue = queue or config.ledger.queue
+    kinds = _served_kinds(config.ledger, queue)
     size = processes or config.processes or default_size()
     lanes = {"render": 2 * size, "default": DEFAULT_LANE_SLOTS, **(concurrency or {})}
     dispatcher = Dispatcher(queue, lanes, {k.name: k.lane for k in kinds})
     job_timeout = max((k.timeout for k in kinds), default=60.0) + 5
     functions = [arq_function(kind) for kind in kinds]
-    # arq's in-progress lease: its longest function timeout + 10 s
-    in_progress_ttl = max([job_timeout, *(f.timeout_s or 0 for f in functions)]) + 10
     redis_pool = WorkerRedis(worker_connections(config.redis_url), dispatcher=dispatcher,
                              default_queue_name=queue)
-    leases: list[Liveness] = []
-
-    async def on_startup(ctx: dict[str, Any]) -> None:
-        if not rindle.is_open:
-            await rindle.open(as_worker=True)
-        runtime = rindle.runtime
-        if size != runtime.processing.size:  # the worker's own pool; the host's stays as it is
-            runtime = replace(runtime, processing=ProcessingPool(size))
-        ctx["rindle"], ctx["runtime"] = rindle, runtime
-        await anyio.to_thread.run_sync(runtime.processing.start)
-        liveness = Liveness(redis_pool, WorkerInfo.of(dispatcher.claimant, queue, size),
-                            jobs=dispatcher.jobs, in_progress_ttl=in_progress_ttl,
-                            on_redis_reset=lambda: _send_and_reconcile(runtime))
-        await liveness.start()  # also frees the jobs of workers that died
-        leases.append(liveness)
-        sent, resent = await _send_and_reconcile(runtime)
-        stale = await rindle.mark_stale_variants()
-        log.info("rindle worker on queue %s: %d job kind(s), %d render process(es), lanes %s; "
-                 "startup sent %d, re-sent %d, marked %d stale variant(s)", queue, len(kinds),
-                 size, lanes, sent, resent, stale)
-
-    async def on_shutdown(ctx: dict[str, Any]) -> None:
-        await dispatcher.close()
-        for liveness in leases:
-            await liveness.stop()
-        runtime: Runtime | None = ctx.get("runtime")
-        hosts = rindle.runtime.processing if rindle.is_open else None
-        if runtime is not None and runtime.processing is not hosts:
-            await anyio.to_thread.run_sync(runtime.processing.close)
-        await rindle.close()
-
+    # arq's in-progress lease: its longest function timeout + 10 s
+    lifecycle = _Lifecycle(rindle, queue, size, len(kinds), lanes, dispatcher, redis_pool,
+                           in_progress_ttl=max([job_timeout, *(f.timeout_s or 0 for f in functions)]) + 10)
     settings: dict[str, Any] = {
         "functions": functions,
         "queue_name": queue,
         "redis_pool": redis_pool,
         "redis_settings": RedisSettings.from_dsn(config.redis_url),  # for `arq --check`
         "ctx": {DISPATCHER: dispatcher},
-        "on_startup": on_startup,
-        "on_shutdown": on_shutdown,
+        "on_startup": lifecycle.startup,
+        "on_shutdown": lifecycle.shutdown,
         "cron_jobs": [],
         # results are not read (the ledger is the record); kept a minute so a duplicate send is a no-op
         "keep_result": 60,
@@ -147,7 +170,7 @@ def worker_settings(rindle: Rindle, *, queue: str | None = None, processes: int 
         # arq's in-progress lease follows from it; a dead worker's jobs are freed sooner (liveness.py)
         "job_timeout": job_timeout,
     }
-    if queue == ledger.queue:
+    if queue == config.ledger.queue:
         settings["cron_jobs"] = [cron(relay_tick, name="rindle_relay_tick", second=0),
                                  *(_scheduled(entry) for entry in SCHEDULES)]
     settings.update(overrides)

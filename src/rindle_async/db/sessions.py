@@ -1,12 +1,19 @@
-"""Reads of ``upload_sessions``, as typed rows (state changes go through ``lifecycle``)."""
+"""The SQL of ``upload_sessions``, reads as typed rows (state changes go through ``lifecycle``)."""
 
 from __future__ import annotations
 
 from datetime import datetime
+from typing import TYPE_CHECKING
 from uuid import UUID
 
 import asyncpg
 import msgspec
+
+from ..lifecycle.machines import UPLOAD_SESSION
+from . import fetch_as, fetch_one_as
+
+if TYPE_CHECKING:
+    from . import Connection
 
 
 class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
@@ -39,10 +46,6 @@ _COLUMNS = ("s.id, s.asset_id, s.state, s.strategy, s.storage_key, s.filename, s
             " a.profile, a.storage, a.state AS asset_state")
 
 
-def _row(record: asyncpg.Record | None) -> SessionRow | None:
-    return None if record is None else SessionRow(**dict(record))
-
-
 async def get(conn: asyncpg.Connection | asyncpg.Pool, schema: str, session_id: UUID) -> SessionRow | None:
     """The session ``session_id``; None when it does not exist.
 
@@ -50,9 +53,10 @@ async def get(conn: asyncpg.Connection | asyncpg.Pool, schema: str, session_id: 
     schema: rindle_async's schema.
     session_id: the session.
     """
-    return _row(await conn.fetchrow(
+    return await fetch_one_as(
+        SessionRow, conn,
         f"SELECT {_COLUMNS} FROM {schema}.upload_sessions s JOIN {schema}.assets a"
-        " ON a.id = s.asset_id WHERE s.id = $1", session_id))
+        " ON a.id = s.asset_id WHERE s.id = $1", session_id)
 
 
 async def latest_for_key(conn: asyncpg.Connection | asyncpg.Pool, schema: str, storage: str,
@@ -64,7 +68,85 @@ async def latest_for_key(conn: asyncpg.Connection | asyncpg.Pool, schema: str, s
     storage: the storage's name.
     key: the storage key.
     """
-    return _row(await conn.fetchrow(
+    return await fetch_one_as(
+        SessionRow, conn,
         f"SELECT {_COLUMNS} FROM {schema}.upload_sessions s JOIN {schema}.assets a"
         " ON a.id = s.asset_id WHERE s.storage_key = $1 AND a.storage = $2"
-        " ORDER BY s.created_at DESC LIMIT 1", key, storage))
+        " ORDER BY s.created_at DESC LIMIT 1", key, storage)
+
+
+class ExpiredSession(msgspec.Struct, frozen=True, kw_only=True):
+    """An open session past its deadline, as abort reads it."""
+
+    id: UUID
+    state: str
+    expires_at: datetime
+    asset_id: UUID
+    storage_key: str
+    multipart_upload_id: str | None
+    storage: str
+    asset_state: str
+
+
+# literals, not parameters: the planner matches a partial index's predicate only then
+_OPEN = UPLOAD_SESSION.literal("open")
+
+
+async def expired_page(conn: Connection | asyncpg.Pool, schema: str, now: datetime,
+                       after: tuple[datetime, UUID], limit: int) -> list[ExpiredSession]:
+    """The next page of open sessions past their deadline at ``now``, in (deadline, id) order.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    now: the clock.
+    after: the (deadline, id) of the last session of the page before.
+    limit: sessions per page.
+    """
+    return await fetch_as(
+        ExpiredSession, conn,
+        f"SELECT s.id, s.state, s.expires_at, s.asset_id, s.storage_key, s.multipart_upload_id,"
+        f" a.storage, a.state AS asset_state FROM {schema}.upload_sessions s"
+        f" JOIN {schema}.assets a ON a.id = s.asset_id"
+        f" WHERE s.state IN {_OPEN} AND s.expires_at < $1 AND (s.expires_at, s.id) > ($2, $3)"
+        f" ORDER BY s.expires_at, s.id LIMIT $4", now, *after, limit)
+
+
+async def count_expired(conn: Connection | asyncpg.Pool, schema: str, now: datetime) -> int:
+    """How many open sessions are past their deadline at ``now``.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    now: the clock.
+    """
+    return int(await conn.fetchval(
+        f"SELECT count(*) FROM {schema}.upload_sessions WHERE state IN {_OPEN} AND expires_at < $1", now))
+
+
+async def open_multipart_ids(conn: Connection | asyncpg.Pool, schema: str,
+                             upload_ids: list[str]) -> set[str]:
+    """Those of ``upload_ids`` (a store's multipart uploads) that an open session owns.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    upload_ids: multipart upload ids.
+    """
+    if not upload_ids:
+        return set()
+    rows = await conn.fetch(
+        f"SELECT multipart_upload_id FROM {schema}.upload_sessions"
+        f" WHERE multipart_upload_id = ANY($1::text[]) AND state IN {_OPEN}", upload_ids)
+    return {row["multipart_upload_id"] for row in rows}
+
+
+async def unfinished_multipart(conn: Connection | asyncpg.Pool, schema: str,
+                               asset_id: UUID) -> list[tuple[str, str]]:
+    """(storage key, multipart upload id) of the asset's multipart uploads not completed.
+
+    conn: a connection or the pool.
+    schema: rindle_async's schema.
+    asset_id: the asset.
+    """
+    rows = await conn.fetch(
+        f"SELECT storage_key, multipart_upload_id FROM {schema}.upload_sessions"
+        " WHERE asset_id = $1 AND multipart_upload_id IS NOT NULL AND state <> 'completed'", asset_id)
+    return [(r["storage_key"], r["multipart_upload_id"]) for r in rows]

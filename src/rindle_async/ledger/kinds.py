@@ -115,9 +115,9 @@ RENDER = JobKind("process_variant", "rindle_async.rendering:process_variant", tr
                  args=AssetArgs)
 PURGE = JobKind("purge_storage", "rindle_async.purge:purge_storage", tries=3, timeout=300.0,
                 args=AssetArgs)
-CLEANUP = JobKind("cleanup_orphans", "rindle_async.maintenance:cleanup_orphans_job", tries=3,
+CLEANUP = JobKind("cleanup_orphans", "rindle_async.maintenance.cleanup:cleanup_orphans_job", tries=3,
                   timeout=1800.0, args=MaintenanceArgs)
-ABORT = JobKind("abort_incomplete_uploads", "rindle_async.maintenance:abort_incomplete_uploads_job",
+ABORT = JobKind("abort_incomplete_uploads", "rindle_async.maintenance.abort:abort_incomplete_uploads_job",
                 tries=3, timeout=600.0, args=MaintenanceArgs)
 BUILTIN = (PROMOTE, RENDER, PURGE, CLEANUP, ABORT)
 

@@ -218,6 +218,12 @@ class Ledger:
                 pipe.publish(wake_channel(queue), ",".join(sorted(names)))
             await pipe.execute()
 
+    async def has_pending(self, conn: Connection, dedupe_key: str, *, other_than: int) -> bool:
+        """Whether a pending job with ``dedupe_key`` exists beside the row ``other_than``."""
+        return bool(await conn.fetchval(
+            f"SELECT EXISTS (SELECT 1 FROM {self.schema}.jobs WHERE dedupe_key = $1 AND status = 'pending'"
+            " AND id <> $2)", dedupe_key, other_than))
+
     async def summary(self, conn: Connection | asyncpg.Pool) -> LedgerSummary:
         """Counts by status and the oldest pending and enqueued ages."""
         row = await conn.fetchrow(

@@ -187,45 +187,56 @@ async def run_job(runtime: Runtime, kind: JobKind, job_id: int, *, worker: str |
         return "discarded"
     started = time.monotonic()
     try:
-        try:
-            with anyio.fail_after(kind.timeout) as deadline:
-                job._deadline = deadline
-                await kind.run(job)
-        except TimeoutError:
-            if not deadline.cancelled_caught:
-                raise  # a timeout of the handler's own
-            raise TimeoutError(f"{kind.name} ran longer than its {kind.timeout:g}s timeout") from None
-        if not job.completed:  # nothing of its own to commit: one statement
-            await runtime.pool.execute(_succeed_sql(runtime.schema), job.id, job.run_id)
-            job.completed = True
+        await _attempt(job)
     except Exception as exc:
-        error = describe(exc)
-        if job.completed:
-            log.exception("job %s %s failed after completing", kind.name, job_id)
-            return "succeeded"
-        if getattr(exc, "retryable", True) and not job.last_attempt:
-            schema = runtime.schema
-            # an error may ask for a longer pause (e.g. workers of two deploys disagreeing)
-            delay = max(kind.delay(job.attempt), getattr(exc, "retry_after", 0.0))
-            log.warning("job %s %s attempt %d/%d failed, retrying in %.1fs: %s",
-                        kind.name, job_id, job.attempt, kind.tries, delay, error)
-            try:
-                await _through_outage(lambda: runtime.pool.execute(
-                    f"WITH noted AS (UPDATE {schema}.jobs SET error = $3 WHERE id = $4) "
-                    + _finish_run_sql(schema), job.run_id, "retrying", error, job_id))
-            except Exception as lost:  # arq must still get the job back, or it drops it
-                log.warning("job %s %s: attempt %d could not be recorded (%s); the next attempt "
-                            "closes it", kind.name, job_id, job.attempt, describe(lost))
-            raise Retry(defer=delay) from exc
-        try:
-            await _through_outage(lambda: _discard(job, error))
-        except Exception as lost:  # the attempt stays counted; the next delivery discards
-            log.warning("job %s %s: its discard could not be recorded (%s); trying again later",
-                        kind.name, job_id, describe(lost))
-            raise Retry(defer=kind.delay(delivery)) from exc
-        return "discarded"
+        return await _failed(job, exc, delivery)
     log.debug("job %s %s succeeded in %.3fs", kind.name, job_id, time.monotonic() - started)
     return "succeeded"
+
+
+async def _attempt(job: JobRun) -> None:
+    """Run the handler within the kind's timeout; record the success unless it completed itself."""
+    kind, runtime = job.kind, job.runtime
+    try:
+        with anyio.fail_after(kind.timeout) as deadline:
+            job._deadline = deadline
+            await kind.run(job)
+    except TimeoutError:
+        if not deadline.cancelled_caught:
+            raise  # a timeout of the handler's own
+        raise TimeoutError(f"{kind.name} ran longer than its {kind.timeout:g}s timeout") from None
+    if not job.completed:  # nothing of its own to commit: one statement
+        await runtime.pool.execute(_succeed_sql(runtime.schema), job.id, job.run_id)
+        job.completed = True
+
+
+async def _failed(job: JobRun, exc: Exception, delivery: int) -> str:
+    """After an attempt raised: record a retry (and raise arq's Retry), or discard the job."""
+    kind, runtime, error = job.kind, job.runtime, describe(exc)
+    if job.completed:
+        log.error("job %s %s failed after completing", kind.name, job.id, exc_info=exc)
+        return "succeeded"
+    if getattr(exc, "retryable", True) and not job.last_attempt:
+        schema = runtime.schema
+        # an error may ask for a longer pause (e.g. workers of two deploys disagreeing)
+        delay = max(kind.delay(job.attempt), getattr(exc, "retry_after", 0.0))
+        log.warning("job %s %s attempt %d/%d failed, retrying in %.1fs: %s",
+                    kind.name, job.id, job.attempt, kind.tries, delay, error)
+        try:
+            await _through_outage(lambda: runtime.pool.execute(
+                f"WITH noted AS (UPDATE {schema}.jobs SET error = $3 WHERE id = $4) "
+                + _finish_run_sql(schema), job.run_id, "retrying", error, job.id))
+        except Exception as lost:  # arq must still get the job back, or it drops it
+            log.warning("job %s %s: attempt %d could not be recorded (%s); the next attempt "
+                        "closes it", kind.name, job.id, job.attempt, describe(lost))
+        raise Retry(defer=delay) from exc
+    try:
+        await _through_outage(lambda: _discard(job, error))
+    except Exception as lost:  # the attempt stays counted; the next delivery discards
+        log.warning("job %s %s: its discard could not be recorded (%s); trying again later",
+                    kind.name, job.id, describe(lost))
+        raise Retry(defer=kind.delay(delivery)) from exc
+    return "discarded"
 
 
 def runtime_of(ctx: dict[str, Any]) -> Runtime:

@@ -104,6 +104,23 @@ class ProcessingPool:
             started.result(timeout=120)
             lane.idle.append(executor)
 
+    async def _acquire(self, slots: _Lane) -> ProcessPoolExecutor:
+        """A process of the lane, once the lane has a free slot: an idle one, or a new one
+        started (about a second: waiting, not the call's work)."""
+        if slots.gate is None:
+            slots.gate = asyncio.Semaphore(slots.slots)
+        await slots.gate.acquire()
+        if slots.idle:
+            return slots.idle.pop()
+        executor = self._new_slot()
+        try:
+            await asyncio.get_running_loop().run_in_executor(executor, os.getpid)
+        except BaseException:
+            _kill(executor)
+            slots.gate.release()
+            raise
+        return executor
+
     async def run(self, fn: Callable[..., T], *args: Any, timeout: float, lane: str = "render",
                   waiting: Callable[[], AbstractAsyncContextManager[Any]] | None = None) -> T:
         """Call ``fn(*args)`` in a pool process; kill that process if it overruns ``timeout``.
@@ -117,20 +134,9 @@ class ProcessingPool:
             (a job pauses its own timeout there).
         """
         slots = self._lanes[lane]
-        if slots.gate is None:
-            slots.gate = asyncio.Semaphore(slots.slots)
         async with (waiting or nullcontext)():
-            await slots.gate.acquire()
-            if slots.idle:
-                executor = slots.idle.pop()
-            else:  # a new process starts (about a second): waiting, not the call's work
-                executor = self._new_slot()
-                try:
-                    await asyncio.get_running_loop().run_in_executor(executor, os.getpid)
-                except BaseException:
-                    _kill(executor)
-                    slots.gate.release()
-                    raise
+            executor = await self._acquire(slots)
+        assert slots.gate is not None  # made by _acquire
         try:
             self._busy.add(executor)
             processes = _processes(executor)  # a broken executor forgets them

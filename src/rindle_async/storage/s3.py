@@ -98,6 +98,26 @@ class _Signing:
         self.probed = False
 
 
+def _check_options(bucket: str, checksums: str, access_key_id: str | None, secret_access_key: str | None,
+                   part_size: int, connect_timeout: float, read_timeout: float,
+                   max_attempts: int | None) -> None:
+    """Refuse (ConfigurationError) the S3Storage options no bucket can work with."""
+    if not bucket or len(bucket) < 3:
+        raise ConfigurationError(f"S3Storage bucket={bucket!r}; bucket names have at least 3 characters")
+    if checksums not in CHECKSUM_MODES:
+        raise ConfigurationError(f"S3Storage checksums={checksums!r}; use one of {CHECKSUM_MODES}")
+    if (access_key_id is None) != (secret_access_key is None):
+        raise ConfigurationError("S3Storage needs both access_key_id and secret_access_key, or neither "
+                                 "(to use the standard AWS credential chain)")
+    if part_size < MIN_PART_SIZE:
+        raise ConfigurationError(f"S3Storage part_size={part_size}; S3 needs at least {MIN_PART_SIZE}")
+    for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
+        if not value > 0:
+            raise ConfigurationError(f"S3Storage {name}={value!r}; use a positive number of seconds")
+    if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
+        raise ConfigurationError(f"S3Storage max_attempts={max_attempts!r}; use a positive int or None")
+
+
 class S3Storage:
     """Objects in one S3 bucket, reached through a single long-lived aiobotocore client."""
 
@@ -126,20 +146,8 @@ class S3Storage:
         max_attempts: tries per call, botocore's retries included (default: botocore's, 5);
             1 leaves every retry to the job (with its backoff and its record in processing_runs)
         """
-        if not bucket or len(bucket) < 3:
-            raise ConfigurationError(f"S3Storage bucket={bucket!r}; bucket names have at least 3 characters")
-        if checksums not in CHECKSUM_MODES:
-            raise ConfigurationError(f"S3Storage checksums={checksums!r}; use one of {CHECKSUM_MODES}")
-        if (access_key_id is None) != (secret_access_key is None):
-            raise ConfigurationError("S3Storage needs both access_key_id and secret_access_key, or neither "
-                                     "(to use the standard AWS credential chain)")
-        if part_size < MIN_PART_SIZE:
-            raise ConfigurationError(f"S3Storage part_size={part_size}; S3 needs at least {MIN_PART_SIZE}")
-        for name, value in (("connect_timeout", connect_timeout), ("read_timeout", read_timeout)):
-            if not value > 0:
-                raise ConfigurationError(f"S3Storage {name}={value!r}; use a positive number of seconds")
-        if max_attempts is not None and (not isinstance(max_attempts, int) or max_attempts < 1):
-            raise ConfigurationError(f"S3Storage max_attempts={max_attempts!r}; use a positive int or None")
+        _check_options(bucket, checksums, access_key_id, secret_access_key, part_size,
+                       connect_timeout, read_timeout, max_attempts)
         self.timeouts = (connect_timeout, read_timeout)
         self.max_attempts = max_attempts
         self.bucket = bucket

@@ -17,7 +17,8 @@ from ..ledger.stage import stage_promote
 from ..lifecycle import transitions
 from ..lifecycle.machines import ASSET
 from ..models import Asset
-from ..profiles import find_profile
+from ..profiles import Profile, find_profile
+from ..storage import keys
 from ..storage.base import Source
 from .sessions import storage_of
 
@@ -61,6 +62,23 @@ async def _head_and_rest(data: Source) -> tuple[bytes, Source]:
     return head[:SNIFF_BYTES], rest()
 
 
+def _checked_type(profile: Profile, head: bytes, declared: str | None, filename: str | None) -> str:
+    """The type sniffed from the first bytes; ValidationError unless the profile allows it and
+    it is the declared type (if any) and the one the filename's extension names (if any)."""
+    if not head:
+        raise ValidationError("the upload is empty (0 bytes)")
+    sniffed = security.sniff(head)
+    if sniffed is None or sniffed not in profile.allow_mime:
+        raise ValidationError(f"the file's bytes are {sniffed or 'of an unknown type'}, which profile "
+                              f"{profile.name!r} does not allow; allowed: {', '.join(profile.allow_mime)}")
+    if declared is not None and declared != sniffed:  # what promotion quarantines a direct upload for
+        raise ValidationError(f"declared {declared} but the bytes are {sniffed}; "
+                              "declare the file's real type")
+    if filename:
+        security.check_extension(filename, sniffed)
+    return sniffed
+
+
 async def upload(rt: Runtime, profile_name: str, data: Source, *, filename: str | None = None,
                  content_type: str | None = None) -> Asset:
     """Store a file that passes through the host, then hand it to promotion; return the asset.
@@ -78,19 +96,9 @@ async def upload(rt: Runtime, profile_name: str, data: Source, *, filename: str 
         declared = security.check_declared_type(content_type, profile.allow_mime,
                                                 profile=profile.name)
     head, stream = await _head_and_rest(data)
-    if not head:
-        raise ValidationError("the upload is empty (0 bytes)")
-    sniffed = security.sniff(head)
-    if sniffed is None or sniffed not in profile.allow_mime:
-        raise ValidationError(f"the file's bytes are {sniffed or 'of an unknown type'}, which profile "
-                              f"{profile.name!r} does not allow; allowed: {', '.join(profile.allow_mime)}")
-    if declared is not None and declared != sniffed:  # what promotion quarantines a direct upload for
-        raise ValidationError(f"declared {declared} but the bytes are {sniffed}; "
-                              "declare the file's real type")
-    if filename:
-        security.check_extension(filename, sniffed)
+    sniffed = _checked_type(profile, head, declared, filename)
     asset_id = uuid.uuid4()
-    key = security.new_storage_key(profile.name, str(asset_id), security.extension_for(sniffed))
+    key = keys.new_storage_key(profile.name, str(asset_id), security.extension_for(sniffed))
     storage = storage_of(rt, profile.storage)
     try:
         info = await storage.put(key, stream, content_type=sniffed, max_bytes=profile.max_bytes)

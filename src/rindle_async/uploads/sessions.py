@@ -28,6 +28,7 @@ from ..lifecycle.machines import ASSET, UPLOAD_SESSION
 from ..lifecycle.tombstone import tombstone
 from ..models import UploadTicket
 from ..profiles import Profile, find_profile
+from ..storage import keys
 from ..storage.base import PresignedPost, PresignedRequest, Storage
 
 if TYPE_CHECKING:
@@ -138,7 +139,7 @@ async def initiate_upload(rt: Runtime, profile_name: str, *, filename: str | Non
     declared = _declare(rt, profile_name, filename=filename, content_type=content_type, byte_size=byte_size,
                         checksum=checksum, strategy=_strategy(multipart, presigned_post), part_size=part_size)
     asset_id, session_id = uuid.uuid4(), uuid.uuid4()
-    key = security.new_storage_key(declared.profile.name, str(asset_id),
+    key = keys.new_storage_key(declared.profile.name, str(asset_id),
                                    security.extension_for(declared.content_type), role="upload")
     expires_at = now() + timedelta(seconds=declared.profile.upload_ttl)
     await _open_session(rt, declared, asset_id, session_id, key, filename, expires_at)
