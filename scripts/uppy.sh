@@ -12,8 +12,13 @@ STAMP="$(cat "$SOURCE/package.json" "$SOURCE/package-lock.json" "$SOURCE/entry.j
 
 if [ -f "$CACHE/uppy.js" ] && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$STAMP" ]; then exit 0; fi
 if ! command -v npm >/dev/null; then
-    echo "uppy.sh: npm is missing; install Node.js 20 (e.g. apt-get install nodejs npm)" >&2
-    exit 1
+    if [ "$(id -u)" != 0 ]; then
+        echo "uppy.sh: npm is missing and installing it needs root; run" >&2
+        echo "    sudo apt-get install nodejs npm" >&2
+        exit 1
+    fi
+    echo "uppy.sh: installing Node.js and npm from Debian's packages"
+    apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nodejs npm >/dev/null
 fi
 echo "uppy.sh: installing Uppy from npm into $CACHE"
 mkdir -p "$CACHE"
