@@ -428,6 +428,10 @@ def test_uppy_single_upload_through_a_post_policy(uppy_example, example_database
         took = expect_ready(page) - started
         assert [(s["strategy"], s["state"]) for s in sessions_of(example_database_url)] == [
             ("presigned_post", "completed")]
+        key = sessions_of(example_database_url)[0]["storage_key"]
+        stolen = httpx.post(f"{stack.base_url}/api/avatar/uploads/attach", json={"key": key},
+                            headers={"X-Demo-User": "mallory"})
+        assert stolen.status_code == 403, stolen.text  # the page's user (demo) started it
         assert errors == []
     print(f"\nUppy POST-policy upload -> ready ({framework}, {picture.stat().st_size} bytes): {took:.2f} s")
 

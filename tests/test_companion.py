@@ -209,3 +209,21 @@ async def test_seaweedfs_enforces_the_policy_of_s3_params(framework, seaweed_rin
         assert stored.status_code in (200, 204), stored.text
     asset = await seaweed_rindle.verify_upload(answer["session_id"])
     assert (asset.state, asset.byte_size) == ("validating", len(body))
+
+
+async def test_only_the_owner_who_started_an_upload_can_go_on_with_it(client, rindle):
+    created = (await client.post("/s3/multipart", json={"filename": "a.png", "type": "image/png"})).json()
+    session = await rindle.get_upload(created["session_id"])
+    assert session.owner == "ann"
+    other = {"X-User": "bob"}
+    key, upload_id = created["key"], created["uploadId"]
+    for method, path, body in (("GET", f"/s3/multipart/{upload_id}/1", None),
+                               ("GET", f"/s3/multipart/{upload_id}", None),
+                               ("POST", f"/s3/multipart/{upload_id}/complete", b'{"parts": []}'),
+                               ("DELETE", f"/s3/multipart/{upload_id}", None)):
+        response = await client.request(method, path, params={"key": key}, content=body, headers=other)
+        assert response.status_code == 403, (method, path, response.text)
+        assert "started by another owner" in response.json()["error"]
+    assert (await rindle.get_upload(created["session_id"])).state == "signed"
+    params = (await client.get("/s3/params", params={"filename": "b.png", "type": "image/png"})).json()
+    assert (await rindle.get_upload(params["session_id"])).owner == "ann"

@@ -644,3 +644,13 @@ async def test_abort_where_the_store_cannot_abort_still_closes_the_session(media
     assert (await rindle.get_upload(ticket.session_id)).state == "aborted"
     assert (await rindle.get_asset(ticket.asset_id)).state == "deleted"
     assert "cleanup-orphans retries it" in caplog.text
+
+
+async def test_the_owner_is_kept_on_the_session(media_rindle, db, schema):
+    rindle = await media_rindle()
+    ticket = await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png", byte_size=5,
+                                          owner="user:42")
+    assert (await rindle.get_upload(ticket.session_id)).owner == "user:42"
+    with pytest.raises(ValidationError, match="owner=42 must be a str"):
+        await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png", byte_size=5,
+                                     owner=42)

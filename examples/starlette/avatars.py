@@ -99,7 +99,8 @@ async def attach_upload(user_id: str, body: bytes) -> Reply:
     """Make an upload Uppy finished (through the Companion routes) the user's avatar."""
     wanted = msgspec.json.decode(body, type=AttachRequest)
     session = await rindle.find_upload(wanted.key, profile=avatar.name)
-    # A real host also checks that this user started the upload (e.g. a row it wrote in authorize).
+    if session.owner != user_id:  # the Companion routes kept who authorize() said it was for
+        return 403, {"error": "this upload was started by another user"}
     return await complete_upload(user_id, session.id)
 
 

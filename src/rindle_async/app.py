@@ -263,7 +263,7 @@ class Rindle:
     async def initiate_upload(self, profile: str, *, filename: str | None, content_type: str,
                               byte_size: int | None = None, checksum: str | None = None,
                               multipart: bool = False, part_size: int | None = None,
-                              presigned_post: bool = False) -> UploadTicket:
+                              presigned_post: bool = False, owner: str | None = None) -> UploadTicket:
         """Open a direct-upload session; the client sends the bytes with the ticket.
 
         profile: the profile name.
@@ -276,11 +276,13 @@ class Rindle:
         part_size: the suggested bytes per part for multipart uploads (5 MiB..5 GiB).
         presigned_post: an S3 POST policy (``ticket.fields``) that S3 itself holds to the type,
             the key and 1..max_bytes.
+        owner: who the upload is for (e.g. the user's id); kept on the session for the host.
         """
         return await uploads.initiate_upload(self.runtime, profile, filename=filename,
                                              content_type=content_type, byte_size=byte_size,
                                              checksum=checksum, multipart=multipart,
-                                             part_size=part_size, presigned_post=presigned_post)
+                                             part_size=part_size, presigned_post=presigned_post,
+                                             owner=owner)
 
     async def sign_upload(self, session_id: str) -> UploadTicket:
         """A fresh ticket for an open session whose URL expired.

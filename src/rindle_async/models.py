@@ -90,6 +90,7 @@ class UploadSession(msgspec.Struct, frozen=True, kw_only=True):
     """An upload session read back: its state, deadline and, for multipart, the parts stored.
 
     ``byte_size`` is the declared size, or None where the store or completion checks the limit;
+    ``owner`` is who the host said the upload is for (``initiate_upload(owner=...)``);
     ``parts`` lists what the store holds for an open multipart session (None for other
     strategies, for closed sessions and where the store cannot list parts).
     """
@@ -107,4 +108,5 @@ class UploadSession(msgspec.Struct, frozen=True, kw_only=True):
     upload_id: str | None
     part_size: int | None
     reason: str | None
+    owner: str | None = None
     parts: list[StoredPart] | None = None

@@ -14,9 +14,10 @@ DELETE   ``/s3/multipart/{uploadId}?key``               ``{}``: the session is a
 
 Every answer that opens or finishes an upload also carries ``session_id`` and ``asset_id``,
 so the host can attach the asset (``find_upload`` finds the session from the key too).  The
-host's ``authorize`` callback sees each request first and refuses it (403) by returning None.
-The key and upload id that Uppy sends back are unguessable and are checked against the
-session, so one client cannot act on another's upload without both.
+host's ``authorize`` callback sees each request first and names the owner it is for (its
+``str`` is kept on the session as ``owner``), or refuses it (403) by returning None.  The key
+and upload id that Uppy sends back must match the session, and the session's owner the
+request's: one user cannot sign, list, complete or cancel another's upload.
 """
 
 from __future__ import annotations
@@ -82,6 +83,10 @@ class _BadRequest(RindleError):
     """The request itself is malformed (HTTP 400)."""
 
 
+class _Forbidden(RindleError):
+    """The caller may not act on this upload (HTTP 403)."""
+
+
 def companion_mount(rindle: Rindle, profile: str, authorize: Authorize) -> CompanionMount:
     """Check once, when the routes are built, that ``profile`` can serve Uppy's S3 uploads.
 
@@ -125,47 +130,57 @@ async def handle_companion(mount: CompanionMount, request: object, method: str, 
     body: reads the request body (only the routes that take JSON call it)
     """
     try:
-        if await mount.authorize(request) is None:
+        owner = await mount.authorize(request)
+        if owner is None:
             return _reply(403, {"error": "not allowed to upload here; sign in first"})
-        rt = mount.rindle.runtime
-        return await _route(rt, mount.profile, method.upper(), path.strip("/").split("/"), query, body)
+        caller = _Caller(mount.rindle.runtime, mount.profile, str(owner))
+        return await _route(caller, method.upper(), path.strip("/").split("/"), query, body)
     except RindleError as exc:
         return _refuse(exc)
 
 
-async def _route(rt: Runtime, profile: str, method: str, segments: list[str], query: Mapping[str, str],
+class _Caller(NamedTuple):
+    """Who asks: the runtime, the mount's profile, and the owner ``authorize`` named."""
+
+    rt: Runtime
+    profile: str
+    owner: str
+
+
+async def _route(caller: _Caller, method: str, segments: list[str], query: Mapping[str, str],
                  body: Callable[[], Awaitable[bytes]]) -> Answer:
+    rt = caller.rt
     match method, segments:
         case "GET", ["s3", "params"]:
-            return await _params(rt, profile, query)
+            return await _params(caller, query)
         case "POST", ["s3", "multipart"]:
-            return await _create(rt, profile, _decode(await body(), _Create))
+            return await _create(caller, _decode(await body(), _Create))
         case "GET", ["s3", "multipart", upload_id, part]:
-            return await _sign_part(rt, await _session(rt, profile, upload_id, query), part)
+            return await _sign_part(rt, await _session(caller, upload_id, query), part)
         case "GET", ["s3", "multipart", upload_id]:
-            return await _list(rt, await _session(rt, profile, upload_id, query))
+            return await _list(rt, await _session(caller, upload_id, query))
         case "POST", ["s3", "multipart", upload_id, "complete"]:
             parts = _decode(await body(), _Complete).parts
-            return await _complete(rt, await _session(rt, profile, upload_id, query), parts)
+            return await _complete(rt, await _session(caller, upload_id, query), parts)
         case "DELETE", ["s3", "multipart", upload_id]:
-            return await _abort(rt, await _session(rt, profile, upload_id, query))
+            return await _abort(rt, await _session(caller, upload_id, query))
         case _, ["s3", "params"] | ["s3", "multipart", *_]:
             return _reply(405, {"error": f"method {method} is not allowed on /{'/'.join(segments)}"})
     return _reply(404, {"error": f"no Companion route /{'/'.join(segments)}"})
 
 
-async def _params(rt: Runtime, profile: str, query: Mapping[str, str]) -> Answer:
+async def _params(caller: _Caller, query: Mapping[str, str]) -> Answer:
     filename, content_type = _required(query, "filename"), _required(query, "type")
-    ticket = await uploads.initiate_upload(rt, profile, filename=filename, content_type=content_type,
-                                           presigned_post=True)
+    ticket = await uploads.initiate_upload(caller.rt, caller.profile, filename=filename,
+                                           content_type=content_type, presigned_post=True, owner=caller.owner)
     return _reply(200, {"method": "POST", "url": ticket.url, "fields": ticket.fields, "headers": {},
                         "key": ticket.storage_key, "session_id": ticket.session_id,
                         "asset_id": ticket.asset_id})
 
 
-async def _create(rt: Runtime, profile: str, wanted: _Create) -> Answer:
-    ticket = await uploads.initiate_upload(rt, profile, filename=wanted.filename, content_type=wanted.type,
-                                           multipart=True)
+async def _create(caller: _Caller, wanted: _Create) -> Answer:
+    ticket = await uploads.initiate_upload(caller.rt, caller.profile, filename=wanted.filename,
+                                           content_type=wanted.type, multipart=True, owner=caller.owner)
     return _reply(200, {"key": ticket.storage_key, "uploadId": ticket.upload_id,
                         "session_id": ticket.session_id, "asset_id": ticket.asset_id})
 
@@ -199,11 +214,14 @@ async def _abort(rt: Runtime, session: UploadSession) -> Answer:
     return _reply(200, {})
 
 
-async def _session(rt: Runtime, profile: str, upload_id: str, query: Mapping[str, str]) -> UploadSession:
-    """The multipart session of ``key`` (query) and ``upload_id`` (path): both must match."""
-    session = await uploads.find_upload(rt, profile, _required(query, "key"))
+async def _session(caller: _Caller, upload_id: str, query: Mapping[str, str]) -> UploadSession:
+    """The multipart session of ``key`` (query) and ``upload_id`` (path), both matching, of the
+    caller's owner (403 otherwise)."""
+    session = await uploads.find_upload(caller.rt, caller.profile, _required(query, "key"))
     if session.upload_id != upload_id:
         raise NotFound(f"upload {upload_id!r} is not the multipart upload of {session.storage_key!r}")
+    if session.owner != caller.owner:
+        raise _Forbidden(f"upload {upload_id!r} was started by another owner; only they can go on with it")
     return session
 
 
@@ -225,7 +243,7 @@ def _decode(body: bytes, kind: type[T]) -> T:
 
 
 #: The first match wins: TooLarge is a ValidationError.
-_STATUS = ((_BadRequest, 400), (NotFound, 404), (TooLarge, 413), (ValidationError, 422),
+_STATUS = ((_BadRequest, 400), (_Forbidden, 403), (NotFound, 404), (TooLarge, 413), (ValidationError, 422),
            (VerificationFailed, 422), (Unsupported, 501))
 
 

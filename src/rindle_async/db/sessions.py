@@ -32,6 +32,7 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
     part_size: int | None
     expires_at: datetime
     reason: str | None
+    owner: str | None  # who the host said the upload is for, if it said
     profile: str
     storage: str
     asset_state: str
@@ -42,7 +43,7 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _COLUMNS = ("s.id, s.asset_id, s.state, s.strategy, s.storage_key, s.filename, s.content_type,"
-            " s.byte_size, s.checksum, s.multipart_upload_id, s.part_size, s.expires_at, s.reason,"
+            " s.byte_size, s.checksum, s.multipart_upload_id, s.part_size, s.expires_at, s.reason, s.owner,"
             " a.profile, a.storage, a.state AS asset_state")
 
 

@@ -84,4 +84,4 @@ async def _public(rt: Runtime, row: SessionRow) -> UploadSession:
                          strategy=row.strategy, storage_key=row.storage_key, filename=row.filename,
                          content_type=row.content_type, byte_size=row.byte_size, expires_at=row.expires_at,
                          upload_id=row.multipart_upload_id, part_size=row.part_size, reason=row.reason,
-                         parts=parts)
+                         owner=row.owner, parts=parts)

@@ -115,12 +115,13 @@ class _Declared(NamedTuple):
     byte_size: int | None
     checksum: str | None
     part_size: int | None
+    owner: str | None
 
 
 async def initiate_upload(rt: Runtime, profile_name: str, *, filename: str | None,
                           content_type: str, byte_size: int | None = None, checksum: str | None = None,
                           multipart: bool = False, part_size: int | None = None,
-                          presigned_post: bool = False) -> UploadTicket:
+                          presigned_post: bool = False, owner: str | None = None) -> UploadTicket:
     """Open a direct-upload session and return the ticket the client uploads with.
 
     rt: the runtime of the opened Rindle.
@@ -135,9 +136,11 @@ async def initiate_upload(rt: Runtime, profile_name: str, *, filename: str | Non
     part_size: the suggested bytes per part for multipart (5 MiB..5 GiB; default 8 MiB or
         larger for huge files); clients may use other sizes within S3's rules.
     presigned_post: a form POST under a policy the store enforces (type, key, 1..max_bytes).
+    owner: who the upload is for, as the host names it (kept on the session, see get_upload).
     """
     declared = _declare(rt, profile_name, filename=filename, content_type=content_type, byte_size=byte_size,
-                        checksum=checksum, strategy=_strategy(multipart, presigned_post), part_size=part_size)
+                        checksum=checksum, strategy=_strategy(multipart, presigned_post), part_size=part_size,
+                        owner=owner)
     asset_id, session_id = uuid.uuid4(), uuid.uuid4()
     key = keys.new_storage_key(declared.profile.name, str(asset_id),
                                    security.extension_for(declared.content_type), role="upload")
@@ -162,7 +165,8 @@ async def initiate_upload(rt: Runtime, profile_name: str, *, filename: str | Non
 
 
 def _declare(rt: Runtime, profile_name: str, *, filename: str | None, content_type: str,
-             byte_size: object, checksum: str | None, strategy: str, part_size: int | None) -> _Declared:
+             byte_size: object, checksum: str | None, strategy: str, part_size: int | None,
+             owner: str | None) -> _Declared:
     """Refuse at once what the profile or the storage forbids; nothing is created before."""
     profile = find_profile(rt.profiles, profile_name)
     declared = security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
@@ -174,7 +178,9 @@ def _declare(rt: Runtime, profile_name: str, *, filename: str | None, content_ty
         raise ValidationError(f"storage {profile.storage!r} ({storage.adapter}) cannot do "
                               f"{STRATEGY_NAMES[strategy]} uploads")
     parts = _part_size(size, part_size) if strategy == "multipart" else None
-    return _Declared(profile, strategy, declared, size, _check_checksum(checksum), parts)
+    if owner is not None and not isinstance(owner, str):
+        raise ValidationError(f"owner={owner!r} must be a str (the host's id of who uploads)")
+    return _Declared(profile, strategy, declared, size, _check_checksum(checksum), parts, owner)
 
 
 async def _open_session(rt: Runtime, declared: _Declared, asset_id: uuid.UUID, session_id: uuid.UUID,
@@ -191,7 +197,7 @@ async def _open_session(rt: Runtime, declared: _Declared, asset_id: uuid.UUID, s
                                  filename=security.sanitize_filename(filename),
                                  content_type=declared.content_type, byte_size=declared.byte_size,
                                  checksum=declared.checksum, part_size=declared.part_size,
-                                 expires_at=expires_at)
+                                 owner=declared.owner, expires_at=expires_at)
         uow.emit(UploadStarted(session_id=str(session_id), asset_id=str(asset_id),
                                profile=profile.name, adapter=profile.storage))
 

@@ -7,3 +7,7 @@
 ALTER TABLE __SCHEMA__.upload_sessions DROP CONSTRAINT upload_sessions_strategy_check;
 ALTER TABLE __SCHEMA__.upload_sessions ADD CONSTRAINT upload_sessions_strategy_check
     CHECK (strategy IN ('presigned_put', 'multipart', 'presigned_post'));
+
+-- Who the upload is for, as the host named it (Uppy's Companion routes store what the host's
+-- authorize callback answered): later calls on the session must come from the same owner.
+ALTER TABLE __SCHEMA__.upload_sessions ADD COLUMN owner text;
