@@ -1,14 +1,16 @@
 #!/usr/bin/env bash
 # Build the Uppy bundle that the examples serve at /uppy.js and tests/test_browser.py drives:
 # the exact versions in scripts/uppy/package.json (and its lock file) from the npm registry,
-# bundled with esbuild into .cache/uppy/uppy.js. Nothing is fetched by the page at run time.
+# bundled with esbuild into .cache/uppy/uppy.js (Core + AwsS3) and uppy-dashboard.js and .css
+# (the same with the Dashboard UI). Nothing is fetched by the pages at run time.
 # Quiet when the bundle is already built from the same package files.
 set -euo pipefail
 
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 SOURCE="$ROOT/scripts/uppy"
 CACHE="${RINDLE_UPPY_CACHE:-$ROOT/.cache/uppy}"
-STAMP="$(cat "$SOURCE/package.json" "$SOURCE/package-lock.json" "$SOURCE/entry.js" | sha256sum | cut -d' ' -f1)"
+FILES=(package.json package-lock.json entry.js dashboard.js)
+STAMP="$(cd "$SOURCE" && cat "${FILES[@]}" | sha256sum | cut -d' ' -f1)"
 
 if [ -f "$CACHE/uppy.js" ] && [ "$(cat "$CACHE/stamp" 2>/dev/null)" = "$STAMP" ]; then exit 0; fi
 if ! command -v npm >/dev/null; then
@@ -22,8 +24,10 @@ if ! command -v npm >/dev/null; then
 fi
 echo "uppy.sh: installing Uppy from npm into $CACHE"
 mkdir -p "$CACHE"
-cp "$SOURCE/package.json" "$SOURCE/package-lock.json" "$SOURCE/entry.js" "$CACHE/"
+(cd "$SOURCE" && cp "${FILES[@]}" "$CACHE/")
 (cd "$CACHE" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
-"$CACHE/node_modules/.bin/esbuild" "$CACHE/entry.js" --bundle --minify --format=iife --target=es2020 \
-    --log-level=warning --outfile="$CACHE/uppy.js"
+for entry in entry:uppy dashboard:uppy-dashboard; do
+    "$CACHE/node_modules/.bin/esbuild" "$CACHE/${entry%%:*}.js" --bundle --minify --format=iife \
+        --target=es2020 --log-level=warning --outfile="$CACHE/${entry##*:}.js"
+done
 echo "$STAMP" > "$CACHE/stamp"

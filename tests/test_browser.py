@@ -397,11 +397,12 @@ async def multipart_uploads(stack: ExampleStack) -> list[str]:
     return [upload["UploadId"] for upload in listed.get("Uploads", [])]
 
 
-def open_uppy_page(browser: Browser, stack: ExampleStack) -> tuple[Page, list[str]]:
+def open_uppy_page(browser: Browser, stack: ExampleStack, *, dashboard: bool = False) -> tuple[Page, list[str]]:
     page = browser.new_page()
     errors: list[str] = []
     page.on("pageerror", lambda error: errors.append(str(error)))
-    page.goto(stack.base_url + "/uppy")
+    page.goto(stack.base_url + "/uppy" + ("?ui=dashboard" if dashboard else ""))
+    page.wait_for_function("() => window.uppy !== undefined")
     expect(page.locator("#state")).to_have_text("none")
     # Count the parts Uppy finished, so the tests can act mid-upload.
     page.evaluate("() => { window.partsDone = 0; uppy.on('s3-multipart:part-uploaded', () => { window.partsDone++; }); }")
@@ -489,4 +490,23 @@ def test_uppy_cancel_aborts_the_session(uppy_example, example_database_url, brow
                    for states in seen), seen
         wait_until(lambda: not run_async(multipart_uploads(stack)), "the multipart upload aborted at S3")
         expect(page.locator("#state")).to_have_text("none")
+        assert errors == []
+
+
+def test_uppy_dashboard_uploads_several_files(uppy_example, example_database_url,
+                                               browser, tmp_path):
+    stack = uppy_example("aiohttp")
+    page, errors = open_uppy_page(browser, stack, dashboard=True)
+    pictures = [gradient(tmp_path / "one.jpg", 640, 480), gradient(tmp_path / "two.png", 300, 400)]
+    with explained(page, stack, tmp_path / "failure.png"):
+        expect(page.locator(".uppy-Dashboard")).to_be_visible()
+        page.evaluate("() => { window.succeeded = 0; uppy.on('upload-success', () => { window.succeeded++; }); }")
+        page.locator(".uppy-Dashboard-input").first.set_input_files(pictures)
+        expect(page.locator(".uppy-Dashboard-Item")).to_have_count(2)
+        page.locator(".uppy-StatusBar-actionBtn--upload").click()
+        page.wait_for_function("window.succeeded === 2", timeout=SETTLE * 1000)
+        expect_ready(page)
+        # each was attached in turn: the one replaced is purged, rows and all
+        wait_until(lambda: [(s["strategy"], s["state"]) for s in sessions_of(example_database_url)] == [
+            ("presigned_post", "completed")], "one session left, completed")
         assert errors == []

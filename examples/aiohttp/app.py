@@ -26,7 +26,10 @@ from media import LOCAL_PREFIX, STORAGE, avatar, rindle
 #: The pages, shared with the Starlette example; the Uppy bundle that scripts/uppy.sh builds.
 STATIC = Path(__file__).resolve().parent.parent / "static"
 INDEX, UPPY_PAGE = STATIC / "index.html", STATIC / "uppy.html"
-UPPY_BUNDLE = STATIC.parent.parent / ".cache" / "uppy" / "uppy.js"
+#: The Uppy bundles scripts/uppy.sh builds, by the path the pages load them from.
+UPPY_CACHE = STATIC.parent.parent / ".cache" / "uppy"
+UPPY_BUNDLES = {"/uppy.js": "text/javascript", "/uppy-dashboard.js": "text/javascript",
+                "/uppy-dashboard.css": "text/css"}
 
 
 def current_user(request: web.Request) -> str:
@@ -49,9 +52,10 @@ async def uppy_page(request: web.Request) -> web.FileResponse:
 
 
 async def uppy_bundle(request: web.Request) -> web.StreamResponse:
-    if not UPPY_BUNDLE.exists():
+    bundle = UPPY_CACHE / request.path.lstrip("/")
+    if not bundle.exists():
         return web.Response(text="no Uppy bundle: run scripts/uppy.sh (make services does)", status=404)
-    return web.FileResponse(UPPY_BUNDLE, headers={"Content-Type": "text/javascript"})
+    return web.FileResponse(bundle, headers={"Content-Type": UPPY_BUNDLES[request.path]})
 
 
 async def authorize(request: web.Request) -> str | None:
@@ -94,7 +98,8 @@ def create_app(argv: list[str] | None = None) -> web.Application:
     app.router.add_post("/api/avatar/uploads/{session_id}/complete", complete_upload)
     app.router.add_post("/api/avatar/uploads/attach", attach_upload)
     app.router.add_get("/uppy", uppy_page)
-    app.router.add_get("/uppy.js", uppy_bundle)
+    for path in UPPY_BUNDLES:
+        app.router.add_get(path, uppy_bundle)
     if "local" in rindle.storages:  # signed PUT (uploads) and GET (delivery) for the local folder
         add_local_storage_routes(app, rindle, prefix=LOCAL_PREFIX)
     if STORAGE == "s3":  # Uppy's Companion routes at the origin root: companionEndpoint: location.origin

@@ -28,7 +28,10 @@ from media import LOCAL_PREFIX, STORAGE, avatar, rindle
 #: The pages, shared with the aiohttp example; the Uppy bundle that scripts/uppy.sh builds.
 STATIC = Path(__file__).resolve().parent.parent / "static"
 INDEX, UPPY_PAGE = STATIC / "index.html", STATIC / "uppy.html"
-UPPY_BUNDLE = STATIC.parent.parent / ".cache" / "uppy" / "uppy.js"
+#: The Uppy bundles scripts/uppy.sh builds, by the path the pages load them from.
+UPPY_CACHE = STATIC.parent.parent / ".cache" / "uppy"
+UPPY_BUNDLES = {"/uppy.js": "text/javascript", "/uppy-dashboard.js": "text/javascript",
+                "/uppy-dashboard.css": "text/css"}
 
 
 def current_user(request: Request) -> str:
@@ -51,9 +54,10 @@ async def uppy_page(request: Request) -> FileResponse:
 
 
 async def uppy_bundle(request: Request) -> Response:
-    if not UPPY_BUNDLE.exists():
+    bundle = UPPY_CACHE / request.url.path.lstrip("/")
+    if not bundle.exists():
         return PlainTextResponse("no Uppy bundle: run scripts/uppy.sh (make services does)", status_code=404)
-    return FileResponse(UPPY_BUNDLE, media_type="text/javascript")
+    return FileResponse(bundle, media_type=UPPY_BUNDLES[request.url.path])
 
 
 async def authorize(request: Request) -> str | None:
@@ -95,7 +99,7 @@ routes: list[BaseRoute] = [
     Route("/api/avatar/uploads/{session_id}/complete", complete_upload, methods=["POST"]),
     Route("/api/avatar/uploads/attach", attach_upload, methods=["POST"]),
     Route("/uppy", uppy_page),
-    Route("/uppy.js", uppy_bundle),
+    *(Route(path, uppy_bundle) for path in UPPY_BUNDLES),
 ]
 if "local" in rindle.storages:  # signed PUT (uploads) and GET (delivery) for the local folder
     routes.append(Mount(LOCAL_PREFIX, app=local_storage_routes(rindle)))
