@@ -29,7 +29,7 @@ test: services lint
 
 # `make bench` runs every benchmark under bench/ (about ten minutes on 2 cores); each prints
 # its table and writes bench/results/NAME.json. BENCHMARKS.md says what the figures mean.
-BENCHMARKS ?= pipeline ledger memory delivery maintenance
+BENCHMARKS ?= pipeline ledger memory delivery maintenance placeholders
 
 bench: services
 	for name in $(BENCHMARKS); do $(PY) bench/$$name.py || exit 1; done

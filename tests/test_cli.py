@@ -124,7 +124,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     assert doctor.returncode == 1, doctor.stderr
     out = lines(doctor.stdout)
     assert "FAIL migrations: migrations [1, 2, 3, 4, 5] are not applied; run `rindle-async migrate`" in out
-    assert out[-1] == "4 passed, 3 failed"
+    assert out[-1] == "5 passed, 3 failed"
     assert f'FAIL ledger: UndefinedTableError: relation "{schema}.jobs" does not exist' in out
     status = await cli("status")
     assert status.returncode == 1 and status.stdout == ""
@@ -140,14 +140,15 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     out = lines(doctor.stdout)
     assert re.fullmatch(r"ok   database: PostgreSQL \S+.*", out[0])
     assert re.fullmatch(r"ok   libvips: \S+ saves avif, jpeg, png, webp", out[5])
-    assert out[1:5] + out[6:] == [
+    assert re.fullmatch(r"ok   input formats: decodes jpeg, png, webp, gif, tiff, svg, avif.*", out[6])
+    assert out[1:5] + out[7:] == [
         f"ok   migrations: schema {schema} is up to date",
         "ok   redis: reachable, maxmemory-policy noeviction",
         f"FAIL workers: no live worker on q-{schema} (workers holding a lease: q-{schema}: 0); "
         "is `arq rindle_async.WorkerSettings` running?",
         "ok   storage local: local reachable",
         "ok   ledger: pending=0 enqueued=0 discarded=0",
-        "6 passed, 1 failed",
+        "7 passed, 1 failed",
     ]
 
     # the lease a running worker holds (and renews every few seconds)
@@ -162,7 +163,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
         await lease.stop()
     assert doctor.returncode == 0, doctor.stdout
     assert f"ok   workers: workers holding a lease: q-{schema}: 1" in lines(doctor.stdout)
-    assert lines(doctor.stdout)[-1] == "7 passed, 0 failed"
+    assert lines(doctor.stdout)[-1] == "8 passed, 0 failed"
     assert f"workers holding a lease: q-{schema}: 1 (host:1:abc running 0)" in lines(status.stdout)
     doctor = await cli("doctor")  # a worker that stopped has left the registry
     assert doctor.returncode == 1 and f"q-{schema}: 0" in doctor.stdout

@@ -12,11 +12,12 @@ PACKAGE = pathlib.Path(rindle_async.__file__).parent
 
 EXPORTED = {
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
-    "DeliveryForbidden", "DeliverySigned", "Event", "InvalidTransition", "JobKind", "JobRun",
-    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Part", "PresignedPost",
-    "PresignedRequest", "Profile", "Rindle", "RindleError", "S3Storage", "StorageError", "StoredPart",
-    "TooLarge", "TransactionError", "Unsupported", "UploadClosed", "UploadCompleted", "UploadSession",
-    "UploadStarted", "UploadTicket", "ValidationError", "Variant",
+    "Delivered", "DeliveryForbidden", "DeliverySigned", "Event", "ImageMetadata", "InvalidTransition",
+    "JobKind", "JobRun", "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OwnerErased", "Part",
+    "Picture", "PictureSource", "Placeholder", "PresignedPost", "PresignedRequest", "Profile", "Rindle",
+    "RindleError", "S3Storage", "StorageError", "StoredPart", "TooLarge", "TransactionError", "Unsupported",
+    "UploadClosed", "UploadCompleted", "UploadSession", "UploadStarted", "UploadTicket", "ValidationError",
+    "Variant",
     "VariantStateChanged", "VerificationFailed", "recipe_digest",
 }
 FACADE = {
@@ -29,6 +30,7 @@ FACADE = {
     "initiate_upload", "sign_upload", "presign_part", "verify_upload", "abort_upload", "upload",
     "get_upload", "find_upload", "list_parts",
     "get_asset", "attach", "detach", "attachment", "attachments", "erase_owner", "url", "urls",
+    "srcset", "srcsets", "picture_sources", "pictures",
 }
 
 

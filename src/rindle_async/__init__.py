@@ -21,7 +21,9 @@ _EXPORTS = {
                      "UploadCompleted", "UploadStarted", "VariantStateChanged"), "events"),
     "JobKind": "ledger.kinds",
     "JobRun": "ledger.runner",
-    **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "UploadSession", "UploadTicket"), "models"),
+    **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "Delivered", "ImageMetadata", "Picture",
+                     "PictureSource", "UploadSession", "UploadTicket"), "models"),
+    "Placeholder": "placeholders",
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
     **dict.fromkeys(("Part", "PresignedPost", "PresignedRequest", "StoredPart"), "storage.base"),
     "LocalStorage": "storage.local",
@@ -60,7 +62,18 @@ if TYPE_CHECKING:
     )
     from .ledger.kinds import JobKind
     from .ledger.runner import JobRun
-    from .models import Asset, AssetVariant, Attachment, UploadSession, UploadTicket
+    from .models import (
+        Asset,
+        AssetVariant,
+        Attachment,
+        Delivered,
+        ImageMetadata,
+        Picture,
+        PictureSource,
+        UploadSession,
+        UploadTicket,
+    )
+    from .placeholders import Placeholder
     from .profiles import Profile, Variant, recipe_digest
     from .storage.base import Part, PresignedPost, PresignedRequest, StoredPart
     from .storage.local import LocalStorage

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 import asyncpg
 from arq.worker import Function
 
-from . import attachments, delivery, erasure, recipes, uploads
+from . import attachments, delivery, erasure, recipes, responsive, uploads
 from .assets import get_asset
 from .db import check_schema_name
 from .db import migrate as migrations
@@ -21,7 +21,7 @@ from .events import BaseEvent, EventBus, Handler
 from .ledger.kinds import JobKind, builtin_kinds
 from .ledger.relay import Ledger, LedgerSummary
 from .ledger.runner import arq_function
-from .models import Asset, Attachment, UploadSession, UploadTicket
+from .models import Asset, Attachment, Picture, UploadSession, UploadTicket
 from .profiles import Profile, index_profiles
 from .runtime import Config, RelaySettings, Runtime, close_runtime, open_runtime
 from .storage.base import Part, PresignedRequest, Source, Storage, StoredPart
@@ -438,7 +438,7 @@ class Rindle:
 
     async def urls(self, asset_ids: Iterable[str], variant: str | None = None, *,
                    variants: Iterable[str] | None = None, ttl: int | None = None,
-                   fallback: str | None = None) -> dict[str, Any]:
+                   fallback: str | None = None, placeholders: bool = False) -> dict[str, Any]:
         """URLs for a page of assets: one query, no storage round trip; None where not deliverable.
 
         asset_ids: the assets.
@@ -447,6 +447,54 @@ class Rindle:
           {asset id: {variant name: url or None}}; not together with ``variant``.
         ttl: seconds the URLs stay valid.
         fallback: ``"original"`` to use the original where a variant is not ready.
+        placeholders: map each asset to a ``Delivered`` (``url`` or ``urls``, and ``placeholder``).
         """
         return await delivery.urls(self.runtime, asset_ids, variant=variant, variants=variants, ttl=ttl,
-                                   fallback=fallback)
+                                   fallback=fallback, placeholders=placeholders)
+
+    async def srcset(self, asset_id: str, *, variants: Iterable[str] | None = None,
+                     format: str | None = None, ttl: int | None = None) -> str:
+        """A ``srcset`` value ("url 320w, url 640w") from the rendered variants' stored widths.
+
+        asset_id: the asset.
+        variants: variant names of one format; default: the profile's ladder in ``format``.
+        format: the srcset's format, when the ladder has several (e.g. "webp").
+        ttl: seconds the URLs stay valid.
+        Raises NotFound, DeliveryForbidden, or NotReady while none of them is rendered.
+        """
+        return await responsive.srcset(self.runtime, asset_id, variants=variants, format=format, ttl=ttl)
+
+    async def srcsets(self, asset_ids: Iterable[str], *, variants: Iterable[str] | None = None,
+                      format: str | None = None, ttl: int | None = None) -> dict[str, str | None]:
+        """``srcset`` values for a page of assets (one query, no storage round trip); None where
+        nothing is rendered.
+
+        asset_ids: the assets.
+        variants: variant names of one format; default: each profile's ladder in ``format``.
+        format: the srcsets' format, when a ladder has several.
+        ttl: seconds the URLs stay valid.
+        """
+        return await responsive.srcsets(self.runtime, asset_ids, variants=variants, format=format, ttl=ttl)
+
+    async def picture_sources(self, asset_id: str, *, variants: Iterable[str] | None = None,
+                              ttl: int | None = None) -> Picture:
+        """What a ``<picture>`` needs: a ``<source>`` per better format (AVIF, WebP) and the
+        ``<img>`` in the most widely readable one, with its size and the placeholder.
+
+        asset_id: the asset.
+        variants: the variant names to offer, grouped by format; default: the profile's ladder.
+        ttl: seconds the URLs stay valid.
+        Raises NotFound, DeliveryForbidden, or NotReady while none of them is rendered.
+        """
+        return await responsive.picture(self.runtime, asset_id, variants=variants, ttl=ttl)
+
+    async def pictures(self, asset_ids: Iterable[str], *, variants: Iterable[str] | None = None,
+                       ttl: int | None = None) -> dict[str, Picture | None]:
+        """``picture_sources`` for a page of assets (one query, no storage round trip); None
+        where nothing is rendered.
+
+        asset_ids: the assets.
+        variants: the variant names to offer, grouped by format; default: each profile's ladder.
+        ttl: seconds the URLs stay valid.
+        """
+        return await responsive.pictures(self.runtime, asset_ids, variants=variants, ttl=ttl)

@@ -21,6 +21,7 @@ from .db import assets
 from .errors import DeliveryForbidden, NotFound, NotReady, ValidationError
 from .events import DeliverySigned
 from .lifecycle.machines import ASSET, VARIANT
+from .models import Delivered, placeholder_value
 from .profiles import Profile, find_profile
 
 if TYPE_CHECKING:
@@ -57,25 +58,35 @@ def content_disposition(disposition: str, filename: str | None) -> str:
     return value
 
 
-def _check_options(ttl: int | None, fallback: str | None) -> None:
+def check_options(ttl: int | None, fallback: str | None) -> None:
+    """ValidationError unless ``ttl`` is None or positive and ``fallback`` is None or "original"."""
     if fallback not in (None, "original"):
         raise ValidationError(f"fallback={fallback!r} must be None or 'original'")
     if ttl is not None and (not isinstance(ttl, int) or isinstance(ttl, bool) or ttl < 1):
         raise ValidationError(f"ttl={ttl!r} must be a positive number of seconds")
 
 
-def _check_servable(row: asyncpg.Record) -> None:
+def check_servable(row: asyncpg.Record) -> None:
+    """DeliveryForbidden for a quarantined or deleted asset, NotReady for one not promoted yet."""
     if row["state"] in FORBIDDEN:
         raise DeliveryForbidden(f"asset {row['id']} is {row['state']}; it is never delivered")
     if row["state"] not in SERVABLE:
         raise NotReady(f"asset {row['id']} is {row['state']}: its upload has not been promoted yet")
 
 
+def _original(profile: Profile, row: asyncpg.Record) -> tuple[str, str | None]:
+    """The original's key and type; DeliveryForbidden when the profile does not serve originals."""
+    if not profile.serve_original:
+        raise DeliveryForbidden(f"profile {profile.name!r} does not serve originals (serve_original=False): "
+                                "an original carries the uploader's metadata; ask for a variant")
+    return row["storage_key"], row["content_type"]
+
+
 def _source(profile: Profile, row: asyncpg.Record, variant: str | None,
             rendered: Mapping[str, asyncpg.Record], fallback: str | None) -> tuple[str, str | None]:
     """(storage key, content type) to serve: the variant's object, or the original for None or fallback."""
     if variant is None:
-        return row["storage_key"], row["content_type"]
+        return _original(profile, row)
     if variant not in profile.variants:
         raise ValidationError(f"profile {profile.name!r} has no variant {variant!r}; "
                               f"its variants: {', '.join(sorted(profile.variants)) or 'none'}")
@@ -83,7 +94,7 @@ def _source(profile: Profile, row: asyncpg.Record, variant: str | None,
     if found is not None and found["variant_state"] in RENDERED and found["variant_key"]:
         return found["variant_key"], found["variant_type"]
     if fallback == "original":
-        return row["storage_key"], row["content_type"]
+        return _original(profile, row)
     raise NotReady(f"variant {variant!r} of asset {row['id']} is "
                    f"{found['variant_state'] if found is not None else 'not planned yet'}; retry later or "
                    f"pass fallback='original'")
@@ -107,13 +118,13 @@ async def url(rt: Runtime, asset_id: object, *, variant: str | None = None, ttl:
     filename: the download name (default: the uploaded file's sanitized name).
     fallback: ``"original"`` to get the original while the variant is not rendered.
     """
-    _check_options(ttl, fallback)
+    check_options(ttl, fallback)
     uuid = asset_uuid(asset_id)
     found = (await assets.with_asked_variants(rt.pool, rt.schema, [uuid], [variant])).get(uuid)
     if found is None:
         raise NotFound(f"asset {asset_id} does not exist")
     row, rendered = found
-    _check_servable(row)
+    check_servable(row)
     profile = find_profile(rt.profiles, row["profile"])
     key, content_type = _source(profile, row, variant, rendered, fallback)
     header = None
@@ -126,7 +137,9 @@ async def url(rt: Runtime, asset_id: object, *, variant: str | None = None, ttl:
     return signed
 
 
-def _variant_names(variants: Iterable[str]) -> tuple[str, ...]:
+def variant_names(variants: Iterable[str]) -> tuple[str, ...]:
+    """``variants`` as a tuple of names, each once; ValidationError unless it is a non-empty
+    collection of strings."""
     if (isinstance(variants, (str, bytes)) or not isinstance(variants, Iterable)
             or not (names := tuple(dict.fromkeys(variants)))
             or not all(isinstance(name, str) and name for name in names)):
@@ -151,7 +164,7 @@ async def _sign_asset(rt: Runtime, asset_id: UUID, found: Found | None, names: t
     for name in names:
         try:
             key, content_type = _source(profile, row, name, rendered, fallback)
-        except NotReady:
+        except (NotReady, DeliveryForbidden):  # not rendered yet; an original the profile keeps back
             continue
         signed[name] = await sign(key, expires_in=expires_in, content_type=content_type)
         events.append(DeliverySigned(asset_id=str(asset_id), profile=profile.name, adapter=row["storage"],
@@ -159,9 +172,18 @@ async def _sign_asset(rt: Runtime, asset_id: UUID, found: Found | None, names: t
     return signed
 
 
+def _delivered(signed: dict[str | None, str | None], several: bool, found: Found | None) -> Delivered:
+    """An asset's ``Delivered``: ``urls`` for several variants, else ``url``."""
+    placeholder = placeholder_value(found[0]["placeholder"]) if found is not None else None
+    if several:
+        return Delivered(urls={str(name): url for name, url in signed.items()}, placeholder=placeholder)
+    [url] = signed.values()
+    return Delivered(url=url, placeholder=placeholder)
+
+
 async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None = None,
                variants: Iterable[str] | None = None, ttl: int | None = None,
-               fallback: str | None = None) -> dict[str, Any]:
+               fallback: str | None = None, placeholders: bool = False) -> dict[str, Any]:
     """URLs for a page of assets, for one variant or several, in one query and no storage round trip.
 
     rt: the runtime of the opened Rindle.
@@ -171,24 +193,27 @@ async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None 
       {variant name -> URL}.
     ttl: seconds the URLs stay valid (default: each profile's url_ttl).
     fallback: ``"original"`` to use the original where a variant is not rendered.
+    placeholders: give each asset a ``Delivered`` (its URL or URLs, and its placeholder) instead.
     URLs are None for assets that are missing, not ready, quarantined or deleted, or whose
     profile is no longer configured, and for variants not rendered yet (without fallback), so
     one bad asset does not break a page.  A variant name the asset's profile lacks raises
     ValidationError, as in ``url()``.
     """
-    _check_options(ttl, fallback)
+    check_options(ttl, fallback)
     if variant is not None and variants is not None:
         raise ValidationError(f"pass variant= or variants=, not both (got variant={variant!r}, "
                               f"variants={variants!r})")
-    names = (variant,) if variants is None else _variant_names(variants)
+    names = (variant,) if variants is None else variant_names(variants)
     ids = [asset_uuid(a) for a in asset_ids]
     found_by_id = await assets.with_asked_variants(rt.pool, rt.schema, ids, names)
     issued = datetime.now(timezone.utc)  # one moment for the page's DeliverySigned events
     events: list[DeliverySigned] = []
     out: dict[str, Any] = {}
     for asset_id in ids:
-        signed = await _sign_asset(rt, asset_id, found_by_id.get(asset_id), names, ttl, fallback,
-                                   events, issued)
+        found = found_by_id.get(asset_id)
+        signed = await _sign_asset(rt, asset_id, found, names, ttl, fallback, events, issued)
         out[str(asset_id)] = signed if variants is not None else signed[variant]
+        if placeholders:
+            out[str(asset_id)] = _delivered(signed, variants is not None, found)
     await rt.events.deliver(events)
     return out

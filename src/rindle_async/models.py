@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from datetime import datetime
+from typing import Any
 
 import asyncpg
 import msgspec
 
+from .placeholders import Placeholder
 from .storage.base import StoredPart
 
 
@@ -28,6 +30,32 @@ class AssetVariant(msgspec.Struct, frozen=True, kw_only=True):
                    content_type=row["content_type"], byte_size=row["byte_size"], reason=row["reason"])
 
 
+class ImageMetadata(msgspec.Struct, frozen=True, kw_only=True):
+    """What an image says about itself, the documented subset promotion reads (never GPS or
+    any other EXIF field; docs/security.md lists what leaves the system).
+
+    captured_at: when it was taken (EXIF DateTimeOriginal, ISO 8601, with its offset if given).
+    camera_make: the camera's maker (EXIF Make).
+    camera_model: the camera's model (EXIF Model).
+    orientation: the EXIF orientation, 1..8 (1: upright); variants are rendered upright.
+    color_space: libvips' interpretation, e.g. "srgb", "b-w", "cmyk".
+    icc_profile: whether it embeds an ICC colour profile.
+    has_alpha: whether it has an alpha channel.
+    animated: whether it is an animation (GIF, WebP) of more than one frame.
+    frames: its frame count (pages), 1 for a still image.
+    """
+
+    captured_at: str | None = None
+    camera_make: str | None = None
+    camera_model: str | None = None
+    orientation: int = 1
+    color_space: str | None = None
+    icc_profile: bool = False
+    has_alpha: bool = False
+    animated: bool = False
+    frames: int = 1
+
+
 class Asset(msgspec.Struct, frozen=True, kw_only=True):
     """An uploaded file, its lifecycle state and its variants by name."""
 
@@ -42,6 +70,11 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     created_at: datetime
     variants: dict[str, AssetVariant] = {}
+    #: what a page paints before the image loads; set at promotion (None before, and for
+    #: files that are not images)
+    placeholder: Placeholder | None = None
+    #: what the image says about itself, read at promotion (None before, and for other files)
+    image: ImageMetadata | None = None
 
     @classmethod
     def from_row(cls, row: asyncpg.Record, variants: Iterable[asyncpg.Record] = ()) -> Asset:
@@ -49,7 +82,29 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True):
                    filename=row["filename"], content_type=row["content_type"],
                    byte_size=row["byte_size"], width=row["width"], height=row["height"],
                    reason=row["reason"], created_at=row["created_at"],
-                   variants={v["name"]: AssetVariant.from_row(v) for v in variants})
+                   variants={v["name"]: AssetVariant.from_row(v) for v in variants},
+                   **_from_metadata(row["metadata"]))
+
+
+class _Metadata(msgspec.Struct):
+    placeholder: Placeholder | None = None
+    image: ImageMetadata | None = None
+
+
+def _from_metadata(metadata: str | None) -> dict[str, Any]:
+    """The placeholder and image metadata promotion stored in an asset's ``metadata`` (JSON text)."""
+    if not metadata:
+        return {}
+    found = msgspec.json.decode(metadata, type=_Metadata)
+    return {"placeholder": found.placeholder, "image": found.image}
+
+
+def placeholder_value(value: str | None) -> Placeholder | None:
+    """The placeholder from its own JSON text (``metadata->>'placeholder'``), if any.
+
+    value: the JSON text, or None.
+    """
+    return msgspec.json.decode(value, type=Placeholder) if value else None
 
 
 class Attachment(msgspec.Struct, frozen=True, kw_only=True):
@@ -110,3 +165,45 @@ class UploadSession(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     owner: str | None = None
     parts: list[StoredPart] | None = None
+
+
+class Delivered(msgspec.Struct, frozen=True, kw_only=True):
+    """One asset's entry of ``urls(..., placeholders=True)``.
+
+    url: the URL of ``variant=`` (or of the original), None when it cannot be served.
+    urls: with ``variants=``, variant name -> URL or None.
+    placeholder: what to paint before the image loads (None before promotion).
+    """
+
+    url: str | None = None
+    urls: dict[str, str | None] | None = None
+    placeholder: Placeholder | None = None
+
+
+class PictureSource(msgspec.Struct, frozen=True, kw_only=True):
+    """One ``<source>`` of a ``<picture>``: a format and its ``srcset``."""
+
+    type: str
+    srcset: str
+
+
+class Picture(msgspec.Struct, frozen=True, kw_only=True):
+    """What a ``<picture>`` element needs: ``sources`` in the order a browser should try them
+    (AVIF, WebP, ...), then the ``<img>`` in the most widely readable format.
+
+    sources: the ``<source type=... srcset=...>`` elements, best format first.
+    src: the ``<img>``'s URL, its widest rendition.
+    srcset: the ``<img>``'s ``srcset`` (its format's renditions with width descriptors).
+    type: the ``<img>``'s content type.
+    width: the width of ``src`` in pixels (for ``width=``, which keeps the layout still).
+    height: the height of ``src`` in pixels.
+    placeholder: what to paint before the image loads.
+    """
+
+    sources: list[PictureSource]
+    src: str
+    srcset: str
+    type: str
+    width: int
+    height: int
+    placeholder: Placeholder | None = None

@@ -164,6 +164,15 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     public: serve plain URLs instead of signed, expiring ones.
     url_ttl: seconds a signed delivery URL stays valid, 1..604800 (S3's 7-day presign limit).
     upload_ttl: seconds an upload session may stay open, 60..604800.
+    ladder: widths of a responsive-image ladder, ascending, e.g. ``(320, 640, 1280)``: each
+        width in each of ``ladder_formats`` becomes a variant ``w<width>-<format>``
+        (``fit="inside"``, so never wider than the original); ``srcset()`` and
+        ``picture_sources()`` serve them.
+    ladder_formats: the ladder's output formats, e.g. ``("avif", "webp", "jpeg")``.
+    ladder_quality: the encoder quality of the ladder's variants, 1..100.
+    serve_original: whether the uploaded original may be delivered (``url()`` without a
+        variant, ``fallback="original"``); an original carries everything the uploader's
+        device wrote into it (GPS position, serial numbers), which variants never do.
     """
 
     name: str
@@ -175,6 +184,10 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
     public: bool = False
     url_ttl: int = 300
     upload_ttl: int = 3600
+    ladder: tuple[int, ...] = ()
+    ladder_formats: tuple[str, ...] = ("webp",)
+    ladder_quality: int = 80
+    serve_original: bool = True
 
     def __post_init__(self) -> None:
         if not (isinstance(self.name, str) and _NAME.fullmatch(self.name)):
@@ -192,11 +205,42 @@ class Profile(msgspec.Struct, frozen=True, kw_only=True, forbid_unknown_fields=T
             if not isinstance(variant, Variant):
                 raise _invalid("Profile", f"variants[{name!r}]", variant, "is not a Variant")
         # a private copy, so the caller's dict changing later cannot change this profile
-        force_setattr(self, "variants", dict(self.variants))
-        if not isinstance(self.public, bool):
-            raise _invalid("Profile", "public", self.public, "is not a bool")
+        force_setattr(self, "variants", {**self.variants, **self._ladder_variants()})
+        for flag in ("public", "serve_original"):
+            if not isinstance(getattr(self, flag), bool):
+                raise _invalid("Profile", flag, getattr(self, flag), "is not a bool")
         _check_int("Profile", "url_ttl", self.url_ttl, 1, MAX_PRESIGN_TTL, _PRESIGN_WHY)
         _check_int("Profile", "upload_ttl", self.upload_ttl, 60, MAX_PRESIGN_TTL, _PRESIGN_WHY)
+
+    def _ladder_variants(self) -> dict[str, Variant]:
+        """The ladder's variants by name; ConfigurationError for a bad ladder or a name clash."""
+        ladder, formats = self.ladder, self.ladder_formats
+        if not isinstance(ladder, (tuple, list)):
+            raise _invalid("Profile", "ladder", ladder, "is not a tuple of widths")
+        for width in ladder:
+            _check_int("Profile", "ladder width", width, 1, MAX_DIMENSION)
+        if list(ladder) != sorted(set(ladder)):
+            raise _invalid("Profile", "ladder", ladder, "is not in ascending order, each width once")
+        if not isinstance(formats, (tuple, list)) or not formats or len(set(formats)) != len(formats):
+            raise _invalid("Profile", "ladder_formats", formats, "is not a non-empty tuple of formats, "
+                           "each once")
+        _check_int("Profile", "ladder_quality", self.ladder_quality, 1, 100)
+        force_setattr(self, "ladder", tuple(ladder))
+        force_setattr(self, "ladder_formats", tuple(formats))
+        rungs = {f"w{width}-{fmt}": Variant(width=width, fit="inside", format=fmt, quality=self.ladder_quality)
+                 for width in ladder for fmt in formats}
+        for name, rung in rungs.items():
+            if self.variants.get(name, rung) != rung:  # the same variant (a profile decoded again) is fine
+                raise ConfigurationError(f"Profile {self.name!r}: variant {name!r} is also a rung of its "
+                                         "ladder; rename the variant or drop the width from the ladder")
+        return rungs
+
+    def ladder_names(self, fmt: str | None = None) -> list[str]:
+        """The names of the ladder's variants, narrowest first (of one format, when given).
+
+        fmt: one of ``ladder_formats``, or None for all of them.
+        """
+        return [f"w{width}-{f}" for width in self.ladder for f in self.ladder_formats if fmt in (None, f)]
 
     def _check_allow_mime(self) -> None:
         if not isinstance(self.allow_mime, (tuple, list)) or not self.allow_mime:

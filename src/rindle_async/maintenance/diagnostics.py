@@ -69,7 +69,7 @@ async def doctor(rt: Runtime) -> list[Check]:
     rt: the runtime of the opened Rindle.
     """
     checks: list[Check] = []
-    for check in (_database, _redis, _storages, _libvips, _ledger):
+    for check in (_database, _redis, _storages, _libvips, _input_formats, _ledger):
         checks += await _guarded(check, rt)
     return checks
 
@@ -134,6 +134,26 @@ async def _libvips(rt: Runtime) -> list[Check]:
     return [Check("libvips", not cannot,
                   f"{libvips_version()} saves {', '.join(formats) or 'no formats needed'}"
                   if not cannot else f"{libvips_version()} cannot save {', '.join(cannot)}")]
+
+
+#: the input format of each image type a profile may allow
+_INPUT_FORMATS = {"image/jpeg": "jpeg", "image/png": "png", "image/webp": "webp", "image/gif": "gif",
+                  "image/tiff": "tiff", "image/svg+xml": "svg", "image/avif": "avif", "image/heic": "heic",
+                  "image/heif": "heic"}
+
+
+async def _input_formats(rt: Runtime) -> list[Check]:
+    from ..processing.images import input_formats  # loads libvips: only when doctor runs
+
+    decodes = input_formats()
+    allowed = {_INPUT_FORMATS[m] for p in rt.profiles.values() for m in p.allow_mime if m in _INPUT_FORMATS}
+    missing = sorted(f for f in allowed if not decodes[f])
+    found = ", ".join(f for f, ok in decodes.items() if ok)
+    lacking = ", ".join(f for f, ok in decodes.items() if not ok) or "none"
+    if missing:
+        return [Check("input formats", False, f"profiles allow {', '.join(missing)}, which this libvips build "
+                      f"cannot decode (uploads of it are quarantined); decodes {found}")]
+    return [Check("input formats", True, f"decodes {found}; cannot decode {lacking}")]
 
 
 async def _ledger(rt: Runtime) -> list[Check]:

@@ -1,4 +1,4 @@
-"""The pyvips calls: header analysis and variant rendering.
+"""The pyvips calls: header analysis (with the placeholder) and variant rendering.
 
 These functions run inside pool processes (see ``pool.py``): they take and
 return plain values and raise :class:`ImageRefused` for input that must be
@@ -11,6 +11,8 @@ uncropped frame, at exactly the size a decode of their own would give.
 
 from __future__ import annotations
 
+import base64
+import functools
 import os
 import re
 import threading
@@ -19,6 +21,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import pyvips
+
+# absolute: bench/memory.py also imports this file on its own, outside the package
+from rindle_async.placeholders import THUMB_SIZE, placeholder
 
 # EXIF orientations 5-8 rotate by 90 or 270 degrees: width and height swap on display.
 _SWAPPED = {5, 6, 7, 8}
@@ -85,11 +90,130 @@ def analyze(path: str, max_pixels: int) -> dict[str, Any]:
     max_pixels: refuse when width x height is larger.
     """
     image = _header(path, max_pixels)
+    _check_decodable(image)
     display = _display_size(image)
     return {"width": display[0], "height": display[1], "stored_width": image.width,
             "stored_height": image.height, "orientation": _orientation(image),
             "pages": image.get("n-pages") if image.get_typeof("n-pages") else 1,
-            "loader": _loader(image)}
+            "loader": _loader(image), "placeholder": _placeholder(path), "image": _safe_metadata(image)}
+
+
+#: "VALUE (FORMATTED, TYPE, N components, M bytes)": how libvips shows an EXIF field
+_EXIF_FIELD = re.compile(r"^(?P<value>.*) \((?P<shown>.*), (?P<type>[A-Za-z]+), \d+ components, \d+ bytes\)$",
+                         re.S)
+#: the loaders whose several pages are frames of one animation (HEIF's are separate images)
+_ANIMATED_LOADERS = {"gifload", "webpload"}
+
+
+def _exif_text(image: pyvips.Image, field: str) -> str | None:
+    """An EXIF ASCII field as text, or None when absent or not text."""
+    if not image.get_typeof(field):
+        return None
+    match = _EXIF_FIELD.match(str(image.get(field)))
+    if match is None or match["type"] != "ASCII":
+        return None
+    return match["value"].strip().strip("\x00").strip() or None
+
+
+def _captured_at(image: pyvips.Image) -> str | None:
+    """DateTimeOriginal (and its offset) as ISO 8601, e.g. "2024-05-01T12:34:56+02:00"."""
+    taken = _exif_text(image, "exif-ifd2-DateTimeOriginal")
+    found = re.fullmatch(r"(\d{4}):(\d{2}):(\d{2}) (\d{2}:\d{2}:\d{2})", taken or "")
+    if found is None:
+        return None
+    offset = _exif_text(image, "exif-ifd2-OffsetTimeOriginal") or ""
+    return f"{found[1]}-{found[2]}-{found[3]}T{found[4]}" + (offset if re.fullmatch(r"[+-]\d{2}:\d{2}", offset)
+                                                              else "")
+
+
+def _safe_metadata(image: pyvips.Image) -> dict[str, Any]:
+    """The documented subset of what the file says about itself (docs/security.md): capture
+    time, camera make and model, orientation, colour space, alpha, animation and frames.
+    Nothing else (GPS, serial numbers, owner names, software) is read out."""
+    pages = image.get("n-pages") if image.get_typeof("n-pages") else 1
+    return {"captured_at": _captured_at(image), "camera_make": _exif_text(image, "exif-ifd0-Make"),
+            "camera_model": _exif_text(image, "exif-ifd0-Model"), "orientation": _orientation(image),
+            "color_space": image.interpretation, "icc_profile": bool(image.get_typeof("icc-profile-data")),
+            "has_alpha": bool(image.hasalpha()), "animated": pages > 1 and _loader(image) in _ANIMATED_LOADERS,
+            "frames": pages}
+
+
+def _placeholder(path: str) -> dict[str, str] | None:
+    """The placeholder of the image's first frame, upright, from a thumbnail libvips decodes
+    with shrink-on-load (JPEG at up to 1/8 scale, WebP and HEIF at the size asked for; PNG
+    and GIF stream through in rows); None when even that decode fails (the renders will
+    say why)."""
+    try:
+        thumb = pyvips.Image.thumbnail(path, THUMB_SIZE, height=THUMB_SIZE, size="down")
+        thumb = thumb.colourspace("srgb")
+        if not thumb.hasalpha():
+            thumb = thumb.bandjoin(255)
+        thumb = thumb.cast("uchar")
+        pixels = bytes(thumb.write_to_memory())  # a cffi buffer: indexing it gives bytes
+    except pyvips.Error:
+        return None
+    found = placeholder(thumb.width, thumb.height, pixels)
+    return {"thumbhash": found.thumbhash, "color": found.color}
+
+
+#: the smallest files of each HEIF coding, to ask this build whether it decodes them: an 8 x 8
+#: AVIF (libvips' own AV1 encoder) and a 64 x 48 HEIC (libheif 1.23 with x265)
+_HEIF_SAMPLES = {
+    "av1": (
+        "AAAAHGZ0eXBhdmlmAAAAAG1pZjFhdmlmbWlhZgAAANZtZXRhAAAAAAAAACFoZGxyAAAAAAAAAABwaWN0AAAAAAAAAAAAAAAA"
+        "AAAAACJpbG9jAAAAAERAAAEAAQAAAAAA+gABAAAAAAAAACEAAAAjaWluZgAAAAAAAQAAABVpbmZlAgAAAAABAABhdjAxAAAA"
+        "AA5waXRtAAAAAAABAAAAVmlwcnAAAAA4aXBjbwAAAAxhdjFDgQAMAAAAABRpc3BlAAAAAAAAAAgAAAAIAAAAEHBpeGkAAAAA"
+        "AwgICAAAABZpcG1hAAAAAAAAAAEAAQOBAgMAAAApbWRhdBIACggYCL9ogIaDQjITHEeHhd3AACwAAJA1jjx+l9dEwA=="
+    ),
+    "hevc": (
+        "AAAAHGZ0eXBoZWljAAAAAG1pZjFoZWljbWlhZgAAAX1tZXRhAAAAAAAAACFoZGxyAAAAAAAAAABwaWN0AAAAAAAAAAAAAAAA"
+        "AAAAACJpbG9jAAAAAERAAAEAAQAAAAABoQABAAAAAAAAAB8AAAAjaWluZgAAAAAAAQAAABVpbmZlAgAAAAABAABodmMxAAAA"
+        "AA5waXRtAAAAAAABAAAA/WlwcnAAAADdaXBjbwAAAHZodmNDAQNwAAAAkAAAAAAAHvAA/P34+AAADwNgAAEAGEABDAH//wNw"
+        "AAADAJAAAAMAAAMAHroCQGEAAQAqQgEBA3AAAAMAkAAAAwAAAwAeoCCBBZbq5Ka5uAhoMCAAAAMDIAAAAwAhYgABAAZEAcFz"
+        "wIkAAAATY29scm5jbHgAAQANAAaAAAAAFGlzcGUAAAAAAAAAQAAAAEAAAAAoY2xhcAAAAEAAAAABAAAAMAAAAAEAAAAAAAAA"
+        "Av////AAAAACAAAAEHBpeGkAAAAAAwgICAAAABhpcG1hAAAAAAAAAAEAAQWBAgMFhAAAACdtZGF0AAAAGygBrwT4cWTTt/+J"
+        "d///85Dey/tNRQ7SfAP2/A=="
+    ),
+}
+_HEIF_NAMES = {"av1": "AVIF (AV1)", "hevc": "HEIC (HEVC)"}
+_HEIF_DECODERS = {"av1": "an AV1 decoder plugin (dav1d or aom)", "hevc": "the libde265 HEVC decoder plugin"}
+
+
+@functools.cache
+def heif_decodes(compression: str) -> bool:
+    """Whether this libvips build decodes HEIF images of ``compression`` ("av1" or "hevc");
+    asked by decoding a tiny sample once per process.
+
+    compression: libvips' ``heif-compression`` of the image.
+    """
+    sample = _HEIF_SAMPLES.get(compression)
+    if sample is None or pyvips.type_find("VipsOperation", "heifload") == 0:
+        return False
+    try:
+        pyvips.Image.new_from_buffer(base64.b64decode(sample), "").avg()
+    except pyvips.Error:
+        return False
+    return True
+
+
+def input_formats() -> dict[str, bool]:
+    """Each input format promotion analyses, and whether this build decodes it (for ``doctor``)."""
+    loaders = {"jpeg": "jpegload", "png": "pngload", "webp": "webpload", "gif": "gifload", "tiff": "tiffload",
+               "svg": "svgload"}
+    found = {name: pyvips.type_find("VipsOperation", loader) != 0 for name, loader in loaders.items()}
+    return found | {"avif": heif_decodes("av1"), "heic": heif_decodes("hevc")}
+
+
+def _check_decodable(image: pyvips.Image) -> None:
+    """Refuse a HEIF image whose coding this build cannot decode, naming the missing decoder."""
+    if not (_loader(image) or "").startswith("heifload") or not image.get_typeof("heif-compression"):
+        return
+    compression = image.get("heif-compression")
+    if not heif_decodes(compression):
+        name = _HEIF_NAMES.get(compression, f"HEIF ({compression})")
+        raise ImageRefused(f"this libvips build cannot decode {name} images: its libheif lacks "
+                           f"{_HEIF_DECODERS.get(compression, 'a decoder for ' + compression)}; "
+                           "install a libvips whose libheif has it, then requeue the asset")
 
 
 def _header(path: str, max_pixels: int) -> pyvips.Image:
