@@ -18,6 +18,7 @@ services: $(VENV)/.installed-test
 	PY=$(PY) scripts/services.sh
 	scripts/browser.sh
 	scripts/npm-tus.sh
+	scripts/uppy.sh
 
 # ruff and mypy --strict over src/ (their settings are in pyproject.toml); `make test` runs it first
 lint: $(VENV)/.installed-test

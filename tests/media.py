@@ -82,7 +82,7 @@ class GuardedStorage:
 
 for _name in ("open", "close", "put", "get", "download", "head", "delete", "list", "presign_put",
               "url", "create_multipart", "presign_part", "complete_multipart", "abort_multipart",
-              "list_multipart", "sign", "verify"):
+              "list_multipart", "presign_post", "list_parts", "sign", "verify"):
     setattr(GuardedStorage, _name, property(lambda self, n=_name: self.__getattr__(n)))
 
 

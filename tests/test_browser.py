@@ -7,6 +7,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import os
+import re
 import secrets
 import signal
 import socket
@@ -15,8 +16,10 @@ import sys
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlsplit, urlunsplit
 
 import asyncpg
@@ -79,6 +82,8 @@ class ExampleStack:
     media_root: Path
     logs: Path
     procs: dict[str, subprocess.Popen] = field(default_factory=dict)
+    bucket: str = ""  # the S3 bucket when the example stores on S3 (moto)
+    s3_endpoint: str = ""
 
     def check_alive(self) -> None:
         for name, proc in self.procs.items():
@@ -140,7 +145,7 @@ def start_example(example_database_url, private_redis, tmp_path) -> Iterator[Cal
     """``start_example("starlette")``: migrate, then start the worker and the web app; stopped afterwards."""
     with contextlib.ExitStack() as cleanup:
 
-        def start(framework: str) -> ExampleStack:
+        def start(framework: str, **extra_env: str) -> ExampleStack:
             folder = EXAMPLES / framework
             port = free_port()
             stack = ExampleStack(base_url=f"http://127.0.0.1:{port}", media_root=tmp_path / "media",
@@ -151,7 +156,8 @@ def start_example(example_database_url, private_redis, tmp_path) -> Iterator[Cal
                        RINDLE_MEDIA_ROOT=str(stack.media_root), RINDLE_BASE_URL=stack.base_url,
                        RINDLE_SECRET=secrets.token_urlsafe(32), RINDLE_APP="media:rindle",
                        RINDLE_PROCESSES="1", PYTHONUNBUFFERED="1",
-                       PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])))
+                       PYTHONPATH=os.pathsep.join(filter(None, [str(folder), os.environ.get("PYTHONPATH")])),
+                       **extra_env)
             migrate = subprocess.run([sys.executable, "-m", "rindle_async.cli", "--app", "media:rindle",
                                       "migrate"], cwd=folder, env=env, capture_output=True, text=True,
                                      timeout=60)
@@ -385,3 +391,187 @@ def test_tus_js_client_cut_and_resumed_in_chromium(framework, start_example, bro
         check_variants(asset, variant_sizes(1000, 1000))
         print(f"\n{framework}: tus-js-client {result['size']} bytes, cut at {result['stored']}, "
               f"upload start -> ready in {time.monotonic() - started:.1f} s")
+
+
+# -- Uppy (pinned npm @uppy/core + @uppy/aws-s3) against the Companion routes, on moto -----------
+
+#: What the documented bucket CORS rule allows (docs/uploads.md, "Uppy"); moto honours it.
+CORS_RULE = {"AllowedOrigins": ["http://127.0.0.1:*"], "AllowedMethods": ["GET", "PUT", "POST", "HEAD"],
+             "AllowedHeaders": ["*"], "ExposeHeaders": ["ETag"], "MaxAgeSeconds": 3000}
+UPPY_BUNDLE = ROOT / ".cache" / "uppy" / "uppy.js"
+MiB = 1024 * 1024
+
+
+def run_async(coroutine) -> Any:
+    """Run a coroutine to its end from a sync test (Playwright's sync API holds this thread's loop)."""
+    with ThreadPoolExecutor(1) as pool:
+        return pool.submit(asyncio.run, coroutine).result()
+
+
+def noise_png(path: Path, width: int, height: int) -> Path:
+    """An uncompressed PNG of noise: about width x height x 3 bytes, so its size is chosen."""
+    noise = pyvips.Image.gaussnoise(width, height, mean=128, sigma=40)
+    noise.bandjoin([noise, noise]).cast("uchar").pngsave(str(path), compression=0)
+    return path
+
+
+@pytest.fixture
+def uppy_example(start_example, s3_endpoint) -> Callable[[str], ExampleStack]:
+    """``uppy_example("starlette")``: the example on a fresh moto bucket with the documented CORS rule."""
+    if not UPPY_BUNDLE.exists():
+        pytest.fail(f"{UPPY_BUNDLE} is missing: run scripts/uppy.sh (make services does)")
+    from rindle_async.storage.s3 import botocore_session
+
+    def start(framework: str) -> ExampleStack:
+        bucket = f"rindle-uppy-{uuid.uuid4().hex[:12]}"
+
+        async def create() -> None:
+            async with botocore_session().create_client("s3", region_name="us-east-1",
+                                                        endpoint_url=s3_endpoint) as client:
+                await client.create_bucket(Bucket=bucket)
+                await client.put_bucket_cors(Bucket=bucket, CORSConfiguration={"CORSRules": [CORS_RULE]})
+
+        run_async(create())
+        stack = start_example(framework, RINDLE_S3_BUCKET=bucket, RINDLE_S3_ENDPOINT=s3_endpoint,
+                              RINDLE_MAX_BYTES=str(32 * MiB))
+        stack.bucket, stack.s3_endpoint = bucket, s3_endpoint
+        return stack
+
+    return start
+
+
+def sessions_of(database_url: str) -> list[dict]:
+    async def read() -> list[dict]:
+        conn = await asyncpg.connect(database_url)
+        try:
+            return [dict(row) for row in await conn.fetch(
+                "SELECT s.strategy, s.state, s.storage_key, s.multipart_upload_id, a.state AS asset_state"
+                " FROM rindle.upload_sessions s JOIN rindle.assets a ON a.id = s.asset_id ORDER BY s.created_at")]
+        finally:
+            await conn.close()
+    return run_async(read())
+
+
+async def multipart_uploads(stack: ExampleStack) -> list[str]:
+    """The unfinished multipart uploads in the example's bucket."""
+    from rindle_async.storage.s3 import botocore_session
+
+    async with botocore_session().create_client("s3", region_name="us-east-1",
+                                                endpoint_url=stack.s3_endpoint) as client:
+        listed = await client.list_multipart_uploads(Bucket=stack.bucket)
+    return [upload["UploadId"] for upload in listed.get("Uploads", [])]
+
+
+def open_uppy_page(browser: Browser, stack: ExampleStack, *, dashboard: bool = False) -> tuple[Page, list[str]]:
+    page = browser.new_page()
+    errors: list[str] = []
+    page.on("pageerror", lambda error: errors.append(str(error)))
+    page.goto(stack.base_url + "/uppy" + ("?ui=dashboard" if dashboard else ""))
+    page.wait_for_function("() => window.uppy !== undefined")
+    expect(page.locator("#state")).to_have_text("none")
+    # Count the parts Uppy finished, so the tests can act mid-upload.
+    page.evaluate("() => { window.partsDone = 0; uppy.on('s3-multipart:part-uploaded', () => { window.partsDone++; }); }")
+    return page, errors
+
+
+def expect_ready(page: Page) -> float:
+    """Wait for the avatar to be ready with both variants shown; return when that happened."""
+    expect(page.locator("#state")).to_have_text("ready", timeout=SETTLE * 1000)
+    expect(page.locator('#variants img[data-state="ready"]')).to_have_count(2)
+    expect(page.locator("#error")).to_be_empty()
+    return time.monotonic()
+
+
+@pytest.mark.parametrize("framework", ["starlette", "aiohttp"])
+def test_uppy_single_upload_through_a_post_policy(uppy_example, example_database_url, browser, tmp_path,
+                                                  framework):
+    stack = uppy_example(framework)
+    page, errors = open_uppy_page(browser, stack)
+    picture = gradient(tmp_path / "me.jpg", 1200, 900)
+    with explained(page, stack, tmp_path / "failure.png"):
+        started = time.monotonic()
+        page.set_input_files("#file", picture)
+        took = expect_ready(page) - started
+        assert [(s["strategy"], s["state"]) for s in sessions_of(example_database_url)] == [
+            ("presigned_post", "completed")]
+        key = sessions_of(example_database_url)[0]["storage_key"]
+        stolen = httpx.post(f"{stack.base_url}/api/avatar/uploads/attach", json={"key": key},
+                            headers={"X-Demo-User": "mallory"})
+        assert stolen.status_code == 403, stolen.text  # the page's user (demo) started it
+        assert errors == []
+    print(f"\nUppy POST-policy upload -> ready ({framework}, {picture.stat().st_size} bytes): {took:.2f} s")
+
+
+def test_uppy_multipart_upload_paused_resumed_and_retried(uppy_example, example_database_url, browser,
+                                                          tmp_path):
+    stack = uppy_example("starlette")
+    page, errors = open_uppy_page(browser, stack)
+    picture = noise_png(tmp_path / "big.png", 2900, 2900)  # about 25 MB: five 5 MiB parts
+    page.evaluate("() => uppy.once('s3-multipart:part-uploaded', () => document.getElementById('pause').click())")
+    failed: list[str] = []
+
+    def fail_once(route) -> None:  # the store answers the first PUT of part 3 with a 503: Uppy retries it
+        if failed:
+            return route.continue_()
+        failed.append(route.request.url)
+        route.fulfill(status=503, body="<Error><Code>SlowDown</Code></Error>",
+                      headers={"Access-Control-Allow-Origin": stack.base_url})
+    page.route(re.compile(r".*[?&]partNumber=3(&|$)"), fail_once)
+    with explained(page, stack, tmp_path / "failure.png"):
+        started = time.monotonic()
+        page.set_input_files("#file", picture)
+        page.wait_for_function("window.partsDone >= 1", timeout=SETTLE * 1000)
+        expect(page.locator("#phase")).to_have_attribute("data-phase", "paused")
+        (session,) = sessions_of(example_database_url)
+        assert (session["strategy"], session["state"]) == ("multipart", "signed")
+        listed = httpx.get(f"{stack.base_url}/s3/multipart/{session['multipart_upload_id']}",
+                           params={"key": session["storage_key"]})
+        assert listed.status_code == 200 and len(listed.json()) >= 1, listed.text
+        time.sleep(0.5)
+        assert sessions_of(example_database_url)[0]["state"] == "signed"  # paused: not completed
+        page.click("#resume")
+        took = expect_ready(page) - started
+        assert [(s["strategy"], s["state"]) for s in sessions_of(example_database_url)] == [
+            ("multipart", "completed")]
+        assert len(failed) == 1 and errors == []
+    print(f"\nUppy multipart upload with a pause and a retried part -> ready ({picture.stat().st_size} bytes): {took:.2f} s")
+
+
+def test_uppy_cancel_aborts_the_session(uppy_example, example_database_url, browser, tmp_path):
+    stack = uppy_example("aiohttp")
+    page, errors = open_uppy_page(browser, stack)
+    picture = noise_png(tmp_path / "big.png", 2000, 2000)  # about 12 MB: multipart
+    page.evaluate("() => uppy.once('s3-multipart:part-uploaded', () => document.getElementById('cancel').click())")
+    with explained(page, stack, tmp_path / "failure.png"):
+        page.set_input_files("#file", picture)
+        page.wait_for_function("window.partsDone >= 1", timeout=SETTLE * 1000)
+        seen: list[list[tuple[str, str]]] = []
+
+        def aborted() -> bool:  # aborted and tombstoned, and soon purged (rows and all) by the worker
+            seen.append([(s["state"], s["asset_state"]) for s in sessions_of(example_database_url)])
+            return seen[-1] in ([("aborted", "deleted")], [])
+        wait_until(aborted, f"the cancelled upload's session aborted (seen {seen[-1:]})")
+        assert all(states in ([("signed", "staged")], [("aborted", "deleted")], [])
+                   for states in seen), seen
+        wait_until(lambda: not run_async(multipart_uploads(stack)), "the multipart upload aborted at S3")
+        expect(page.locator("#state")).to_have_text("none")
+        assert errors == []
+
+
+def test_uppy_dashboard_uploads_several_files(uppy_example, example_database_url,
+                                               browser, tmp_path):
+    stack = uppy_example("aiohttp")
+    page, errors = open_uppy_page(browser, stack, dashboard=True)
+    pictures = [gradient(tmp_path / "one.jpg", 640, 480), gradient(tmp_path / "two.png", 300, 400)]
+    with explained(page, stack, tmp_path / "failure.png"):
+        expect(page.locator(".uppy-Dashboard")).to_be_visible()
+        page.evaluate("() => { window.succeeded = 0; uppy.on('upload-success', () => { window.succeeded++; }); }")
+        page.locator(".uppy-Dashboard-input").first.set_input_files(pictures)
+        expect(page.locator(".uppy-Dashboard-Item")).to_have_count(2)
+        page.locator(".uppy-StatusBar-actionBtn--upload").click()
+        page.wait_for_function("window.succeeded === 2", timeout=SETTLE * 1000)
+        expect_ready(page)
+        # each was attached in turn: the one replaced is purged, rows and all
+        wait_until(lambda: [(s["strategy"], s["state"]) for s in sessions_of(example_database_url)] == [
+            ("presigned_post", "completed")], "one session left, completed")
+        assert errors == []

@@ -123,7 +123,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     doctor = await cli("doctor")
     assert doctor.returncode == 1, doctor.stderr
     out = lines(doctor.stdout)
-    assert "FAIL migrations: migrations [1, 2, 3, 4, 6] are not applied; run `rindle-async migrate`" in out
+    assert "FAIL migrations: migrations [1, 2, 3, 4, 5, 6] are not applied; run `rindle-async migrate`" in out
     assert out[-1] == "5 passed, 3 failed"
     assert f'FAIL ledger: UndefinedTableError: relation "{schema}.jobs" does not exist' in out
     status = await cli("status")
@@ -131,7 +131,7 @@ async def test_migrate_and_doctor_on_a_fresh_schema(cli, schema, redis, db):
     assert "run `rindle-async migrate` first" in status.stderr
 
     first = await cli("migrate")
-    assert (first.returncode, first.stdout) == (0, f"applied migrations 1, 2, 3, 4, 6 to schema {schema}\n")
+    assert (first.returncode, first.stdout) == (0, f"applied migrations 1, 2, 3, 4, 5, 6 to schema {schema}\n")
     again = await cli("migrate")
     assert (again.returncode, again.stdout) == (0, f"schema {schema} is up to date\n")
 

@@ -12,11 +12,12 @@ PACKAGE = pathlib.Path(rindle_async.__file__).parent
 
 EXPORTED = {
     "Asset", "AssetStateChanged", "AssetVariant", "Attachment", "CleanupRun", "ConfigurationError",
-    "Delivered", "DeliveryForbidden", "DeliverySigned", "Event", "ImageMetadata", "InvalidTransition", "JobKind", "JobRun",
-    "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OffsetMismatch", "OwnerErased", "Picture",
-    "PictureSource", "Placeholder", "Profile", "ResumableUpload", "Rindle", "RindleError",
-    "S3Storage", "StorageError", "TooLarge", "TransactionError", "Unsupported", "UploadClosed",
-    "UploadCompleted", "UploadStarted", "UploadTicket", "ValidationError", "Variant",
+    "Delivered", "DeliveryForbidden", "DeliverySigned", "Event", "ImageMetadata", "InvalidTransition",
+    "JobKind", "JobRun", "LocalStorage", "NotFound", "NotReady", "ObjectChanged", "OffsetMismatch", "OwnerErased",
+    "Part", "Picture", "PictureSource", "Placeholder", "PresignedPost", "PresignedRequest", "Profile",
+    "ResumableUpload", "Rindle", "RindleError", "S3Storage", "StorageError", "StoredPart", "TooLarge",
+    "TransactionError", "Unsupported", "UploadClosed", "UploadCompleted", "UploadSession", "UploadStarted",
+    "UploadTicket", "ValidationError", "Variant",
     "VariantStateChanged", "VerificationFailed", "recipe_digest",
 }
 FACADE = {
@@ -27,6 +28,7 @@ FACADE = {
     "mark_stale_variants", "worker_settings", "arq_functions",
     # uploads, assets, attachments, delivery
     "initiate_upload", "sign_upload", "presign_part", "verify_upload", "abort_upload", "upload",
+    "get_upload", "find_upload", "list_parts",
     "get_asset", "attach", "detach", "attachment", "attachments", "erase_owner", "url", "urls",
     "srcset", "srcsets", "picture_sources", "pictures",
     # resumable (tus) uploads

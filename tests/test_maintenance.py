@@ -599,3 +599,23 @@ async def test_every_statement_of_abort_and_cleanup_reads_through_an_index(
     for table in sorted(BIG_TABLES):
         await db.execute(f"ANALYZE {schema}.{table}")
     assert await seq_scans() == {}
+
+
+async def test_abort_expires_a_multipart_session_a_store_cannot_abort(media_rindle, s3_storage, db, schema,
+                                                                       caplog):
+    from datetime import datetime, timedelta, timezone
+
+    from rindle_async import Unsupported
+
+    class NoAbort(type(s3_storage)):  # what s3rver does: no AbortMultipartUpload
+        async def abort_multipart(self, key, upload_id):
+            raise Unsupported("the S3 endpoint does not implement abort multipart (NotImplemented)")
+
+    rindle = await media_rindle(NoAbort(s3_storage._inner))
+    first, second = [await rindle.initiate_upload("avatar", filename="a.png", content_type="image/png",
+                                                  multipart=True) for _ in range(2)]
+    later = datetime.now(timezone.utc) + timedelta(days=1)
+    report = await maintenance.abort_incomplete_uploads(rindle.runtime, now=later)
+    assert report.counts == {"sessions_expired": 2, "assets_tombstoned": 2, "multipart_abort_failed": 2}
+    assert {(await rindle.get_upload(t.session_id)).state for t in (first, second)} == {"expired"}
+    assert "was not aborted" in caplog.text

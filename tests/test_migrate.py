@@ -26,8 +26,8 @@ async def tables(db: asyncpg.Connection, schema: str) -> set[str]:
 async def test_fresh_database_gets_every_table(db, database_url, schema):
     conn = await asyncpg.connect(database_url)
     try:
-        assert await migrations.pending(conn, schema) == [1, 2, 3, 4, 6]
-        assert await migrations.migrate(conn, schema) == [1, 2, 3, 4, 6]
+        assert await migrations.pending(conn, schema) == [1, 2, 3, 4, 5, 6]
+        assert await migrations.migrate(conn, schema) == [1, 2, 3, 4, 5, 6]
         assert await migrations.pending(conn, schema) == []
     finally:
         await conn.close()
@@ -41,9 +41,9 @@ async def test_fresh_database_gets_every_table(db, database_url, schema):
 
 async def test_second_run_applies_nothing(make_rindle, db, schema):
     rindle = await make_rindle(migrate=False)
-    assert await rindle.migrate() == [1, 2, 3, 4, 6]
+    assert await rindle.migrate() == [1, 2, 3, 4, 5, 6]
     assert await rindle.migrate() == []
-    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 5
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 6
 
 
 async def test_concurrent_runners_apply_each_migration_once(database_url, db, schema):
@@ -53,8 +53,8 @@ async def test_concurrent_runners_apply_each_migration_once(database_url, db, sc
     finally:
         for c in conns:
             await c.close()
-    assert sorted(results) == [[], [], [], [1, 2, 3, 4, 6]]
-    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 5
+    assert sorted(results) == [[], [], [], [1, 2, 3, 4, 5, 6]]
+    assert await db.fetchval(f"SELECT count(*) FROM {schema}.migrations") == 6
     assert await tables(db, schema) == EXPECTED_TABLES
 
 
@@ -98,7 +98,7 @@ def test_cli_migrate(tmp_path, database_url, redis_url, schema):
     command = [sys.executable, "-m", "rindle_async.cli", "--app", "hostapp:rindle", "migrate"]
     first = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert first.returncode == 0, first.stderr
-    assert first.stdout.strip() == f"applied migrations 1, 2, 3, 4, 6 to schema {schema}"
+    assert first.stdout.strip() == f"applied migrations 1, 2, 3, 4, 5, 6 to schema {schema}"
     second = subprocess.run(command, env=env, capture_output=True, text=True, timeout=60)
     assert second.returncode == 0, second.stderr
     assert second.stdout.strip() == f"schema {schema} is up to date"

@@ -281,3 +281,28 @@ async def test_seaweedfs_serves_our_signed_urls_and_refuses_tampered_or_expired_
             assert response.status_code == 403, (what, response.status_code, response.text)
         response = await client.put(upload.url, content=body, headers={"Content-Type": "image/jpeg"})
         assert response.status_code == 403, "the Content-Type is a signed header"
+
+
+async def test_seaweedfs_holds_a_post_policy_to_its_key_type_and_size(seaweed_storage: S3Storage) -> None:
+    storage, key, body = seaweed_storage, "avatar/ab/post.png", b"\x89PNG" + bytes(1000)
+    post = await storage.presign_post(key, content_type="image/png", max_bytes=2000, expires_in=60)
+
+    async def send(fields: dict[str, str], data: bytes) -> httpx.Response:
+        async with httpx.AsyncClient(timeout=10) as client:
+            return await client.post(post.url, data=fields, files={"file": ("f.png", data)})
+
+    refused = {  # what SeaweedFS 4.48 answers
+        "oversize body": (post.fields, body * 3, "EntityTooLarge"),
+        "wrong Content-Type": ({**post.fields, "Content-Type": "image/jpeg"}, body, "Policy Condition failed"),
+        "another key": ({**post.fields, "key": "avatar/ab/other.png"}, body, "Policy Condition failed"),
+        "tampered policy": ({**post.fields, "policy": post.fields["policy"][:-4] + "AAAA"}, body,
+                            "SignatureDoesNotMatch"),
+    }
+    for what, (fields, data, reason) in refused.items():
+        response = await send(fields, data)
+        assert response.status_code in (400, 403) and reason in response.text, (what, response.text)
+    assert await storage.head(key) is None and await storage.head("avatar/ab/other.png") is None
+    response = await send(post.fields, body)
+    assert response.status_code in (200, 201, 204), response.text
+    info = await storage.head(key)
+    assert info is not None and (info.size, info.content_type) == (len(body), "image/png")

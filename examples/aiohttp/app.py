@@ -18,13 +18,18 @@ from pathlib import Path
 
 from aiohttp import web
 
-from rindle_async.contrib.aiohttp import add_local_storage_routes, add_tus_routes
+from rindle_async.contrib.aiohttp import add_companion_routes, add_local_storage_routes, add_tus_routes
 
 import avatars
-from media import LOCAL_PREFIX, rindle
+from media import LOCAL_PREFIX, STORAGE, avatar, rindle
 
-#: The page, shared with the Starlette example.
-INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
+#: The pages, shared with the Starlette example; the Uppy bundle that scripts/uppy.sh builds.
+STATIC = Path(__file__).resolve().parent.parent / "static"
+INDEX, UPPY_PAGE = STATIC / "index.html", STATIC / "uppy.html"
+#: The Uppy bundles scripts/uppy.sh builds, by the path the pages load them from.
+UPPY_CACHE = STATIC.parent.parent / ".cache" / "uppy"
+UPPY_BUNDLES = {"/uppy.js": "text/javascript", "/uppy-dashboard.js": "text/javascript",
+                "/uppy-dashboard.css": "text/css"}
 
 
 def current_user(request: web.Request) -> str:
@@ -40,6 +45,26 @@ def reply(answer: avatars.Reply) -> web.Response:
 
 async def index(request: web.Request) -> web.FileResponse:
     return web.FileResponse(INDEX, headers={"Cache-Control": "no-store"})
+
+
+async def uppy_page(request: web.Request) -> web.FileResponse:
+    return web.FileResponse(UPPY_PAGE, headers={"Cache-Control": "no-store"})
+
+
+async def uppy_bundle(request: web.Request) -> web.StreamResponse:
+    bundle = UPPY_CACHE / request.path.lstrip("/")
+    if not bundle.exists():
+        return web.Response(text="no Uppy bundle: run scripts/uppy.sh (make services does)", status=404)
+    return web.FileResponse(bundle, headers={"Content-Type": UPPY_BUNDLES[request.path]})
+
+
+async def authorize(request: web.Request) -> str | None:
+    """Who may upload through the Companion routes: here every (demo) user; None refuses with 403."""
+    return current_user(request)
+
+
+async def attach_upload(request: web.Request) -> web.Response:
+    return reply(await avatars.attach_upload(current_user(request), await request.read()))
 
 
 async def show(request: web.Request) -> web.Response:
@@ -78,8 +103,14 @@ def create_app(argv: list[str] | None = None) -> web.Application:
     # tus resumable uploads (tus-js-client, Uppy's Tus plugin, tuspy) at tusd's default path
     add_tus_routes(app, rindle, profile="avatar", path="/files/", authorize=tus_user,
                    on_complete=avatars.attach_tus_upload)
+    app.router.add_post("/api/avatar/uploads/attach", attach_upload)
+    app.router.add_get("/uppy", uppy_page)
+    for path in UPPY_BUNDLES:
+        app.router.add_get(path, uppy_bundle)
     if "local" in rindle.storages:  # signed PUT (uploads) and GET (delivery) for the local folder
         add_local_storage_routes(app, rindle, prefix=LOCAL_PREFIX)
+    if STORAGE == "s3":  # Uppy's Companion routes at the origin root: companionEndpoint: location.origin
+        add_companion_routes(app, rindle, profile=avatar.name, authorize=authorize)
     return app
 
 

@@ -17,16 +17,21 @@ from pathlib import Path
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import FileResponse, JSONResponse
+from starlette.responses import FileResponse, JSONResponse, PlainTextResponse, Response
 from starlette.routing import BaseRoute, Mount, Route
 
-from rindle_async.contrib.starlette import local_storage_routes, tus_routes
+from rindle_async.contrib.starlette import companion_routes, local_storage_routes, tus_routes
 
 import avatars
-from media import LOCAL_PREFIX, rindle
+from media import LOCAL_PREFIX, STORAGE, avatar, rindle
 
-#: The page, shared with the aiohttp example.
-INDEX = Path(__file__).resolve().parent.parent / "static" / "index.html"
+#: The pages, shared with the aiohttp example; the Uppy bundle that scripts/uppy.sh builds.
+STATIC = Path(__file__).resolve().parent.parent / "static"
+INDEX, UPPY_PAGE = STATIC / "index.html", STATIC / "uppy.html"
+#: The Uppy bundles scripts/uppy.sh builds, by the path the pages load them from.
+UPPY_CACHE = STATIC.parent.parent / ".cache" / "uppy"
+UPPY_BUNDLES = {"/uppy.js": "text/javascript", "/uppy-dashboard.js": "text/javascript",
+                "/uppy-dashboard.css": "text/css"}
 
 
 def current_user(request: Request) -> str:
@@ -42,6 +47,26 @@ def reply(answer: avatars.Reply) -> JSONResponse:
 
 async def index(request: Request) -> FileResponse:
     return FileResponse(INDEX, headers={"Cache-Control": "no-store"})
+
+
+async def uppy_page(request: Request) -> FileResponse:
+    return FileResponse(UPPY_PAGE, headers={"Cache-Control": "no-store"})
+
+
+async def uppy_bundle(request: Request) -> Response:
+    bundle = UPPY_CACHE / request.url.path.lstrip("/")
+    if not bundle.exists():
+        return PlainTextResponse("no Uppy bundle: run scripts/uppy.sh (make services does)", status_code=404)
+    return FileResponse(bundle, media_type=UPPY_BUNDLES[request.url.path])
+
+
+async def authorize(request: Request) -> str | None:
+    """Who may upload through the Companion routes: here every (demo) user; None refuses with 403."""
+    return current_user(request)
+
+
+async def attach_upload(request: Request) -> JSONResponse:
+    return reply(await avatars.attach_upload(current_user(request), await request.body()))
 
 
 async def show(request: Request) -> JSONResponse:
@@ -79,8 +104,13 @@ routes: list[BaseRoute] = [
     # tus resumable uploads (tus-js-client, Uppy's Tus plugin, tuspy) at tusd's default path
     Mount("/files", app=tus_routes(rindle, profile="avatar", authorize=tus_user,
                                    on_complete=avatars.attach_tus_upload)),
+    Route("/api/avatar/uploads/attach", attach_upload, methods=["POST"]),
+    Route("/uppy", uppy_page),
+    *(Route(path, uppy_bundle) for path in UPPY_BUNDLES),
 ]
 if "local" in rindle.storages:  # signed PUT (uploads) and GET (delivery) for the local folder
     routes.append(Mount(LOCAL_PREFIX, app=local_storage_routes(rindle)))
+if STORAGE == "s3":  # Uppy's Companion routes at the origin root: companionEndpoint: location.origin
+    routes += companion_routes(rindle, profile=avatar.name, authorize=authorize)
 
 app = Starlette(routes=routes, lifespan=lifespan)

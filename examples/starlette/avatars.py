@@ -34,6 +34,12 @@ class UploadRequest(msgspec.Struct):
     byte_size: int
 
 
+class AttachRequest(msgspec.Struct):
+    """What the Uppy page sends once Uppy finished an upload: the object's storage key."""
+
+    key: str
+
+
 def replies(call: Callable[..., Awaitable[Reply]]) -> Callable[..., Awaitable[Reply]]:
     """Turn refused input into a JSON error with a fitting status; other errors stay 500s."""
 
@@ -91,6 +97,16 @@ async def complete_upload(user_id: str, session_id: str) -> Reply:
 async def attach_tus_upload(asset: Asset, user_id: str | None) -> None:
     """A finished tus upload (``/files/``) becomes the user's avatar, as complete_upload does."""
     await rindle.attach(asset.id, owner_type=OWNER_TYPE, owner_id=user_id or "", slot=SLOT)
+
+
+@replies
+async def attach_upload(user_id: str, body: bytes) -> Reply:
+    """Make an upload Uppy finished (through the Companion routes) the user's avatar."""
+    wanted = msgspec.json.decode(body, type=AttachRequest)
+    session = await rindle.find_upload(wanted.key, profile=avatar.name)
+    if session.owner != user_id:  # the Companion routes kept who authorize() said it was for
+        return 403, {"error": "this upload was started by another user"}
+    return await complete_upload(user_id, session.id)
 
 
 @replies

@@ -13,6 +13,7 @@ Environment:
     RINDLE_S3_BUCKET     store media in this S3 bucket instead of RINDLE_MEDIA_ROOT
     RINDLE_S3_ENDPOINT   an S3-compatible endpoint (MinIO, R2, ...); path-style addressing
     RINDLE_S3_REGION     the bucket's region (default: us-east-1)
+    RINDLE_MAX_BYTES     the avatar profile's max_bytes (default: 10 MiB)
 """
 
 from __future__ import annotations
@@ -58,7 +59,7 @@ avatar = Profile(
     name="avatar",
     storage=STORAGE,
     allow_mime=("image/jpeg", "image/png", "image/webp"),
-    max_bytes=10 * 1024 * 1024,
+    max_bytes=int(os.environ.get("RINDLE_MAX_BYTES", 10 * 1024 * 1024)),
     max_pixels=50_000_000,
     variants={
         "thumb": Variant(width=128, height=128, fit="cover", format="webp", quality=80),

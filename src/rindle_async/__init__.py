@@ -22,10 +22,11 @@ _EXPORTS = {
     "JobKind": "ledger.kinds",
     "JobRun": "ledger.runner",
     **dict.fromkeys(("Asset", "AssetVariant", "Attachment", "Delivered", "ImageMetadata", "Picture",
-                     "PictureSource", "UploadTicket"), "models"),
+                     "PictureSource", "UploadSession", "UploadTicket"), "models"),
     "Placeholder": "placeholders",
     **dict.fromkeys(("Profile", "Variant", "recipe_digest"), "profiles"),
     "ResumableUpload": "uploads.resumable",
+    **dict.fromkeys(("Part", "PresignedPost", "PresignedRequest", "StoredPart"), "storage.base"),
     "LocalStorage": "storage.local",
     "S3Storage": "storage.s3",
 }
@@ -71,10 +72,12 @@ if TYPE_CHECKING:
         ImageMetadata,
         Picture,
         PictureSource,
+        UploadSession,
         UploadTicket,
     )
     from .placeholders import Placeholder
     from .profiles import Profile, Variant, recipe_digest
+    from .storage.base import Part, PresignedPost, PresignedRequest, StoredPart
     from .storage.local import LocalStorage
     from .storage.s3 import S3Storage
     from .uploads.resumable import ResumableUpload

@@ -21,10 +21,10 @@ from .events import BaseEvent, EventBus, Handler
 from .ledger.kinds import JobKind, builtin_kinds
 from .ledger.relay import Ledger, LedgerSummary
 from .ledger.runner import arq_function
-from .models import Asset, Attachment, Picture, UploadTicket
+from .models import Asset, Attachment, Picture, UploadSession, UploadTicket
 from .profiles import Profile, index_profiles
 from .runtime import Config, RelaySettings, Runtime, close_runtime, open_runtime
-from .storage.base import Part, PresignedRequest, Source, Storage
+from .storage.base import Part, PresignedRequest, Source, Storage, StoredPart
 from .uploads.resumable import ResumableUpload
 from .worker import worker_settings
 
@@ -262,22 +262,28 @@ class Rindle:
     # -- uploads -------------------------------------------------------------------
 
     async def initiate_upload(self, profile: str, *, filename: str | None, content_type: str,
-                              byte_size: int, checksum: str | None = None, multipart: bool = False,
-                              part_size: int | None = None) -> UploadTicket:
+                              byte_size: int | None = None, checksum: str | None = None,
+                              multipart: bool = False, part_size: int | None = None,
+                              presigned_post: bool = False, owner: str | None = None) -> UploadTicket:
         """Open a direct-upload session; the client sends the bytes with the ticket.
 
         profile: the profile name.
         filename: the client's file name.
         content_type: the declared type (refused at once if the profile forbids it).
-        byte_size: the declared size (refused at once if over the profile's max_bytes).
+        byte_size: the declared size (refused at once if over the profile's max_bytes); required
+            for a presigned PUT, optional with ``presigned_post`` or ``multipart``.
         checksum: optional ``md5:<hex>`` or ``sha256:<hex>``, checked by ``verify_upload``.
         multipart: S3 multipart upload, part URLs from ``presign_part``.
-        part_size: bytes per part for multipart uploads.
+        part_size: the suggested bytes per part for multipart uploads (5 MiB..5 GiB).
+        presigned_post: an S3 POST policy (``ticket.fields``) that S3 itself holds to the type,
+            the key and 1..max_bytes.
+        owner: who the upload is for (e.g. the user's id); kept on the session for the host.
         """
         return await uploads.initiate_upload(self.runtime, profile, filename=filename,
                                              content_type=content_type, byte_size=byte_size,
                                              checksum=checksum, multipart=multipart,
-                                             part_size=part_size)
+                                             part_size=part_size, presigned_post=presigned_post,
+                                             owner=owner)
 
     async def sign_upload(self, session_id: str) -> UploadTicket:
         """A fresh ticket for an open session whose URL expired.
@@ -301,6 +307,28 @@ class Rindle:
         parts: for multipart sessions, the uploaded parts to assemble first.
         """
         return await uploads.verify_upload(self.runtime, session_id, parts=parts)
+
+    async def get_upload(self, session_id: str) -> UploadSession:
+        """The upload session (state, deadline, multipart id, the parts the store holds).
+
+        session_id: the ticket's session_id.
+        """
+        return await uploads.get_upload(self.runtime, session_id)
+
+    async def find_upload(self, storage_key: str, *, profile: str) -> UploadSession:
+        """The newest upload session of ``profile`` writing ``storage_key`` (NotFound if none).
+
+        storage_key: the ticket's storage_key (what Uppy reports as the upload's key).
+        profile: the profile the upload was started under.
+        """
+        return await uploads.find_upload(self.runtime, profile, storage_key)
+
+    async def list_parts(self, session_id: str) -> list[StoredPart]:
+        """The parts the store holds for an open multipart session (number, ETag, size).
+
+        session_id: the ticket's session_id.
+        """
+        return await uploads.list_parts(self.runtime, session_id)
 
     async def abort_upload(self, session_id: str) -> None:
         """Abandon an open upload session; its asset and any stored bytes are purged.

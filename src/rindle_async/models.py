@@ -10,6 +10,7 @@ import asyncpg
 import msgspec
 
 from .placeholders import Placeholder
+from .storage.base import StoredPart
 
 
 class AssetVariant(msgspec.Struct, frozen=True, kw_only=True):
@@ -122,7 +123,9 @@ class UploadTicket(msgspec.Struct, frozen=True, kw_only=True):
     The client sends the file with ``method`` to ``url`` with exactly ``headers``
     before ``expires_at``, then the host calls ``verify_upload(session_id)``.
     Multipart tickets carry ``upload_id`` and ``part_size`` instead of a URL for the
-    whole file; part URLs come from ``presign_part``.
+    whole file; part URLs come from ``presign_part``.  A POST-policy ticket (``method``
+    "POST") carries the form ``fields`` to send before the file.  ``storage_key`` is where
+    the object lands (``find_upload`` finds the session from it).
     """
 
     session_id: str
@@ -134,6 +137,34 @@ class UploadTicket(msgspec.Struct, frozen=True, kw_only=True):
     session_expires_at: datetime
     upload_id: str | None = None
     part_size: int | None = None
+    fields: dict[str, str] | None = None
+    storage_key: str | None = None
+
+
+class UploadSession(msgspec.Struct, frozen=True, kw_only=True):
+    """An upload session read back: its state, deadline and, for multipart, the parts stored.
+
+    ``byte_size`` is the declared size, or None where the store or completion checks the limit;
+    ``owner`` is who the host said the upload is for (``initiate_upload(owner=...)``);
+    ``parts`` lists what the store holds for an open multipart session (None for other
+    strategies, for closed sessions and where the store cannot list parts).
+    """
+
+    id: str
+    asset_id: str
+    profile: str
+    state: str
+    strategy: str
+    storage_key: str
+    filename: str | None
+    content_type: str
+    byte_size: int | None
+    expires_at: datetime
+    upload_id: str | None
+    part_size: int | None
+    reason: str | None
+    owner: str | None = None
+    parts: list[StoredPart] | None = None
 
 
 class Delivered(msgspec.Struct, frozen=True, kw_only=True):

@@ -9,6 +9,11 @@ Add them under the path of the storage's ``base_url``::
     # LocalStorage(root="var/media", base_url="http://localhost:8080/rindle", secret=...)
     app = web.Application()
     add_local_storage_routes(app, rindle, prefix="/rindle")
+
+and Uppy Companion's S3 routes (``rindle_async.contrib.companion``) for one profile, at the origin
+root so that Uppy's ``companionEndpoint: location.origin`` finds them::
+
+    add_companion_routes(app, rindle, profile="avatar", authorize=current_user)
 """
 
 from __future__ import annotations
@@ -20,13 +25,14 @@ from typing import TYPE_CHECKING
 from aiohttp import web
 
 from ..storage.base import CHUNK_SIZE
+from .companion import Authorize, companion_mount, handle_companion, read_body
 from .local_http import handle_request, local_mount
 from .tus import OnComplete, TusServer
 
 if TYPE_CHECKING:
     from ..app import Rindle
 
-__all__ = ["add_local_storage_routes", "add_tus_routes"]
+__all__ = ["add_companion_routes", "add_local_storage_routes", "add_tus_routes"]
 
 
 def add_local_storage_routes(app: web.Application, rindle: Rindle, *, prefix: str = "/rindle",
@@ -94,3 +100,25 @@ def add_tus_routes(app: web.Application, rindle: Rindle, *, profile: str, path: 
     base = server.path
     app.router.add_route("*", base, handler)
     app.router.add_route("*", base + "{upload_id}", handler)
+
+
+def add_companion_routes(app: web.Application, rindle: Rindle, *, profile: str, authorize: Authorize,
+                         prefix: str = "") -> None:
+    """Add Uppy Companion's S3 routes for one profile under ``{prefix}/s3/``.
+
+    app: the aiohttp application (before it starts)
+    rindle: the host's Rindle (opened or not); the profile and its store are checked here, once
+    profile: the profile every upload through these routes is made under
+    authorize: ``async (request) -> owner``; None refuses the request with 403
+    prefix: where Uppy's ``companionEndpoint`` points below the origin ("" for the root)
+    Raises ConfigurationError when the profile is unknown or its store is not S3.
+    """
+    mount = companion_mount(rindle, profile, authorize)
+
+    async def handler(request: web.Request) -> web.Response:
+        body = lambda: read_body(request.content.iter_chunked(CHUNK_SIZE))  # noqa: E731  (read on demand)
+        answer = await handle_companion(mount, request, request.method, "/s3/" + request.match_info["path"],
+                                        request.query, body)
+        return web.Response(body=answer.body, status=answer.status, headers=answer.headers)
+
+    app.router.add_route("*", prefix.rstrip("/") + "/s3/{path:.*}", handler)

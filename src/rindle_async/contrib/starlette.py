@@ -9,6 +9,11 @@ Mount them where the storage's ``base_url`` points::
 
     # LocalStorage(root="var/media", base_url="http://localhost:8000/rindle", secret=...)
     app = Starlette(routes=[Mount("/rindle", app=local_storage_routes(rindle))])
+
+and Uppy Companion's S3 routes (``rindle_async.contrib.companion``) for one profile, at the origin
+root so that Uppy's ``companionEndpoint: location.origin`` finds them::
+
+    app = Starlette(routes=[*companion_routes(rindle, profile="avatar", authorize=current_user)])
 """
 
 from __future__ import annotations
@@ -21,13 +26,14 @@ from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route, Router
 from starlette.types import Receive, Scope, Send
 
+from .companion import Authorize, CompanionMount, companion_mount, handle_companion, read_body
 from .local_http import Answer, LocalMount, handle_request, local_mount
 from .tus import OnComplete, TusServer
 
 if TYPE_CHECKING:
     from ..app import Rindle
 
-__all__ = ["local_storage_routes", "tus_routes"]
+__all__ = ["companion_routes", "local_storage_routes", "tus_routes"]
 
 
 def local_storage_routes(rindle: Rindle, storage: str = "local") -> Router:
@@ -99,4 +105,34 @@ class _TusEndpoint:
                                               None if check is None else lambda: check(request))
         except ClientDisconnect:
             return  # the chunk's bytes that arrived are stored; the client resumes from HEAD
+        await _respond(answer, scope, receive, send)
+
+
+def companion_routes(rindle: Rindle, *, profile: str, authorize: Authorize, prefix: str = "") -> list[Route]:
+    """Uppy Companion's S3 routes for one profile, to list among the app's routes.
+
+    rindle: the host's Rindle (opened or not); the profile and its store are checked here, once
+    profile: the profile every upload through these routes is made under
+    authorize: ``async (request) -> owner``; None refuses the request with 403
+    prefix: where Uppy's ``companionEndpoint`` points below the origin ("" for the root)
+    Raises ConfigurationError when the profile is unknown or its store is not S3.
+    """
+    endpoint = _CompanionEndpoint(companion_mount(rindle, profile, authorize))
+    return [Route(prefix.rstrip("/") + "/s3/{path:path}", endpoint)]
+
+
+class _CompanionEndpoint:
+    """An ASGI app, so Route passes every method and the core decides each status."""
+
+    def __init__(self, mount: CompanionMount) -> None:
+        self.mount = mount
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        request = Request(scope, receive)
+        try:
+            answer = await handle_companion(self.mount, request, request.method,
+                                            "/s3/" + request.path_params["path"], request.query_params,
+                                            lambda: read_body(request.stream()))
+        except ClientDisconnect:
+            return
         await _respond(answer, scope, receive, send)

@@ -26,16 +26,24 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
     strategy: str
     storage_key: str
     filename: str | None
-    content_type: str  # declared at initiate_upload, as the size is
-    byte_size: int
+    content_type: str  # declared at initiate_upload
+    byte_size: int | None  # None where the store (POST policy) or completion (multipart) checks the limit
     checksum: str | None
     multipart_upload_id: str | None
     part_size: int | None
     expires_at: datetime
     reason: str | None
+    owner: str | None  # who the host said the upload is for, if it said
     profile: str
     storage: str
     asset_state: str
+
+    @property
+    def length(self) -> int:
+        """The declared size, for a session that must have one (a presigned PUT, tus)."""
+        if self.byte_size is None:
+            raise ValueError(f"upload session {self.id} declared no size")
+        return self.byte_size
 
     @property
     def multipart(self) -> bool:
@@ -43,7 +51,7 @@ class SessionRow(msgspec.Struct, frozen=True, kw_only=True):
 
 
 _COLUMNS = ("s.id, s.asset_id, s.state, s.strategy, s.storage_key, s.filename, s.content_type,"
-            " s.byte_size, s.checksum, s.multipart_upload_id, s.part_size, s.expires_at, s.reason,"
+            " s.byte_size, s.checksum, s.multipart_upload_id, s.part_size, s.expires_at, s.reason, s.owner,"
             " a.profile, a.storage, a.state AS asset_state")
 
 

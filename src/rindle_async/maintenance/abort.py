@@ -3,12 +3,14 @@ and abort its multipart upload."""
 
 from __future__ import annotations
 
+import logging
 import uuid
 from datetime import datetime
 from typing import TYPE_CHECKING
 
 from ..db import sessions
 from ..db.sessions import ExpiredSession
+from ..errors import StorageError, Unsupported
 from ..lifecycle import transitions
 from ..lifecycle.machines import UPLOAD_SESSION
 from ..lifecycle.tombstone import tombstone
@@ -20,6 +22,7 @@ if TYPE_CHECKING:
     from ..runtime import Runtime
 
 EXPIRED = "its upload session expired before verification"
+log = logging.getLogger("rindle_async.maintenance.abort")
 
 
 async def abort_incomplete_uploads(rt: Runtime, *, dry_run: bool = False,
@@ -58,13 +61,19 @@ async def _report_session(rt: Runtime, report: Report, row: ExpiredSession,
     if row.id not in expired:  # the session moved on since it was read (e.g. verified)
         report.add("skipped_changed", str(row.id))
         return
+    aborted = True
     if row.multipart_upload_id and not report.dry_run:
-        await rt.storages[row.storage].abort_multipart(row.storage_key, row.multipart_upload_id)
+        try:
+            await rt.storages[row.storage].abort_multipart(row.storage_key, row.multipart_upload_id)
+        except (StorageError, Unsupported) as exc:  # the session is expired: the purge and cleanup retry
+            log.warning("upload session %s expired, but its multipart upload %s was not aborted: %s",
+                        row.id, row.multipart_upload_id, exc)
+            aborted = False
     report.add("sessions_expired", str(row.id))
     if expired[row.id]:
         report.add("assets_tombstoned", str(row.asset_id))
     if row.multipart_upload_id:
-        report.add("multipart_aborted", row.multipart_upload_id)
+        report.add("multipart_aborted" if aborted else "multipart_abort_failed", row.multipart_upload_id)
 
 
 async def _expire(rt: Runtime, rows: list[ExpiredSession]) -> dict[uuid.UUID, bool]:

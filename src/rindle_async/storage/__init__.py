@@ -5,12 +5,22 @@ from __future__ import annotations
 from importlib import import_module
 from typing import TYPE_CHECKING, Any
 
-from .base import Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Source, Storage
+from .base import (
+    Capabilities,
+    MultipartUpload,
+    ObjectInfo,
+    Part,
+    PresignedPost,
+    PresignedRequest,
+    Source,
+    Storage,
+    StoredPart,
+)
 
 _ADAPTERS = {"LocalStorage": "local", "SignedRequest": "local", "S3Storage": "s3"}
 
-__all__ = ["Capabilities", "LocalStorage", "MultipartUpload", "ObjectInfo", "Part", "PresignedRequest",
-           "S3Storage", "SignedRequest", "Source", "Storage"]
+__all__ = ["Capabilities", "LocalStorage", "MultipartUpload", "ObjectInfo", "Part", "PresignedPost",
+           "PresignedRequest", "S3Storage", "SignedRequest", "Source", "Storage", "StoredPart"]
 
 if TYPE_CHECKING:
     from .local import LocalStorage, SignedRequest

@@ -107,6 +107,15 @@ class PresignedRequest(msgspec.Struct, frozen=True, kw_only=True):
     expires_at: datetime
 
 
+class PresignedPost(msgspec.Struct, frozen=True, kw_only=True):
+    """An HTML-form upload: POST ``fields`` and then the file (as the form's last field, ``file``)
+    to ``url`` as multipart/form-data until ``expires_at``; the store enforces the policy."""
+
+    url: str
+    fields: dict[str, str]
+    expires_at: datetime
+
+
 class MultipartUpload(msgspec.Struct, frozen=True, kw_only=True):
     """An unfinished multipart upload found at the store."""
 
@@ -122,6 +131,14 @@ class Part(msgspec.Struct, frozen=True, kw_only=True):
     etag: str
 
 
+class StoredPart(msgspec.Struct, frozen=True, kw_only=True):
+    """One part of an unfinished multipart upload, as the store holds it."""
+
+    part_number: int
+    etag: str
+    size: int
+
+
 class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     """What an adapter can do; callers check before offering a feature."""
 
@@ -129,6 +146,8 @@ class Capabilities(msgspec.Struct, frozen=True, kw_only=True):
     multipart: bool
     signed_urls: bool
     public_urls: bool
+    presigned_post: bool = False  # form uploads under a POST policy the store enforces
+    list_parts: bool = False  # the parts of an unfinished multipart upload can be listed
 
 
 @runtime_checkable
@@ -175,6 +194,11 @@ class Storage(Protocol):
                           expires_in: int) -> PresignedRequest:
         """A PUT a client can send the bytes with, bound to type and size."""
 
+    async def presign_post(self, key: str, *, content_type: str, max_bytes: int,
+                           expires_in: int) -> PresignedPost:
+        """A form POST the store accepts only for exactly ``key``, with ``content_type`` and
+        1..``max_bytes`` bytes (Unsupported where ``capabilities.presigned_post`` is False)."""
+
     async def url(self, key: str, *, expires_in: int | None, content_type: str | None = None,
                   disposition: str | None = None) -> str:
         """A delivery URL: signed and expiring, or public when ``expires_in`` is None.
@@ -191,6 +215,10 @@ class Storage(Protocol):
 
     async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[Part]) -> ObjectInfo:
         """Assemble the parts into the object."""
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[StoredPart]:
+        """The parts the store holds for the upload, in part-number order, across pages;
+        NotFound when the upload is gone, Unsupported where the store cannot list them."""
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abandon a multipart upload and free its parts (missing is not an error)."""

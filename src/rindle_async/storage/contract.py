@@ -38,7 +38,16 @@ import anyio.to_thread
 import msgspec
 
 from ..errors import ContractViolation, NotFound, ObjectChanged, TooLarge, Unsupported, ValidationError
-from .base import Capabilities, MultipartUpload, ObjectInfo, Part, PresignedRequest, Storage
+from .base import (
+    Capabilities,
+    MultipartUpload,
+    ObjectInfo,
+    Part,
+    PresignedPost,
+    PresignedRequest,
+    Storage,
+    StoredPart,
+)
 
 __all__ = ["RULES", "ContractReport", "ContractViolation", "HttpResponse", "Rule", "Send",
            "check_storage", "send_with_aiohttp"]
@@ -606,6 +615,48 @@ async def _multipart_complete(run: _Run) -> None:
     await _no_uploads(run, key, "complete_multipart")
 
 
+async def _multipart_list_parts(run: _Run) -> None:
+    key, bodies = run.key("multipart/listed.bin"), (os.urandom(FIRST_PART_SIZE), os.urandom(1234))
+    upload_id = await run.storage.create_multipart(key, content_type="application/octet-stream")
+    run.uploads.add((key, upload_id))
+    etags = []
+    for number, body in enumerate(bodies, start=1):
+        request = await run.storage.presign_part(key, upload_id, number, expires_in=300)
+        response = await run.fetch(request.method, request.url, request.headers, body)
+        _require(200 <= response.status < 300, f"PUT of part {number} answered {response.status}")
+        etags.append(response.headers.get("etag", "").strip('"'))
+    listed = await run.storage.list_parts(key, upload_id)
+    want = [StoredPart(part_number=n, etag=etag, size=len(body))
+            for n, (etag, body) in enumerate(zip(etags, bodies, strict=True), start=1)]
+    _require(listed == want, f"{run.storage.last} returned {listed!r}; the contract wants {want!r} "
+                             "(part numbers in order, ETags unquoted, sizes)")
+    await run.storage.abort_multipart(key, upload_id)
+
+
+def _form(fields: Mapping[str, str], data: bytes) -> tuple[dict[str, str], bytes]:
+    """A multipart/form-data body of ``fields`` then the file, as a browser sends a POST policy form."""
+    boundary = f"rindle-contract-{os.urandom(8).hex()}"
+    parts = [f'--{boundary}\r\nContent-Disposition: form-data; name="{name}"\r\n\r\n{value}\r\n'.encode()
+             for name, value in fields.items()]
+    parts.append(f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="f"\r\n'
+                 f"Content-Type: application/octet-stream\r\n\r\n".encode() + data + b"\r\n")
+    return ({"Content-Type": f"multipart/form-data; boundary={boundary}"},
+            b"".join(parts) + f"--{boundary}--\r\n".encode())
+
+
+async def _presign_post_http(run: _Run) -> None:
+    data, key = os.urandom(5000), run.key("presign/posted.png")
+    post = await run.storage.presign_post(key, content_type="image/png", max_bytes=10_000, expires_in=300)
+    _require(isinstance(post, PresignedPost) and _is_url(post.url),
+             f"{run.storage.last} returned {post!r}; the contract wants a PresignedPost with an http(s) URL")
+    headers, body = _form(post.fields, data)
+    response = await run.fetch("POST", post.url, headers, body)
+    _require(200 <= response.status < 300,
+             f"POST {post.url} with the policy's fields answered {response.status} {response.body[:300]!r}; "
+             "the contract wants 2xx for a file within the policy")
+    await _holds(run, key, data, "a POST of the policy's form")
+
+
 async def _cleanup(run: _Run) -> None:
     await run.remove_everything()
     left = await run.keys(run.root)
@@ -678,6 +729,10 @@ RULES = (
          "(twice) removes it", _multipart_abort, ("multipart",)),
     Rule("multipart.complete", "parts PUT over HTTP to presign_part's URLs, completed in any order, "
          "make the object", _multipart_complete, ("multipart", "http")),
+    Rule("multipart.list_parts", "list_parts gives the parts PUT so far: number, unquoted ETag, size",
+         _multipart_list_parts, ("multipart", "list_parts", "http")),
+    Rule("presign_post.http", "a multipart/form-data POST of presign_post's fields and the file stores it",
+         _presign_post_http, ("presigned_post", "http")),
     Rule("cleanup", "once the contract deleted what it wrote, list and list_multipart give nothing "
          "under its prefix", _cleanup),
 )

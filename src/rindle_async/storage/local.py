@@ -41,8 +41,10 @@ from .base import (
     MultipartUpload,
     ObjectInfo,
     Part,
+    PresignedPost,
     PresignedRequest,
     Source,
+    StoredPart,
     check_range,
     iter_source,
     too_large,
@@ -53,6 +55,7 @@ from .signing import HmacSha256, quote_component, quote_path
 #: Temporary files start with this; ``list`` never shows them and keys may not use it.
 TEMP_PREFIX = ".tmp-"
 NO_MULTIPART = "local storage has no multipart uploads; send the file in a single PUT to presign_put's URL"
+NO_POST = "local storage takes no form POST uploads; send the file in a single PUT to presign_put's URL"
 ABSENT = (FileNotFoundError, NotADirectoryError, IsADirectoryError)
 #: The query parameters a signature covers, besides the key.
 SIGNED_FIELDS = ("method", "expires", "max_bytes", "content_type", "disposition")
@@ -414,6 +417,15 @@ class LocalStorage:
         raise Unsupported(NO_MULTIPART)
 
     async def complete_multipart(self, key: str, upload_id: str, parts: builtins.list[Part]) -> ObjectInfo:
+        """Unsupported: local storage takes uploads in a single PUT."""
+        raise Unsupported(NO_MULTIPART)
+
+    async def presign_post(self, key: str, *, content_type: str, max_bytes: int,
+                           expires_in: int) -> PresignedPost:
+        """Unsupported: local storage takes uploads in a single PUT."""
+        raise Unsupported(NO_POST)
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[StoredPart]:
         """Unsupported: local storage takes uploads in a single PUT."""
         raise Unsupported(NO_MULTIPART)
 

@@ -23,15 +23,17 @@ from botocore.credentials import ReadOnlyCredentials, RefreshableCredentials
 from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, ParamValidationError
 from botocore.loaders import Loader, create_loader
 
-from ..errors import ConfigurationError, NotFound, ObjectChanged, StorageError, ValidationError
+from ..errors import ConfigurationError, NotFound, ObjectChanged, StorageError, Unsupported, ValidationError
 from .base import (
     CHUNK_SIZE,
     Capabilities,
     MultipartUpload,
     ObjectInfo,
     Part,
+    PresignedPost,
     PresignedRequest,
     Source,
+    StoredPart,
     check_range,
     iter_source,
 )
@@ -43,6 +45,10 @@ MAX_EXPIRES_IN = 7 * 24 * 3600
 CHECKSUM_MODES = ("when_required", "when_supported")
 ChecksumMode = Literal["when_required", "when_supported"]
 MISSING = frozenset({"404", "NoSuchKey", "NotFound", "NoSuchUpload"})
+#: S3's refusals of a part list (a part under 5 MiB but the last, an ETag it does not hold): no retry helps.
+BAD_PARTS = frozenset({"EntityTooSmall", "InvalidPart", "InvalidPartOrder", "EntityTooLarge"})
+#: What an S3-compatible answers for a call it does not implement (s3rver: ListParts, AbortMultipartUpload).
+NOT_IMPLEMENTED = frozenset({"NotImplemented", "501"})
 ERRORS = (ClientError, BotoCoreError, aiohttp.ClientError, OSError, asyncio.TimeoutError)
 #: The client methods the adapter presigns, their HTTP methods, and where SigV4 puts each of their
 #: parameters: in the URL's query, or in a header the client must send with that exact value.
@@ -159,7 +165,8 @@ class S3Storage:
 
     @property
     def capabilities(self) -> Capabilities:
-        return Capabilities(presigned_put=True, multipart=True, signed_urls=True, public_urls=True)
+        return Capabilities(presigned_put=True, multipart=True, signed_urls=True, public_urls=True,
+                            presigned_post=True, list_parts=True)
 
     async def open(self) -> None:
         """Create the aiobotocore client this store uses until ``close``."""
@@ -228,6 +235,12 @@ class S3Storage:
             if code == "PreconditionFailed":  # only conditional requests (IfMatch) get it
                 raise ObjectChanged(f"s3://{self.bucket}/{key} was rewritten: it is not the "
                                     "version whose ETag was asked for") from exc
+            if code in BAD_PARTS:
+                raise ValidationError(f"S3 refused the {op} of {key!r} ({code}: {exc}); every part but "
+                                      "the last needs 5 MiB to 5 GiB, with the ETag its PUT returned") from exc
+            if code in NOT_IMPLEMENTED:
+                raise Unsupported(f"the S3 endpoint {self.endpoint_url or 'AWS'} does not implement {op} "
+                                  f"({code}); use a store that does, or leave it to cleanup") from exc
             if code == "InvalidRange":
                 raise ValidationError(f"the byte range asked of {key!r} is not satisfiable") from exc
             self._fail(op, key, exc)
@@ -454,6 +467,27 @@ class S3Storage:
         return PresignedRequest(method="PUT", url=url, headers={"Content-Type": content_type},
                                 expires_at=_until(expires_in))
 
+    async def presign_post(self, key: str, *, content_type: str, max_bytes: int,
+                           expires_in: int) -> PresignedPost:
+        """A POST policy S3 enforces: exactly ``key``, Content-Type ``content_type``, 1..``max_bytes`` bytes.
+
+        key: the object key (an exact-match condition, so the form cannot pick another)
+        content_type: the Content-Type form field the policy requires
+        max_bytes: the largest body S3 accepts (content-length-range 1..max_bytes)
+        expires_in: seconds the policy stays valid (at most 7 days)
+        """
+        if not 0 < expires_in <= MAX_EXPIRES_IN:
+            raise ValidationError(f"expires_in={expires_in!r}; S3 accepts 1..{MAX_EXPIRES_IN} seconds")
+        if max_bytes < 1:
+            raise ValidationError(f"max_bytes={max_bytes!r}; a POST policy needs at least 1 byte")
+        conditions: builtins.list[Any] = [{"Content-Type": content_type},
+                                          ["content-length-range", 1, max_bytes]]
+        post = await self._call("presign post", key, lambda: self.client.generate_presigned_post(
+            Bucket=self.bucket, Key=key, Fields={"Content-Type": content_type}, Conditions=conditions,
+            ExpiresIn=expires_in))  # botocore adds the bucket and the exact key to the conditions
+        fields = {name: str(value) for name, value in post["fields"].items()}
+        return PresignedPost(url=post["url"], fields=fields, expires_at=_until(expires_in))
+
     async def url(self, key: str, *, expires_in: int | None, content_type: str | None = None,
                   disposition: str | None = None) -> str:
         """A GET URL: public when ``expires_in`` is None, else presigned; computed without a request.
@@ -525,6 +559,24 @@ class S3Storage:
         if (info := await self.head(key)) is None:
             raise StorageError(f"S3 completed the multipart upload of {key!r} but has no object; retry")
         return info
+
+    async def list_parts(self, key: str, upload_id: str) -> builtins.list[StoredPart]:
+        """The parts S3 holds for the upload (ListParts, every page), in part-number order.
+
+        key: the object key
+        upload_id: from ``create_multipart``
+        NotFound when the upload was completed or aborted; Unsupported where the endpoint lacks ListParts.
+        """
+        missing = f"no multipart upload {upload_id!r} for {key!r}; it was aborted or already completed"
+
+        async def every_page() -> builtins.list[StoredPart]:
+            pages = self.client.get_paginator("list_parts").paginate(Bucket=self.bucket, Key=key,
+                                                                    UploadId=upload_id)
+            return [StoredPart(part_number=item["PartNumber"], etag=str(_etag(item.get("ETag"))),
+                               size=item["Size"]) async for page in pages for item in page.get("Parts", ())]
+
+        parts: builtins.list[StoredPart] = await self._call("list parts", key, every_page, missing=missing)
+        return sorted(parts, key=lambda part: part.part_number)
 
     async def abort_multipart(self, key: str, upload_id: str) -> None:
         """Abandon the upload and free its parts; an unknown upload is not an error.

@@ -18,15 +18,19 @@ the bytes by the promotion job before anything is promoted.
 upload session whose offset is derived from the stored bytes (``appending`` keeps them,
 per kind of store); the chunk that completes the file goes through ``verify_upload``.
 
+``lookup``: reading sessions back: ``get_upload`` by id, ``find_upload`` by storage key, and
+``list_parts``, the parts the store holds for an open multipart session.
+
 ``proxied``: ``upload`` streams a file through the host: the type is sniffed from the
 first bytes before anything is stored, and the size limit holds while streaming.
 """
 
+from .lookup import find_upload, get_upload, list_parts
 from .proxied import upload
 from .resumable import append_resumable, create_resumable, resumable_upload, terminate_resumable
 from .sessions import UNVERIFIED, abort_upload, check_writable, initiate_upload, presign_part, sign_upload
 from .verification import verify_upload
 
 __all__ = ["UNVERIFIED", "abort_upload", "append_resumable", "check_writable", "create_resumable",
-           "initiate_upload", "presign_part", "resumable_upload", "sign_upload", "terminate_resumable",
-           "upload", "verify_upload"]
+           "find_upload", "get_upload", "initiate_upload", "list_parts", "presign_part", "resumable_upload",
+           "sign_upload", "terminate_resumable", "upload", "verify_upload"]

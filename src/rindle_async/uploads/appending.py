@@ -81,7 +81,7 @@ class PartUploads(Protocol):
 
 def _overflow(session: SessionRow) -> TooLarge:
     return TooLarge(f"upload session {session.id}: the chunk goes past the declared Upload-Length "
-                    f"of {session.byte_size} bytes; send only the bytes that remain")
+                    f"of {session.length} bytes; send only the bytes that remain")
 
 
 class PartialFile:
@@ -115,7 +115,7 @@ class PartialFile:
             await _lock_at(file.wrapped.fileno(), session, offset)
             try:
                 async for chunk in chunks:
-                    if offset + len(chunk) > session.byte_size:
+                    if offset + len(chunk) > session.length:
                         raise _overflow(session)
                     await file.write(chunk)
                     offset += len(chunk)
@@ -166,18 +166,18 @@ class MultipartParts:
         buffer = bytearray()
         if await self.storage.head(stored_tail) is not None:
             buffer += b"".join([chunk async for chunk in self.storage.get(stored_tail)])
-        size = session.part_size or session.byte_size
+        size = session.part_size or session.length
         received = offset - len(buffer)  # bytes already in recorded parts
         try:
             async for chunk in chunks:
-                if received + len(buffer) + len(chunk) > session.byte_size:
+                if received + len(buffer) + len(chunk) > session.length:
                     raise _overflow(session)
                 buffer += chunk
                 while len(buffer) >= size:
                     await self._flush(session, number, bytes(buffer[:size]))
                     del buffer[:size]
                     number, received = number + 1, received + size
-            if buffer and received + len(buffer) == session.byte_size:  # the last, short part
+            if buffer and received + len(buffer) == session.length:  # the last, short part
                 await self._flush(session, number, bytes(buffer))
                 number, received, buffer = number + 1, received + len(buffer), bytearray()
         finally:

@@ -137,9 +137,9 @@ async def resumable_upload(rt: Runtime, session_id: str, *, owner: str | None = 
     async with _lock(session_id):  # a request still storing its chunk finishes first
         session, row = await _open(rt, session_id, owner)
         if session.state == "completed":
-            return _status(session, row, session.byte_size)
+            return _status(session, row, session.length)
         offset = await appender_for(rt, storage_of(rt, session.storage)).offset(session, row)
-        if offset == session.byte_size:  # stored whole by a request that stopped before it was verified
+        if offset == session.length:  # stored whole by a request that stopped before it was verified
             await _finish(rt, session, row)
             return _status(await load(rt, session.id), row, offset)
         return _status(session, row, offset)
@@ -171,7 +171,7 @@ async def append_resumable(rt: Runtime, session_id: str, *, offset: int, chunks:
                 await transitions.transition(uow, UPLOAD_SESSION, session.id, "signed", "uploading")
             session = msgspec.structs.replace(session, state="uploading")
         new_offset = await appender.append(session, row, stored, chunks)
-        if new_offset < session.byte_size:
+        if new_offset < session.length:
             return _status(session, row, new_offset)
         await _finish(rt, session, await rows.get(rt.pool, rt.schema, session.id) or row)
         return _status(await load(rt, session.id), row, new_offset)
@@ -250,5 +250,5 @@ async def _finish(rt: Runtime, session: SessionRow, row: ResumableRow) -> Asset:
 
 def _status(session: SessionRow, row: ResumableRow, offset: int) -> ResumableUpload:
     return ResumableUpload(session_id=str(session.id), asset_id=str(session.asset_id), state=session.state,
-                           offset=offset, length=session.byte_size, expires_at=session.expires_at,
+                           offset=offset, length=session.length, expires_at=session.expires_at,
                            owner=row.owner, metadata=row.metadata, completed=session.state == "completed")

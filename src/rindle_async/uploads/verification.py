@@ -25,7 +25,7 @@ from ..lifecycle.tombstone import tombstone
 from ..models import Asset
 from ..profiles import find_profile
 from ..storage.base import ObjectInfo, Part, Storage
-from .sessions import UNVERIFIED, check_open, load, now, part_count, part_layout, storage_of
+from .sessions import MAX_PARTS, UNVERIFIED, check_open, load, now, storage_of
 
 if TYPE_CHECKING:
     from ..runtime import Runtime
@@ -34,22 +34,19 @@ MAX_ETAG = 1024  # S3's are under 40 characters; anything longer is not one
 
 
 def _check_parts(session: SessionRow, parts: Sequence[Part]) -> list[Part]:
-    """The client's part list in part-number order, refused (ValidationError) unless it names
-    every part the session's size and part size make, once each, with an ETag."""
-    listed = list(parts)
-    total, prefix = part_count(session), f"upload session {session.id}: parts="
-    if len(listed) != total:
-        raise ValidationError(f"{prefix} {len(listed)} parts given, but {part_layout(session)} "
-                              f"make {total}; pass every uploaded part once")
+    """The client's part list in part-number order, refused (ValidationError) unless each is a
+    Part numbered within S3's 1..10000, named once, with an ETag.  The sizes are the store's
+    to check (5 MiB at least for every part but the last), the total is verification's."""
+    listed, prefix = list(parts), f"upload session {session.id}: parts="
     seen: set[int] = set()
     for index, part in enumerate(listed):
         if not isinstance(part, Part):
             raise ValidationError(f"{prefix} parts[{index}] is a {type(part).__name__}, not a "
                                   "Part(part_number=..., etag=...)")
         number, etag = part.part_number, part.etag
-        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= total:
+        if not isinstance(number, int) or isinstance(number, bool) or not 1 <= number <= MAX_PARTS:
             raise ValidationError(f"{prefix} parts[{index}].part_number={number!r} is outside "
-                                  f"1..{total} for {part_layout(session)}")
+                                  f"S3's 1..{MAX_PARTS}")
         if number in seen:
             raise ValidationError(f"{prefix} part_number {number} is listed twice")
         if not isinstance(etag, str) or not etag.strip('" ') or len(etag) > MAX_ETAG:
@@ -107,7 +104,8 @@ async def verify_upload(rt: Runtime, session_id: str, *,
     rt: the runtime of the opened Rindle.
     session_id: the session from ``initiate_upload``.
     parts: for multipart sessions, the uploaded parts (number and ETag) to assemble first:
-        every part the session's size makes, once each, in any order.
+        each once, in any order, of any sizes S3 accepts; the total is checked against the
+        declared size (when there is one) and the profile's max_bytes.
     A second call on a completed session returns the same asset.  A bad part list raises
     ValidationError and a storage failure StorageError; both leave the session open.
     """
@@ -169,8 +167,10 @@ async def _refusal(rt: Runtime, storage: Storage, session: SessionRow,
                    info: ObjectInfo) -> tuple[str | None, dict[str, str]]:
     """Why the stored object is refused (size, limit, checksum), or None; and the digests read."""
     profile = find_profile(rt.profiles, session.profile)
-    if info.size != session.byte_size:
+    if session.byte_size is not None and info.size != session.byte_size:
         return f"the stored object has {info.size} bytes but {session.byte_size} were declared", {}
+    if info.size < 1:
+        return "the stored object is empty", {}
     if info.size > profile.max_bytes:
         return f"the stored object has {info.size} bytes, over the {profile.max_bytes}-byte limit", {}
     if not session.checksum:
