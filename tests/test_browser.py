@@ -502,9 +502,10 @@ def test_uppy_single_upload_through_a_post_policy(uppy_example, example_database
     print(f"\nUppy POST-policy upload -> ready ({framework}, {picture.stat().st_size} bytes): {took:.2f} s")
 
 
+@pytest.mark.parametrize("framework", ["starlette", "aiohttp"])
 def test_uppy_multipart_upload_paused_resumed_and_retried(uppy_example, example_database_url, browser,
-                                                          tmp_path):
-    stack = uppy_example("starlette")
+                                                          tmp_path, framework):
+    stack = uppy_example(framework)
     page, errors = open_uppy_page(browser, stack)
     picture = noise_png(tmp_path / "big.png", 2900, 2900)  # about 25 MB: five 5 MiB parts
     page.evaluate("() => uppy.once('s3-multipart:part-uploaded', () => document.getElementById('pause').click())")
@@ -534,7 +535,8 @@ def test_uppy_multipart_upload_paused_resumed_and_retried(uppy_example, example_
         assert [(s["strategy"], s["state"]) for s in sessions_of(example_database_url)] == [
             ("multipart", "completed")]
         assert len(failed) == 1 and errors == []
-    print(f"\nUppy multipart upload with a pause and a retried part -> ready ({picture.stat().st_size} bytes): {took:.2f} s")
+    print(f"\nUppy multipart upload with a pause and a retried part -> ready ({framework}, "
+          f"{picture.stat().st_size} bytes): {took:.2f} s")
 
 
 def test_uppy_cancel_aborts_the_session(uppy_example, example_database_url, browser, tmp_path):
