@@ -149,7 +149,9 @@ def _placeholder(path: str) -> dict[str, str] | None:
     and GIF stream through in rows); None when even that decode fails (the renders will
     say why)."""
     try:
-        thumb = pyvips.Image.thumbnail(path, THUMB_SIZE, height=THUMB_SIZE, size="down")
+        # fail_on: a truncated file fails here instead of leaving libvips' warning in its error
+        # buffer, where it would be read out with the next real error
+        thumb = pyvips.Image.thumbnail(path, THUMB_SIZE, height=THUMB_SIZE, size="down", fail_on="warning")
         thumb = thumb.colourspace("srgb")
         if not thumb.hasalpha():
             thumb = thumb.bandjoin(255)
@@ -425,7 +427,7 @@ def _render_animated(source: str, recipe: dict[str, Any], output: str) -> dict[s
 
 def _all_frames(load: str, width: int, height: int, size: str) -> pyvips.Image:
     """Every frame ``load`` names, each resized to fit ``width`` x ``height``, as one strip."""
-    image = pyvips.Image.thumbnail(load, width, height=height, size=size)
+    image = pyvips.Image.thumbnail(load, width, height=height, size=size, fail_on="warning")
     if not image.get_typeof("page-height"):  # a still image: one frame
         image = image.copy()
         image.set_type(pyvips.GValue.gint_type, "page-height", image.height)

@@ -29,17 +29,17 @@ from ..assets import asset_uuid
 from ..db import resumable as rows
 from ..db.resumable import ResumableRow
 from ..db.sessions import SessionRow
-from ..errors import NotFound, OffsetMismatch, TooLarge, UploadClosed, ValidationError, VerificationFailed
+from ..errors import NotFound, OffsetMismatch, UploadClosed, ValidationError, VerificationFailed
 from ..events import UploadStarted
 from ..lifecycle import transitions
 from ..lifecycle.machines import ASSET, UPLOAD_SESSION
 from ..lifecycle.tombstone import tombstone
 from ..models import Asset
-from ..profiles import Profile, find_profile
+from ..profiles import find_profile
 from ..storage import keys
 from .appending import appender_for
 from .proxied import SNIFF_BYTES
-from .sessions import MAX_PARTS, MIN_PART_SIZE, UNVERIFIED, load, now, storage_of
+from .sessions import MAX_PARTS, MIN_PART_SIZE, UNVERIFIED, check_size, load, now, storage_of
 from .verification import verify_upload
 
 if TYPE_CHECKING:
@@ -80,7 +80,7 @@ async def create_resumable(rt: Runtime, profile_name: str, *, length: int, filen
     metadata: the client's metadata, kept with the session.
     """
     profile = find_profile(rt.profiles, profile_name)
-    size = _check_length(profile, length)
+    size = check_size(profile, length, "length")
     declared = security.check_declared_type(content_type or security.type_for_filename(filename),
                                             profile.allow_mime,
                                             profile=profile.name)
@@ -114,15 +114,6 @@ async def create_resumable(rt: Runtime, profile_name: str, *, length: int, filen
     return ResumableUpload(session_id=str(session_id), asset_id=str(asset_id), state="signed", offset=0,
                            length=size, expires_at=expires_at, owner=owner,
                            metadata=dict(metadata or {}), completed=False)
-
-
-def _check_length(profile: Profile, length: object) -> int:
-    if not isinstance(length, int) or isinstance(length, bool) or length < 1:
-        raise ValidationError(f"length={length!r} must be a positive int (the file's size in bytes)")
-    if length > profile.max_bytes:
-        raise TooLarge(f"the upload's length {length} is over the {profile.max_bytes}-byte limit "
-                       f"of profile {profile.name!r}")
-    return length
 
 
 async def resumable_upload(rt: Runtime, session_id: str, *, owner: str | None = None) -> ResumableUpload:

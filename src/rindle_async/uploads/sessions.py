@@ -67,12 +67,22 @@ def _check_size(profile: Profile, byte_size: object, strategy: str) -> int | Non
     if byte_size is None:
         raise ValidationError("byte_size is required for a presigned PUT (S3 signs its Content-Length); "
                               "pass the file's size, or use presigned_post=True or multipart=True")
-    if not isinstance(byte_size, int) or isinstance(byte_size, bool) or byte_size < 1:
-        raise ValidationError(f"byte_size={byte_size!r} must be a positive int (the file's size)")
-    if byte_size > profile.max_bytes:
-        raise TooLarge(f"byte_size {byte_size} is over the {profile.max_bytes}-byte limit "
-                       f"of profile {profile.name!r}")
-    return byte_size
+    return check_size(profile, byte_size)
+
+
+def check_size(profile: Profile, size: object, what: str = "byte_size") -> int:
+    """``size`` when it is a positive int within the profile's ``max_bytes``; else ValidationError
+    or TooLarge naming ``what`` (the argument the size came in).
+
+    profile: the profile the file is uploaded under.
+    size: the declared size in bytes.
+    what: the argument's name in the messages.
+    """
+    if not isinstance(size, int) or isinstance(size, bool) or size < 1:
+        raise ValidationError(f"{what}={size!r} must be a positive int (the file's size in bytes)")
+    if size > profile.max_bytes:
+        raise TooLarge(f"{what} {size} is over the {profile.max_bytes}-byte limit of profile {profile.name!r}")
+    return size
 
 
 def _strategy(multipart: bool, presigned_post: bool) -> str:
