@@ -39,7 +39,7 @@ from ..profiles import find_profile
 from ..storage import keys
 from .appending import appender_for
 from .proxied import SNIFF_BYTES
-from .sessions import MAX_PARTS, MIN_PART_SIZE, UNVERIFIED, check_size, load, now, storage_of
+from .sessions import MAX_PARTS, MIN_PART_SIZE, UNVERIFIED, check_size, close_aborted, load, now, storage_of
 from .verification import verify_upload
 
 if TYPE_CHECKING:
@@ -180,13 +180,7 @@ async def terminate_resumable(rt: Runtime, session_id: str, *, owner: str | None
         if session.state == "completed":
             raise ValidationError(f"upload session {session.id} is completed; detach or delete its asset "
                                   "instead of terminating the upload")
-        async with rt.db.transaction() as uow:
-            await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "aborted",
-                                         reason="terminated by the client")
-            await tombstone(uow, {session.asset_id: UNVERIFIED}, only_from={"staged"})
-    if session.multipart_upload_id:
-        await storage_of(rt, session.storage).abort_multipart(session.storage_key,
-                                                              session.multipart_upload_id)
+        await close_aborted(rt, session, "terminated by the client")
 
 
 def _lock(session_id: str) -> asyncio.Lock:

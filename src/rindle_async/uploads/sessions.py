@@ -321,9 +321,19 @@ async def abort_upload(rt: Runtime, session_id: str) -> None:
     if session.state not in UPLOAD_SESSION.group("open"):
         raise ValidationError(f"upload session {session_id} is {session.state}; "
                               "only open sessions can be aborted")
+    await close_aborted(rt, session, "aborted by the host")
+
+
+async def close_aborted(rt: Runtime, session: SessionRow, reason: str) -> None:
+    """Abort an open session and tombstone its staged asset in one transaction, then free its
+    multipart upload's parts (after commit: storage I/O is never inside a transaction).
+
+    rt: the runtime of the opened Rindle.
+    session: the session, as read.
+    reason: why, stored on the session.
+    """
     async with rt.db.transaction() as uow:
-        await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "aborted",
-                                reason="aborted by the host")
+        await transitions.transition(uow, UPLOAD_SESSION, session.id, session.state, "aborted", reason=reason)
         await tombstone(uow, {session.asset_id: UNVERIFIED}, only_from={"staged"})
     if session.multipart_upload_id:
         await abort_parts(storage_of(rt, session.storage), session)
