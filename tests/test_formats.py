@@ -72,3 +72,20 @@ async def test_doctor_says_which_input_formats_this_build_decodes(make_rindle, l
                                   profiles=[Profile(name="plain", storage="media")])
     [check] = [c for c in await maintenance.doctor(jpeg_only.runtime) if c.name == "input formats"]
     assert check.ok and check.detail.startswith("decodes jpeg, png, webp, gif, tiff, svg, avif")
+
+
+async def test_a_photo_declared_as_octet_stream_is_typed_by_its_bytes(make_rindle, local_storage, redis_url):
+    """Browsers declare application/octet-stream for files they do not know (iPhone HEIC photos);
+    every profile accepts that declaration, and the sniffed type decides."""
+    rindle = await make_rindle(relay=False, storages={"media": local_storage}, profiles=[mobile()])
+    ticket = await rindle.initiate_upload("mobile", filename="photo.avif", content_type="application/octet-stream",
+                                          byte_size=len(avif()))
+    key = await rindle.runtime.pool.fetchval(
+        f"SELECT storage_key FROM {rindle.schema}.upload_sessions WHERE id = $1::uuid", ticket.session_id)
+    await local_storage.put(key, avif())
+    staged = await rindle.verify_upload(ticket.session_id)
+    proxied = await rindle.upload("mobile", avif(), filename="other.avif", content_type="application/octet-stream")
+    await drain(rindle, redis_url)
+    for asset in (staged, proxied):
+        promoted = await rindle.get_asset(asset.id)
+        assert (promoted.state, promoted.content_type) == ("ready", "image/avif")

@@ -21,6 +21,7 @@ __all__ = [
     "check_declared_type",
     "check_extension",
     "extension_for",
+    "known_type",
     "sanitize_filename",
     "sniff",
 ]
@@ -324,10 +325,24 @@ def type_for_filename(filename: str | None) -> str | None:
 # --- declared types ----------------------------------------------------------------------
 
 
+#: What a client declares when it does not know the type: browsers send it for iPhone photos
+#: (HEIC).  Accepted by every profile; the sniffed type is then the only one checked.
+UNKNOWN_TYPE = "application/octet-stream"
+
+
+def known_type(declared: str) -> str | None:
+    """A declared type, or None when the client said it does not know (``UNKNOWN_TYPE``).
+
+    declared: what ``check_declared_type`` returned.
+    """
+    return None if declared == UNKNOWN_TYPE else declared
+
+
 def check_declared_type(declared: str | None, allow_mime: Iterable[str], *, profile: str) -> str:
     """Normalize a client-declared Content-Type and refuse it unless the profile allows it.
 
     Lowercases it and drops parameters (``"image/PNG; charset=x"`` -> ``"image/png"``).
+    ``application/octet-stream`` (``UNKNOWN_TYPE``) is always accepted: the bytes decide.
 
     declared: the Content-Type the client sent, or None.
     allow_mime: the profile's accepted types.
@@ -339,6 +354,8 @@ def check_declared_type(declared: str | None, allow_mime: Iterable[str], *, prof
     if not normalized:
         raise ValidationError(f"content type is missing for profile {profile}; "
                               f"send one of: {listing}")
+    if normalized == UNKNOWN_TYPE:
+        return UNKNOWN_TYPE  # the client does not know: the bytes decide, as they always do
     if normalized not in allowed:
         shown = normalized if len(normalized) <= 100 else normalized[:100] + "..."
         raise ValidationError(f"content type {shown!r} is not allowed for profile {profile}; "

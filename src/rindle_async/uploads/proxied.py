@@ -93,8 +93,8 @@ async def upload(rt: Runtime, profile_name: str, data: Source, *, filename: str 
     profile = find_profile(rt.profiles, profile_name)
     declared = None
     if content_type is not None:
-        declared = security.check_declared_type(content_type, profile.allow_mime,
-                                                profile=profile.name)
+        declared = security.known_type(security.check_declared_type(content_type, profile.allow_mime,
+                                                                    profile=profile.name))
     head, stream = await _head_and_rest(data)
     sniffed = _checked_type(profile, head, declared, filename)
     asset_id = uuid.uuid4()

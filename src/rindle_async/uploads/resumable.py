@@ -81,22 +81,23 @@ async def create_resumable(rt: Runtime, profile_name: str, *, length: int, filen
     """
     profile = find_profile(rt.profiles, profile_name)
     size = check_size(profile, length, "length")
-    declared = security.check_declared_type(content_type or security.type_for_filename(filename),
-                                            profile.allow_mime,
-                                            profile=profile.name)
-    if filename:
+    if content_type is None or security.known_type(content_type.split(";")[0].strip().lower()) is None:
+        content_type = security.type_for_filename(filename) or content_type  # a browser that did not know
+    declared = security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
+    known = security.known_type(declared)
+    if filename and known:
         security.check_extension(filename, declared, declared=True)
     storage = storage_of(rt, profile.storage)
     appender = appender_for(rt, storage)
     asset_id, session_id = uuid.uuid4(), uuid.uuid4()
-    key = keys.new_storage_key(profile.name, str(asset_id), security.extension_for(declared),
-                                   role="upload")
+    key = keys.new_storage_key(profile.name, str(asset_id), security.extension_for(known) if known else None,
+                               role="upload")
     expires_at = now() + timedelta(seconds=profile.upload_ttl)
     part_size = max(MIN_PART_SIZE, -(-size // MAX_PARTS))
     async with rt.db.transaction() as uow:
         await transitions.insert(uow, ASSET, "staged", id=asset_id, profile=profile.name,
                                  storage=profile.storage, storage_key=key,
-                                 filename=security.sanitize_filename(filename), content_type=declared,
+                                 filename=security.sanitize_filename(filename), content_type=known,
                                  byte_size=size)
         await transitions.insert(uow, UPLOAD_SESSION, "initialized", id=session_id, asset_id=asset_id,
                                  strategy=STRATEGY, storage_key=key,

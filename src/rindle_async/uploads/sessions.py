@@ -152,8 +152,9 @@ async def initiate_upload(rt: Runtime, profile_name: str, *, filename: str | Non
                         checksum=checksum, strategy=_strategy(multipart, presigned_post), part_size=part_size,
                         owner=owner)
     asset_id, session_id = uuid.uuid4(), uuid.uuid4()
+    known = security.known_type(declared.content_type)
     key = keys.new_storage_key(declared.profile.name, str(asset_id),
-                                   security.extension_for(declared.content_type), role="upload")
+                               security.extension_for(known) if known else None, role="upload")
     expires_at = now() + timedelta(seconds=declared.profile.upload_ttl)
     await _open_session(rt, declared, asset_id, session_id, key, filename, expires_at)
     # Storage I/O after commit; a failure here leaves an initialized session for cleanup.
@@ -180,7 +181,7 @@ def _declare(rt: Runtime, profile_name: str, *, filename: str | None, content_ty
     """Refuse at once what the profile or the storage forbids; nothing is created before."""
     profile = find_profile(rt.profiles, profile_name)
     declared = security.check_declared_type(content_type, profile.allow_mime, profile=profile.name)
-    if filename:  # what the proxied path refuses before storing anything
+    if filename and security.known_type(declared):  # what the proxied path refuses before storing
         security.check_extension(filename, declared, declared=True)
     size = _check_size(profile, byte_size, strategy)
     storage = storage_of(rt, profile.storage)
@@ -201,7 +202,8 @@ async def _open_session(rt: Runtime, declared: _Declared, asset_id: uuid.UUID, s
         await transitions.insert(uow, ASSET, "staged", id=asset_id, profile=profile.name,
                                  storage=profile.storage, storage_key=key,
                                  filename=security.sanitize_filename(filename),
-                                 content_type=declared.content_type, byte_size=declared.byte_size)
+                                 content_type=security.known_type(declared.content_type),
+                                 byte_size=declared.byte_size)
         await transitions.insert(uow, UPLOAD_SESSION, "initialized", id=session_id, asset_id=asset_id,
                                  strategy=declared.strategy, storage_key=key,
                                  filename=security.sanitize_filename(filename),
