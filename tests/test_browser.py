@@ -227,6 +227,22 @@ def expect_rendered(page: Page, sizes: dict[str, tuple[int, int]]) -> str:
     return state.get_attribute("data-asset-id") or ""
 
 
+def expect_picture(page: Page, width: int, height: int) -> None:
+    """The responsive <picture>: a WebP source the browser picks, the JPEG <img> sized as the
+    widest rendition, painted with the placeholder colour the API gives."""
+    box = page.locator("#picture")
+    expect(box).to_have_attribute("data-state", "picture", timeout=SETTLE * 1000)
+    expect(box.locator('source[type="image/webp"]')).to_have_count(1)
+    img = box.locator('img[data-loaded="true"]')
+    expect(img).to_have_count(1, timeout=SETTLE * 1000)
+    assert (img.get_attribute("width"), img.get_attribute("height")) == (str(width), str(height))
+    assert "/variants/w" in img.evaluate("img => img.currentSrc") and ".webp" in img.evaluate("img => img.currentSrc")
+    color = page.request.get(page.url.rstrip("/") + "/api/avatar").json()["asset"]["placeholder"]["color"]
+    assert box.get_attribute("data-color") == color and re.fullmatch(r"#[0-9a-f]{6}", color)
+    painted = box.evaluate("box => getComputedStyle(box).backgroundColor")
+    assert painted == "rgb({}, {}, {})".format(*bytes.fromhex(color[1:]))
+
+
 def test_starlette_page_in_chromium(start_example, browser, tmp_path):
     stack = start_example("starlette")
     first = gradient(tmp_path / "first.jpg", 1200, 900)
@@ -243,6 +259,7 @@ def test_starlette_page_in_chromium(start_example, browser, tmp_path):
         page.set_input_files("#file", first)
         first_id = expect_rendered(page, variant_sizes(1200, 900))
         assert first_id and files_of(stack.media_root, first_id)
+        expect_picture(page, 640, 480)
 
         page.set_input_files("#file", second)  # the replacement purges the first
         expect(state).not_to_have_attribute("data-asset-id", first_id, timeout=SETTLE * 1000)

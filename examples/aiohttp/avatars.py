@@ -16,7 +16,7 @@ import msgspec
 from rindle_async import (Asset, DeliveryForbidden, NotFound, NotReady, RindleError, StorageError, TooLarge,
                           ValidationError, VerificationFailed)
 
-from media import avatar, rindle
+from media import SHOWN, avatar, rindle
 
 OWNER_TYPE = "user"
 SLOT = "avatar"
@@ -56,13 +56,14 @@ def replies(call: Callable[..., Awaitable[Reply]]) -> Callable[..., Awaitable[Re
 
 @replies
 async def show(user_id: str) -> Reply:
-    """The user's avatar: its state and, per variant, state, size and a URL (the original until rendered)."""
+    """The user's avatar: its state, its placeholder, per variant its state, size and a URL (the
+    original until rendered), and the responsive <picture> once its renditions are rendered."""
     attachment = await rindle.attachment(OWNER_TYPE, user_id, SLOT)
     if attachment is None:
         return 200, {"user": user_id, "asset": None}
     asset = await rindle.get_asset(attachment.asset_id)
     variants = []
-    for name in avatar.variants:
+    for name in SHOWN:
         row = asset.variants.get(name)  # None until promotion plans the variant
         try:
             url = await rindle.url(asset.id, variant=name, fallback="original")
@@ -73,7 +74,9 @@ async def show(user_id: str) -> Reply:
     return 200, {"user": user_id, "asset": {
         "id": asset.id, "state": asset.state, "filename": asset.filename,
         "content_type": asset.content_type, "byte_size": asset.byte_size, "width": asset.width,
-        "height": asset.height, "reason": asset.reason, "variants": variants}}
+        "height": asset.height, "reason": asset.reason, "variants": variants,
+        "placeholder": msgspec.to_builtins(asset.placeholder),
+        "picture": msgspec.to_builtins((await rindle.pictures([asset.id]))[asset.id])}}
 
 
 @replies

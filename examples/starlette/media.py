@@ -65,7 +65,12 @@ avatar = Profile(
         "thumb": Variant(width=128, height=128, fit="cover", format="webp", quality=80),
         "large": Variant(width=800, height=800, fit="inside", format="jpeg", quality=85),
     },
+    # the page's responsive <picture>: WebP sources and a JPEG <img>, 320 and 640 wide
+    ladder=(320, 640),
+    ladder_formats=("webp", "jpeg"),
 )
+#: the variants the page shows one by one (the ladder's feed the <picture>)
+SHOWN = ("thumb", "large")
 
 rindle = Rindle(
     database_url=os.environ.get("RINDLE_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"),
