@@ -8,7 +8,10 @@ each figure the median of several runs.  Baselines from the same run:
 - a full decode of the same JPEG (what "never the full image" rules out);
 - the decode alone at 1/8 scale (``shrink=8``), the floor of any placeholder from the pixels.
 
-The ThumbHash encode on its own (pure Python, on the 32-pixel thumbnail) is reported too.
+The ThumbHash encode on its own (pure Python, on the 32-pixel thumbnail) is reported too, and
+what a render pays: a profile with variants gets its placeholder from a frame its render
+decoded anyway (here the 800-pixel one); only a profile that renders nothing at promotion
+pays the 1/8-scale decode.
 
     .venv/bin/python bench/placeholders.py [--runs 7] [--smoke] [--out DIR]
 """
@@ -80,6 +83,11 @@ def main() -> None:
             image.jpegsave(path, Q=85)
             report.note(f"{label}: {Path(path).stat().st_size / 1e6:.1f} MB")
             measure(report, label, path, runs, key)
+        # what a render pays: the placeholder from the 800-pixel frame its decode holds in memory
+        frame = pyvips.Image.thumbnail(str(Path(folder, "photo.jpg")), 800, height=800).copy_memory()
+        report.row("with renders: from the 800 px frame a render decoded (worker default)",
+                   median_ms(lambda: images._placeholder_of(frame), max(runs, 20)), "ms", key="render_frame_ms",
+                   digits=2)
         thumb = pyvips.Image.thumbnail(str(Path(folder, "photo.jpg")), THUMB_SIZE, height=THUMB_SIZE)
         pixels = bytes(thumb.bandjoin(255).cast("uchar").write_to_memory())
         encode = median_ms(lambda: placeholder(thumb.width, thumb.height, pixels), max(runs, 20))

@@ -97,3 +97,17 @@ async def test_promotion_stores_a_placeholder_that_looks_like_the_image(media_ri
     assert 0.4 < alpha < 0.6
     assert msgspec.json.decode(msgspec.json.encode(asset))["placeholder"] == {
         "thumbhash": asset.placeholder.thumbhash, "color": asset.placeholder.color}
+
+
+async def test_without_renders_promotion_makes_the_placeholder(make_rindle, local_storage, redis_url):
+    """A profile that renders nothing at promotion (no variants, or only lazy ones) gets its
+    placeholder from promotion's own 1/8-scale decode; the others from a frame the render decoded."""
+    from rindle_async import Profile
+
+    plain = Profile(name="plain", storage="media", allow_mime=("image/jpeg",))
+    rindle = await make_rindle(relay=False, storages={"media": local_storage}, profiles=[plain])
+    asset = await rindle.upload("plain", two_tone(900, 600).jpegsave_buffer())
+    await drain(rindle, redis_url)
+    asset = await rindle.get_asset(asset.id)
+    assert asset.state == "ready" and asset.variants == {}
+    assert thumbhash_to_rgba(asset.placeholder.hash_bytes)[:2] == (32, 23)

@@ -70,8 +70,8 @@ class Asset(msgspec.Struct, frozen=True, kw_only=True):
     reason: str | None
     created_at: datetime
     variants: dict[str, AssetVariant] = {}
-    #: what a page paints before the image loads; set at promotion (None before, and for
-    #: files that are not images)
+    #: what a page paints before the image loads; set by the first render (at promotion for a
+    #: profile that renders nothing then); None before, and for files that are not images
     placeholder: Placeholder | None = None
     #: what the image says about itself, read at promotion (None before, and for other files)
     image: ImageMetadata | None = None

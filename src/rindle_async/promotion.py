@@ -178,8 +178,9 @@ async def _check_bytes(rt: Runtime, storage: Storage, profile: Profile, asset: A
         if reason is None and sniffed in IMAGE_TYPES:
             try:
                 metadata.update(await rt.processing.run(
-                    images.analyze, path, profile.max_pixels, profile.max_frames, timeout=ANALYZE_TIMEOUT,
-                    lane="analysis"))
+                    # the placeholder here only when no render will decode the image anyway
+                    images.analyze, path, profile.max_pixels, profile.max_frames, not profile.eager_names(),
+                    timeout=ANALYZE_TIMEOUT, lane="analysis"))
             except images.ImageRefused as exc:
                 reason = str(exc)
         original = upload_key

@@ -74,6 +74,8 @@ class Work:
     stored: dict[str, dict[str, Any]] = field(default_factory=dict)  # name -> key, size, ...
     refused: dict[str, str] = field(default_factory=dict)  # name -> why its recipe failed
     transient: list[BaseException] = field(default_factory=list)  # worth another try
+    wants_placeholder: bool = False  # the asset has none: make it from the frames decoded here
+    placeholder: dict[str, str] | None = None
 
 
 async def settle_asset(uow: UnitOfWork, asset_id: UUID,
@@ -141,7 +143,7 @@ async def _claim(job: JobRun, asset_id: UUID) -> Work | None:
     if profile is None:
         return None
     return Work(asset_id=asset_id, profile=profile, storage_name=first.storage,
-                source_key=first.source_key,
+                source_key=first.source_key, wants_placeholder=not first.has_placeholder,
                 variants=[Planned(r.id, r.name, r.recipe_digest) for r in wanted],
                 mismatched=[r.name for r in live if r not in wanted])
 
@@ -154,9 +156,10 @@ async def _render_and_store(job: JobRun, work: Work) -> None:
     recipes = {v.name: msgspec.structs.asdict(profile.variants[v.name]) for v in work.variants}
     with scratch_folder("rindle-render-") as workdir:
         source = await local_copy(storage, work.source_key, workdir)  # an original key is never rewritten
-        outputs = await rt.processing.run(
-            images.render_variants, source, workdir, recipes, profile.max_pixels,
+        rendered = await rt.processing.run(
+            images.render_job, source, workdir, recipes, profile.max_pixels, work.wants_placeholder,
             timeout=job.kind.timeout - min(10.0, job.kind.timeout / 10), waiting=job.paused)
+        outputs, work.placeholder = rendered["variants"], rendered["placeholder"]
         for planned in work.variants:
             output = outputs[planned.name]
             if "error" in output:
@@ -200,6 +203,9 @@ async def _accept(job: JobRun, work: Work) -> None:
                                         reason=work.refused[planned.name])
                 now_states[planned.id] = "failed"
         if asset_state is not None:
+            if work.placeholder is not None and asset_state in LIVE:
+                await assets.set_placeholder(uow.conn, rt.schema, work.asset_id,
+                                             msgspec.json.encode(work.placeholder).decode())
             await settle_asset(uow, work.asset_id, (asset_state, set(now_states.values())))
     storage = rt.storages[work.storage_name]
     for name, stored in work.stored.items():

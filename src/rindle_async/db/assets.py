@@ -296,3 +296,15 @@ async def lacking_page(conn: Connection | asyncpg.Pool, schema: str, profile: st
         f" FROM {schema}.assets a WHERE a.profile = $1 AND a.state = ANY($5::text[]) AND a.id > $3"
         f" ORDER BY a.id LIMIT $4", profile, names, after, limit, ASSET.array("rendered"))
     return [(row["id"], list(row["missing"])) for row in rows]
+
+
+async def set_placeholder(conn: Connection, schema: str, asset_id: UUID, placeholder: str) -> None:
+    """Store the placeholder a render computed, unless the asset has one already.
+
+    conn: a connection inside the render's completing transaction.
+    schema: rindle_async's schema.
+    asset_id: the asset.
+    placeholder: the placeholder as JSON text.
+    """
+    await conn.execute(f"UPDATE {schema}.assets SET metadata = metadata || jsonb_build_object('placeholder',"
+                       " $2::jsonb) WHERE id = $1 AND NOT metadata ? 'placeholder'", asset_id, placeholder)

@@ -192,6 +192,7 @@ class RenderRow(msgspec.Struct, frozen=True, kw_only=True):
     profile: str
     storage: str
     source_key: str
+    has_placeholder: bool
 
 
 async def lock_for_render(conn: Connection, schema: str, asset_id: UUID) -> list[RenderRow]:
@@ -204,6 +205,7 @@ async def lock_for_render(conn: Connection, schema: str, asset_id: UUID) -> list
     return await fetch_as(
         RenderRow, conn,
         f"SELECT a.state AS asset_state, a.profile, a.storage, a.storage_key AS source_key,"
+        f" a.metadata ? 'placeholder' AS has_placeholder,"
         f" v.id, v.name, v.state, v.recipe_digest FROM {schema}.assets a"
         f" JOIN {schema}.variants v ON v.asset_id = a.id"
         f" WHERE a.id = $1 AND v.state = ANY($2::text[]) ORDER BY v.name"

@@ -84,12 +84,14 @@ def _first_line(exc: pyvips.Error, *paths: str) -> str:
     return text.splitlines()[0] if text else "unknown error"
 
 
-def analyze(path: str, max_pixels: int, max_frames: int = 1000) -> dict[str, Any]:
+def analyze(path: str, max_pixels: int, max_frames: int = 1000, placeholder: bool = True) -> dict[str, Any]:
     """Read width, height and orientation from the header only, before any decode.
 
     path: the local copy of the original.
     max_pixels: refuse when width x height (x frames, for an animation) is larger.
     max_frames: refuse an animation of more frames.
+    placeholder: compute the placeholder too, from a 1/8-scale decode (promotion asks only when
+        no render will decode the image: the renders make it from a frame they decode anyway).
     """
     image = _header(path, max_pixels)
     frames = _frames(image)
@@ -98,10 +100,11 @@ def analyze(path: str, max_pixels: int, max_frames: int = 1000) -> dict[str, Any
                            f"{max_frames}; it was not decoded")
     _check_decodable(image)
     display = _display_size(image)
-    return {"width": display[0], "height": display[1], "stored_width": image.width,
-            "stored_height": image.height, "orientation": _orientation(image),
-            "pages": image.get("n-pages") if image.get_typeof("n-pages") else 1,
-            "loader": _loader(image), "placeholder": _placeholder(path), "image": _safe_metadata(image)}
+    found = {"width": display[0], "height": display[1], "stored_width": image.width,
+             "stored_height": image.height, "orientation": _orientation(image),
+             "pages": image.get("n-pages") if image.get_typeof("n-pages") else 1,
+             "loader": _loader(image), "image": _safe_metadata(image)}
+    return found | ({"placeholder": _placeholder(path)} if placeholder else {})
 
 
 #: "VALUE (FORMATTED, TYPE, N components, M bytes)": how libvips shows an EXIF field
@@ -143,6 +146,25 @@ def _safe_metadata(image: pyvips.Image) -> dict[str, Any]:
             "has_alpha": bool(image.hasalpha()), "animated": frames > 1, "frames": frames}
 
 
+def _placeholder_of(image: pyvips.Image) -> dict[str, str] | None:
+    """The placeholder of an image already decoded into memory (about a millisecond)."""
+    try:
+        thumb = image.thumbnail_image(THUMB_SIZE, height=THUMB_SIZE, size="down", no_rotate=True)
+        return _placeholder_pixels(thumb)
+    except pyvips.Error:
+        return None
+
+
+def _placeholder_pixels(thumb: pyvips.Image) -> dict[str, str]:
+    thumb = thumb.colourspace("srgb")
+    if not thumb.hasalpha():
+        thumb = thumb.bandjoin(255)
+    thumb = thumb.cast("uchar")
+    pixels = bytes(thumb.write_to_memory())  # a cffi buffer: indexing it gives bytes
+    found = placeholder(thumb.width, thumb.height, pixels)
+    return {"thumbhash": found.thumbhash, "color": found.color}
+
+
 def _placeholder(path: str) -> dict[str, str] | None:
     """The placeholder of the image's first frame, upright, from a thumbnail libvips decodes
     with shrink-on-load (JPEG at up to 1/8 scale, WebP and HEIF at the size asked for; PNG
@@ -152,15 +174,9 @@ def _placeholder(path: str) -> dict[str, str] | None:
         # fail_on: a truncated file fails here instead of leaving libvips' warning in its error
         # buffer, where it would be read out with the next real error
         thumb = pyvips.Image.thumbnail(path, THUMB_SIZE, height=THUMB_SIZE, size="down", fail_on="warning")
-        thumb = thumb.colourspace("srgb")
-        if not thumb.hasalpha():
-            thumb = thumb.bandjoin(255)
-        thumb = thumb.cast("uchar")
-        pixels = bytes(thumb.write_to_memory())  # a cffi buffer: indexing it gives bytes
+        return _placeholder_pixels(thumb)
     except pyvips.Error:
         return None
-    found = placeholder(thumb.width, thumb.height, pixels)
-    return {"thumbhash": found.thumbhash, "color": found.color}
 
 
 #: the smallest files of each HEIF coding, to ask this build whether it decodes them: an 8 x 8
@@ -304,9 +320,35 @@ def render_variants(source: str, dest_dir: str, recipes: dict[str, dict[str, Any
         if not (isinstance(name, str) and _NAME.fullmatch(name)):
             raise ValueError(f"variant name {name!r} does not match {_NAME.pattern}; "
                              "it names the output file")
+    return _render(source, dest_dir, recipes, max_pixels)[0]
+
+
+def render_job(source: str, dest_dir: str, recipes: dict[str, dict[str, Any]], max_pixels: int,
+               placeholder: bool) -> dict[str, Any]:
+    """:func:`render_variants`, and, with ``placeholder``, the image's placeholder from a frame
+    the renders decoded anyway (a new 1/8-scale decode only when every decode was cropped).
+
+    source: the local copy of the original.
+    dest_dir: a directory for the output files.
+    recipes: variant name to its fields.
+    max_pixels: refuse to decode more pixels than this.
+    placeholder: compute the placeholder too (the asset has none yet).
+    Returns ``{"variants": <render_variants' result>, "placeholder": {...} or None}``.
+    """
+    results, whole = _render(source, dest_dir, recipes, max_pixels)
+    found = None
+    if placeholder:
+        found = _placeholder_of(whole) if whole is not None else _placeholder(source)
+    return {"variants": results, "placeholder": found}
+
+
+def _render(source: str, dest_dir: str, recipes: dict[str, dict[str, Any]],
+            max_pixels: int) -> tuple[dict[str, dict[str, Any]], pyvips.Image | None]:
+    """The renders, and the smallest decoded frame that shows the whole image (None if none does)."""
     header = _header(source, max_pixels)
     frames: dict[str, pyvips.Image] = {}  # decoded frames that smaller variants derive from
     results: dict[str, dict[str, Any]] = {}
+    whole: pyvips.Image | None = None
     still = {name: recipe for name, recipe in recipes.items() if not recipe.get("animated")}
     for name in recipes.keys() - still.keys():  # every frame: a decode of their own
         results[name] = _render_animated(source, recipes[name], os.path.join(
@@ -317,11 +359,14 @@ def render_variants(source: str, dest_dir: str, recipes: dict[str, dict[str, Any
             image = _decode(source, recipe, step.frame if step.keep else None)
             if step.keep:
                 frames[step.name] = image
+            if (step.keep or recipe["fit"] in ("inside", "contain")) and (
+                    whole is None or image.width * image.height < whole.width * whole.height):
+                whole = image  # uncropped, undistorted: what the placeholder may be made from
         else:
             image = frames[step.base]
         output = os.path.join(dest_dir, step.name + _SAVERS[recipe["format"]])
         results[step.name] = _write(image, step.frame if step.base else None, recipe, output)
-    return {name: results[name] for name in recipes}
+    return {name: results[name] for name in recipes}, whole
 
 
 @dataclass
