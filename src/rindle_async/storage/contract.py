@@ -591,9 +591,11 @@ async def _multipart_abort(run: _Run) -> None:
     await _absent(run, key, "abort_multipart")
 
 
-async def _multipart_complete(run: _Run) -> None:
-    key, bodies = run.key("multipart/complete.mp4"), (os.urandom(FIRST_PART_SIZE), os.urandom(1234))
-    upload_id = await run.storage.create_multipart(key, content_type="video/mp4")
+async def _two_parts(run: _Run, key: str, content_type: str) -> tuple[str, tuple[bytes, bytes], list[Part]]:
+    """A multipart upload of a full first part and a short last one, each PUT to its presigned
+    URL; the upload id, the bodies and the parts with the ETags the PUTs answered."""
+    bodies = (os.urandom(FIRST_PART_SIZE), os.urandom(1234))
+    upload_id = await run.storage.create_multipart(key, content_type=content_type)
     run.uploads.add((key, upload_id))
     parts = []
     for number, body in enumerate(bodies, start=1):
@@ -603,6 +605,12 @@ async def _multipart_complete(run: _Run) -> None:
                  f"PUT of part {number} to {request.url} answered {response.status} with ETag "
                  f"{response.headers.get('etag')!r}; the contract wants 2xx and an ETag header")
         parts.append(Part(part_number=number, etag=response.headers["etag"]))
+    return upload_id, bodies, parts
+
+
+async def _multipart_complete(run: _Run) -> None:
+    key = run.key("multipart/complete.mp4")
+    upload_id, bodies, parts = await _two_parts(run, key, "video/mp4")
     info = await run.storage.complete_multipart(key, upload_id, parts[::-1])
     size = sum(map(len, bodies))
     _require(isinstance(info, ObjectInfo)
@@ -616,15 +624,9 @@ async def _multipart_complete(run: _Run) -> None:
 
 
 async def _multipart_list_parts(run: _Run) -> None:
-    key, bodies = run.key("multipart/listed.bin"), (os.urandom(FIRST_PART_SIZE), os.urandom(1234))
-    upload_id = await run.storage.create_multipart(key, content_type="application/octet-stream")
-    run.uploads.add((key, upload_id))
-    etags = []
-    for number, body in enumerate(bodies, start=1):
-        request = await run.storage.presign_part(key, upload_id, number, expires_in=300)
-        response = await run.fetch(request.method, request.url, request.headers, body)
-        _require(200 <= response.status < 300, f"PUT of part {number} answered {response.status}")
-        etags.append(response.headers.get("etag", "").strip('"'))
+    key = run.key("multipart/listed.bin")
+    upload_id, bodies, parts = await _two_parts(run, key, "application/octet-stream")
+    etags = [part.etag.strip('"') for part in parts]
     listed = await run.storage.list_parts(key, upload_id)
     want = [StoredPart(part_number=n, etag=etag, size=len(body))
             for n, (etag, body) in enumerate(zip(etags, bodies, strict=True), start=1)]
