@@ -35,8 +35,8 @@ class SlowFirstVariantPut(LocalStorage):
 CRASH_WIDTH, HANG_WIDTH = 301, 302
 
 
-def render_or_die(source, dest_dir, recipes, max_pixels):
-    """``images.render_variants`` in a render process, unless the image is poison."""
+def render_or_die(source, dest_dir, recipes, max_pixels, placeholder):
+    """``images.render_job`` in a render process, unless the image is poison."""
     import pyvips
 
     from rindle_async.processing import images
@@ -48,14 +48,14 @@ def render_or_die(source, dest_dir, recipes, max_pixels):
         os._exit(1)
     if width == HANG_WIDTH:
         time.sleep(3600)
-    return images.render_variants(source, dest_dir, recipes, max_pixels)
+    return images.render_job(source, dest_dir, recipes, max_pixels, placeholder)
 
 
 class PoisonedPool(ProcessingPool):
     """The worker's real process pool, rendering with :func:`render_or_die`."""
 
     async def run(self, fn, *args, **options):
-        if fn.__name__ == "render_variants":
+        if fn.__name__ == "render_job":
             fn = render_or_die
         return await super().run(fn, *args, **options)
 

@@ -1,7 +1,8 @@
 """Rendering variants: the ``process_variant`` job and the asset's settling.
 
 One job renders every queued variant of one asset, from one decode of the
-original (``processing.images.render_variants``), in three phases:
+original (``processing.images.render_job``, which also makes the asset's placeholder from a
+frame it decoded, when the asset has none yet), in three phases:
 
 1. claim (one transaction): variants the profile no longer has are cancelled,
    the others move to ``processing``;
