@@ -75,6 +75,20 @@ def check_servable(row: asyncpg.Record) -> None:
         raise NotReady(f"asset {row['id']} is {row['state']}: its upload has not been promoted yet")
 
 
+def check_variant(profile: Profile, name: str) -> None:
+    """ValidationError unless the profile has a variant ``name``, listing the ones it has."""
+    if name not in profile.variants:
+        raise ValidationError(f"profile {profile.name!r} has no variant {name!r}; "
+                              f"its variants: {', '.join(sorted(profile.variants)) or 'none'}")
+
+
+def servable_profile(rt: Runtime, found: Found | None) -> Profile | None:
+    """The profile of an asset a page read found, when it can be served: None for a missing or
+    unservable asset, and for one whose profile is no longer configured (nothing signs it)."""
+    profile = rt.profiles.get(found[0]["profile"]) if found is not None else None
+    return profile if profile is not None and found is not None and found[0]["state"] in SERVABLE else None
+
+
 def _original(profile: Profile, row: asyncpg.Record) -> tuple[str, str | None]:
     """The original's key and type; DeliveryForbidden when the profile does not serve originals."""
     if not profile.serve_original:
@@ -88,9 +102,7 @@ def _source(profile: Profile, row: asyncpg.Record, variant: str | None,
     """(storage key, content type) to serve: the variant's object, or the original for None or fallback."""
     if variant is None:
         return _original(profile, row)
-    if variant not in profile.variants:
-        raise ValidationError(f"profile {profile.name!r} has no variant {variant!r}; "
-                              f"its variants: {', '.join(sorted(profile.variants)) or 'none'}")
+    check_variant(profile, variant)
     found = rendered.get(variant)
     if found is not None and found["variant_state"] in RENDERED and found["variant_key"]:
         return found["variant_key"], found["variant_type"]
@@ -127,8 +139,7 @@ async def url(rt: Runtime, asset_id: object, *, variant: str | None = None, ttl:
     row, rendered = found
     check_servable(row)
     profile = find_profile(rt.profiles, row["profile"])
-    if variant is not None and (names := lazy.wanted(profile, row, [variant], rendered)):
-        await lazy.request(rt, {uuid: (profile.name, names)})  # rendered from now on; NotReady below
+    await request_lazy(rt, {uuid: found}, [variant])  # a lazy variant renders from now on; NotReady below
     key, content_type = _source(profile, row, variant, rendered, fallback)
     header = None
     if disposition is not None or filename is not None:
@@ -156,9 +167,8 @@ async def _sign_asset(rt: Runtime, asset_id: UUID, found: Found | None, names: t
                       issued: datetime) -> dict[str | None, str | None]:
     """One asset's URLs of ``names`` (None where it cannot be served), its events added to ``events``."""
     signed: dict[str | None, str | None] = dict.fromkeys(names)
-    # An asset whose profile is no longer configured has nothing to sign it with.
-    profile = rt.profiles.get(found[0]["profile"]) if found is not None else None
-    if found is None or profile is None or found[0]["state"] not in SERVABLE:
+    profile = servable_profile(rt, found)
+    if profile is None or found is None:
         return signed
     row, rendered = found
     sign = rt.storages[row["storage"]].url
@@ -227,8 +237,9 @@ async def urls(rt: Runtime, asset_ids: Iterable[object], *, variant: str | None 
     for asset_id in ids:
         found = found_by_id.get(asset_id)
         signed = await _sign_asset(rt, asset_id, found, names, ttl, fallback, events, issued)
-        out[str(asset_id)] = signed if variants is not None else signed[variant]
         if placeholders:
             out[str(asset_id)] = _delivered(signed, variants is not None, found)
+        else:
+            out[str(asset_id)] = signed if variants is not None else signed[variant]
     await rt.events.deliver(events)
     return out

@@ -45,8 +45,8 @@ async def purge_storage(job: JobRun) -> None:
     async with job.complete() as uow:
         if await assets.lock_state(uow.conn, schema, asset_id) != "deleted":
             return
-        for variant_id, state in (await variants.lock_in_states(uow.conn, schema, asset_id, [],
-                                                                exclude="purged")).items():
+        unpurged = sorted(VARIANT.states - {"purged"})
+        for variant_id, state in (await variants.lock_in_states(uow.conn, schema, asset_id, unpurged)).items():
             await transitions.transition(uow, VARIANT, variant_id, state, "purged")
         await assets.delete(uow.conn, schema, asset_id)
     log.info("purge_storage: asset %s purged (%d objects)", asset_id, deleted)

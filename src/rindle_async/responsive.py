@@ -12,7 +12,15 @@ from typing import TYPE_CHECKING, Any, NamedTuple
 
 from .assets import asset_uuid
 from .db import assets
-from .delivery import RENDERED, SERVABLE, check_options, check_servable, request_lazy, variant_names
+from .delivery import (
+    RENDERED,
+    check_options,
+    check_servable,
+    check_variant,
+    request_lazy,
+    servable_profile,
+    variant_names,
+)
 from .errors import NotFound, NotReady, ValidationError
 from .events import DeliverySigned
 from .models import Picture, PictureSource, placeholder_value
@@ -47,10 +55,8 @@ def _chosen(profile: Profile, variants: tuple[str, ...] | None, fmt: str | None)
                                   + (f" in {fmt}" if fmt and profile.ladder else "")
                                   + "; pass variants=(...) or give the profile ladder=(...)")
         return names
-    unknown = [name for name in variants if name not in profile.variants]
-    if unknown:
-        raise ValidationError(f"profile {profile.name!r} has no variant {unknown[0]!r}; "
-                              f"its variants: {', '.join(sorted(profile.variants)) or 'none'}")
+    for name in variants:
+        check_variant(profile, name)
     return [name for name in variants if fmt is None or profile.variants[name].format == fmt]
 
 
@@ -68,12 +74,6 @@ def _renditions(profile: Profile, names: list[str],
         widths.setdefault(row["variant_width"], Rendition(row["variant_width"], row["variant_height"],
                                                           row["variant_key"], row["variant_type"], name))
     return {fmt: [widths[w] for w in sorted(widths)] for fmt, widths in by_format.items()}
-
-
-def _servable(rt: Runtime, found: Any) -> Profile | None:
-    """The profile of a served asset the page query found; None when it cannot be served."""
-    profile = rt.profiles.get(found[0]["profile"]) if found is not None else None
-    return profile if profile is not None and found[0]["state"] in SERVABLE else None
 
 
 class _Signer:
@@ -141,7 +141,7 @@ async def srcsets(rt: Runtime, asset_ids: Iterable[object], *, variants: Iterabl
 
 async def _srcset_of(rt: Runtime, signer: _Signer, found: Any, names: tuple[str, ...] | None,
                      fmt: str | None) -> str | None:
-    profile = _servable(rt, found)
+    profile = servable_profile(rt, found)
     if profile is None:
         return None
     chosen = _chosen(profile, names, fmt)
@@ -176,7 +176,7 @@ async def pictures(rt: Runtime, asset_ids: Iterable[object], *, variants: Iterab
 
 async def _picture_of(rt: Runtime, signer: _Signer, found: Any,
                       names: tuple[str, ...] | None) -> Picture | None:
-    profile = _servable(rt, found)
+    profile = servable_profile(rt, found)
     if profile is None:
         return None
     row, rendered = found

@@ -56,23 +56,16 @@ async def states_of(conn: Connection, schema: str, asset_id: UUID) -> set[str]:
         f"SELECT DISTINCT state FROM {schema}.variants WHERE asset_id = $1", asset_id)}
 
 
-async def lock_in_states(conn: Connection, schema: str, asset_id: UUID, states: list[str],
-                         *, exclude: str | None = None) -> dict[UUID, str]:
-    """Lock the asset's variants in ``states`` (all but ``exclude`` when given) and return their
-    states by id.
+async def lock_in_states(conn: Connection, schema: str, asset_id: UUID, states: list[str]) -> dict[UUID, str]:
+    """Lock the asset's variants in ``states`` and return their states by id.
 
     conn: a connection inside the transaction that will change them.
     schema: rindle_async's schema.
     asset_id: the asset.
     states: the states to lock.
-    exclude: lock the variants in every state but this one instead of ``states``.
     """
-    if exclude is not None:
-        rows = await conn.fetch(f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1"
-                                " AND state <> $2 ORDER BY id FOR UPDATE", asset_id, exclude)
-    else:
-        rows = await conn.fetch(f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1"
-                                " AND state = ANY($2::text[]) ORDER BY id FOR UPDATE", asset_id, states)
+    rows = await conn.fetch(f"SELECT id, state FROM {schema}.variants WHERE asset_id = $1"
+                            " AND state = ANY($2::text[]) ORDER BY id FOR UPDATE", asset_id, states)
     return {r["id"]: r["state"] for r in rows}
 
 
