@@ -351,7 +351,7 @@ def _render(source: str, dest_dir: str, recipes: dict[str, dict[str, Any]],
     whole: pyvips.Image | None = None
     still = {name: recipe for name, recipe in recipes.items() if not recipe.get("animated")}
     for name in recipes.keys() - still.keys():  # every frame: a decode of their own
-        results[name] = _render_animated(source, recipes[name], os.path.join(
+        results[name] = _render_animated(source, header, recipes[name], os.path.join(
             dest_dir, name + _SAVERS[recipes[name]["format"]]))
     for step in _plan(source, header, still):
         recipe = still[step.name]
@@ -444,12 +444,12 @@ def _decode(source: str, recipe: dict[str, Any], frame: tuple[int, int] | None) 
         raise ImageRefused(f"libvips could not decode the image: {_first_line(exc, source)}") from None
 
 
-def _render_animated(source: str, recipe: dict[str, Any], output: str) -> dict[str, Any]:
+def _render_animated(source: str, first: pyvips.Image, recipe: dict[str, Any], output: str) -> dict[str, Any]:
     """An animated variant: every frame resized, then cropped or padded alike, its delays and
-    loop kept (a still original gives a one-frame file); ``{"error": ...}`` when it fails."""
+    loop kept (a still original gives a one-frame file); ``{"error": ...}`` when it fails.
+    ``first`` is the original as the header check opened it (its first frame's size)."""
     width, height, fit = recipe["width"], recipe["height"], recipe["fit"]
     try:
-        first = _open(source)
         # every page of an animation; other loaders (PNG, JPEG, ...) know no "n"
         load = f"{source}[n=-1]" if _frames(first) > 1 else source
         if fit == "cover":  # thumbnail's crop would cut the strip of frames, not each frame
@@ -480,19 +480,12 @@ def _all_frames(load: str, width: int, height: int, size: str) -> pyvips.Image:
 
 
 def _each_frame(strip: pyvips.Image, recipe: dict[str, Any]) -> pyvips.Image:
-    """Crop (cover) or pad (contain) every frame of a strip to the recipe's box."""
-    width, height, page = recipe["width"], recipe["height"], strip.get("page-height")
-    frames = []
-    for top in range(0, strip.height - page + 1, page):
-        frame = strip.crop(0, top, strip.width, page)
-        if recipe["fit"] == "cover":
-            frame = frame.crop((frame.width - width) // 2, (frame.height - height) // 2, width, height)
-        else:
-            fill = list(recipe["background"]) + ([255] if frame.hasalpha() else [])
-            frame = frame.gravity("centre", width, height, extend="background", background=fill)
-        frames.append(frame)
+    """Crop (cover) or pad (contain) every frame of a strip to the recipe's box, as a still is."""
+    page = strip.get("page-height")
+    frames = [_fit(strip.crop(0, top, strip.width, page), recipe)
+              for top in range(0, strip.height - page + 1, page)]
     joined = pyvips.Image.arrayjoin(frames, across=1).copy()
-    joined.set_type(pyvips.GValue.gint_type, "page-height", height)
+    joined.set_type(pyvips.GValue.gint_type, "page-height", frames[0].height)
     joined.set_type(pyvips.GValue.gint_type, "n-pages", len(frames))
     return joined
 
